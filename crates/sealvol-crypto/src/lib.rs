@@ -1,0 +1,40 @@
+//! Cryptographic building blocks for sealvol: the sector cipher, key derivation, the LUKS
+//! anti-forensic splitter and secret types.
+//!
+//! This crate does **not** parse any on-disk format, touch files or spawn processes; it works
+//! on byte slices only. Hashes, ciphers and KDFs come from aws-lc and RustCrypto: nothing
+//! here implements a primitive, only the modes and constructions LUKS defines on top of them
+//! (the XTS sector/IV loop, the AF splitter's diffuse function).
+//!
+//! The main types:
+//! - [`SecretBytes`]: key material that is zeroized on drop, mlocked where the limit allows,
+//!   and never printed.
+//! - [`XtsCipher`]: AES-XTS over whole sectors with dm-crypt's `plain64` IV (the IV counts
+//!   512-byte units whatever the sector size). [`ParallelXts`] spreads a large buffer over
+//!   several threads.
+//! - [`kdf`]: PBKDF2 (sha1/sha256/sha512) and Argon2i/Argon2id, plus benchmarks that pick
+//!   cryptsetup-like costs.
+//! - [`af`]: the LUKS anti-forensic splitter (split and merge).
+//!
+//! ```
+//! use sealvol_crypto::{SecretBytes, SectorSize, XtsCipher};
+//! let key = SecretBytes::random(64).unwrap();
+//! let mut cipher = XtsCipher::new(&key).unwrap();
+//! let mut buf = vec![0u8; 8192];
+//! cipher.encrypt_sectors(&mut buf, SectorSize::S4096, 0).unwrap();
+//! cipher.decrypt_sectors(&mut buf, SectorSize::S4096, 0).unwrap();
+//! assert!(buf.iter().all(|&b| b == 0));
+//! ```
+
+pub mod af;
+mod error;
+mod ffi;
+pub mod hash;
+pub mod kdf;
+mod secret;
+mod xts;
+
+pub use error::{Error, Result};
+pub use hash::HashAlg;
+pub use secret::SecretBytes;
+pub use xts::{Backend, ParallelXts, SectorSize, XtsCipher};

@@ -1,0 +1,37 @@
+//! The LUKS2 on-disk format: parse, validate and encode headers, unlock and manage keyslots,
+//! tokens, and the data segment's cipher parameters.
+//!
+//! This crate is pure: it works over byte slices and any [`Storage`] (`Read + Write + Seek`
+//! plus a durability barrier). It never opens a path, never spawns a process, never logs a
+//! key. Validation follows cryptsetup 2.6 (`lib/luks2/luks2_json_metadata.c`): a header it
+//! would refuse is refused here, never used "best effort".
+//!
+//! Main types:
+//! - [`Volume`]: a LUKS2 header on a [`Storage`]: [`Volume::format`], [`Volume::open`],
+//!   [`Volume::unlock`], keyslot and token management, [`Volume::erase`].
+//! - [`Header`]: the parsed header (binary header fields plus typed JSON [`Metadata`]).
+//! - [`DataSegment`]: where the ciphertext lives and how to decrypt it.
+//! - [`data`]: streaming plaintext into and out of a data segment.
+//!
+//! ```
+//! use std::io::Cursor;
+//! use sealvol_crypto::SecretBytes;
+//! use sealvol_luks::{FormatOptions, KdfParams, Volume};
+//! let vk = SecretBytes::random(64).unwrap();
+//! let mut opts = FormatOptions::default();
+//! opts.kdf = KdfParams::pbkdf2_min();
+//! let mut vol = Volume::format(Cursor::new(Vec::new()), &opts, &vk, b"machine key").unwrap();
+//! let unlocked = vol.unlock(b"machine key", None).unwrap();
+//! assert!(unlocked.volume_key.ct_eq(vk.expose()));
+//! ```
+
+pub mod data;
+mod error;
+mod storage;
+pub mod luks2;
+
+pub use error::{Error, Result};
+pub use luks2::{
+    DataSegment, FormatOptions, Header, KdfParams, LoadReport, Metadata, Unlocked, Volume,
+};
+pub use storage::Storage;
