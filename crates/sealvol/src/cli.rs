@@ -1,0 +1,385 @@
+//! What the user typed: clap definitions only, no syscalls.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Sealed volumes for workloads on untrusted hosts.
+///
+/// sealvol reads and writes LUKS2 volumes byte for byte as cryptsetup does, in userspace, on
+/// plain files: no device-mapper needed. Keys come from a key file, stdin (`--key-file -`)
+/// or a file descriptor (`--key-fd N`), never from the command line or the environment.
+///
+/// Exit codes: 0 success, 1 a clean "no" (wrong key, nothing opened), 2 error.
+#[derive(Debug, Parser)]
+#[command(name = "sealvol", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Print results as JSON on stdout (errors too, as {"error": ..., "exit_code": ...}).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log what sealvol does on stderr (repeat for more detail). Keys are never logged.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a LUKS2 volume (like `cryptsetup luksFormat`).
+    ///
+    /// A machine key (32 or more random bytes, or their hex/base64 text) gets a PBKDF2 keyslot
+    /// at cryptsetup's minimum cost (1000 iterations), so formatting takes milliseconds; a
+    /// passphrase gets Argon2id with costs benchmarked as cryptsetup does (about 2 s, up to
+    /// 1 GiB, capped by --pbkdf-memory). Choose explicitly with --key-profile or --pbkdf.
+    Format(FormatArgs),
+    /// Print the header: keyslots, segments, digests, tokens (like `cryptsetup luksDump`).
+    Dump(DumpArgs),
+    /// Check whether a key opens the volume (exit 0 yes, 1 no); changes nothing.
+    TestKey(TestKeyArgs),
+    /// Add a keyslot for a new key, authorised by an existing key.
+    AddKey(AddKeyArgs),
+    /// Remove the keyslot that the given key opens (the last keyslot is kept: use `erase`).
+    RemoveKey(RemoveKeyArgs),
+    /// Replace a key: the new keyslot is written before the old one is wiped.
+    ChangeKey(ChangeKeyArgs),
+    /// Wipe every keyslot, making the data unrecoverable without a header backup.
+    Erase(EraseArgs),
+    /// Save the header and keyslot area to a file (it can unlock the volume: keep it safe).
+    HeaderBackup(HeaderBackupArgs),
+    /// Write a header backup back onto the volume.
+    HeaderRestore(HeaderRestoreArgs),
+    /// Rewrite a damaged header copy from the valid one.
+    Repair(RepairArgs),
+    /// Manage LUKS2 tokens (JSON objects in the header).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Encrypt plaintext from SRC into the volume's data segment (like `qemu-img convert`).
+    Import(ImportArgs),
+    /// Decrypt the volume's data segment into DST (like `qemu-img convert`).
+    Export(ExportArgs),
+}
+
+/// The volume and where its header lives.
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    /// Detached LUKS header file; VOLUME then holds only data.
+    #[arg(long, value_name = "FILE")]
+    pub header: Option<PathBuf>,
+}
+
+/// Where a key comes from. Without either option, the key is read from stdin.
+#[derive(Debug, Args, Clone)]
+pub struct KeyArgs {
+    /// Read the key from FILE (its exact bytes); `-` reads all of stdin.
+    #[arg(long, short = 'd', value_name = "FILE", conflicts_with = "key_fd")]
+    pub key_file: Option<PathBuf>,
+    /// Read the key from file descriptor N until end of file.
+    #[arg(long, value_name = "N")]
+    pub key_fd: Option<u32>,
+}
+
+/// Where the second key of add-key / change-key comes from.
+#[derive(Debug, Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct NewKeyArgs {
+    /// Read the new key from FILE (its exact bytes); `-` reads all of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+    /// Read the new key from file descriptor N until end of file.
+    #[arg(long, value_name = "N")]
+    pub new_key_fd: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pbkdf {
+    Pbkdf2,
+    Argon2i,
+    Argon2id,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyProfile {
+    /// Machine key if the key is 32+ random bytes (or hex/base64 of them), else passphrase.
+    Auto,
+    /// PBKDF2 at 1000 iterations: for high-entropy keys only.
+    Machine,
+    /// Argon2id, benchmarked like cryptsetup.
+    Passphrase,
+}
+
+/// Key-derivation choices for a new keyslot.
+#[derive(Debug, Args, Clone)]
+pub struct KdfArgs {
+    /// Key-derivation function for the keyslot (default: by --key-profile).
+    #[arg(long, value_enum)]
+    pub pbkdf: Option<Pbkdf>,
+    /// Use exactly N iterations (PBKDF2) or N passes (Argon2) instead of benchmarking.
+    #[arg(long, value_name = "N")]
+    pub pbkdf_force_iterations: Option<u32>,
+    /// Benchmark target for the KDF in milliseconds (cryptsetup's --iter-time; default 2000).
+    #[arg(long, short = 'i', value_name = "MS")]
+    pub iter_time: Option<u32>,
+    /// Argon2 memory cost in KiB (maximum when benchmarking; default 1048576).
+    #[arg(long, alias = "kdf-memory", value_name = "KIB")]
+    pub pbkdf_memory: Option<u32>,
+    /// Argon2 threads (default: min(4, CPUs)).
+    #[arg(long, value_name = "N")]
+    pub pbkdf_parallel: Option<u32>,
+    /// Hash for PBKDF2 (sha1, sha256, sha512).
+    #[arg(long, value_name = "HASH", default_value = "sha256")]
+    pub hash: String,
+    /// How to treat the key when --pbkdf is not given.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub key_profile: KeyProfile,
+}
+
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+    /// On-disk format (only luks2 in this version).
+    #[arg(long = "type", short = 'M', default_value = "luks2", value_name = "TYPE")]
+    pub luks_type: String,
+    /// Cipher specification.
+    #[arg(long, short = 'c', default_value = "aes-xts-plain64")]
+    pub cipher: String,
+    /// Key size in bits (512 = AES-256-XTS, 256 = AES-128-XTS).
+    #[arg(long, short = 's', default_value_t = 512)]
+    pub key_size: u32,
+    /// Encryption sector size in bytes (512, 1024, 2048, 4096).
+    #[arg(long, default_value_t = 4096)]
+    pub sector_size: u64,
+    /// Keyslot to use for the first key.
+    #[arg(long, short = 'S', value_name = "N")]
+    pub key_slot: Option<u32>,
+    /// Header label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Header subsystem.
+    #[arg(long)]
+    pub subsystem: Option<String>,
+    /// Volume UUID (default: random).
+    #[arg(long)]
+    pub uuid: Option<String>,
+    /// Size of each JSON metadata copy in bytes (16K..4M, a power of two).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub luks2_metadata_size: Option<u64>,
+    /// Size of the keyslots area in bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub luks2_keyslots_size: Option<u64>,
+    /// Data offset in 512-byte sectors (default: 16 MiB attached, 0 detached).
+    #[arg(long, value_name = "SECTORS")]
+    pub offset: Option<u64>,
+    /// Data area size: the volume file is grown to hold this much data (K, M, G, T suffixes,
+    /// powers of 1024). Without it an existing file keeps its size.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Overwrite an existing LUKS header without asking.
+    #[arg(long, short = 'q')]
+    pub batch_mode: bool,
+    /// VOLUME file (created if missing).
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TestKeyArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Only try this keyslot.
+    #[arg(long, short = 'S', value_name = "N")]
+    pub key_slot: Option<u32>,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AddKeyArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub new_key: NewKeyArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+    /// Keyslot for the new key (default: the first free one).
+    #[arg(long, short = 'S', value_name = "N")]
+    pub key_slot: Option<u32>,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveKeyArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangeKeyArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub new_key: NewKeyArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+    /// Only accept the old key in this keyslot.
+    #[arg(long, short = 'S', value_name = "N")]
+    pub key_slot: Option<u32>,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'q')]
+    pub batch_mode: bool,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct HeaderBackupArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// File to write the backup to (must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub header_backup_file: PathBuf,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct HeaderRestoreArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// Backup made by `header-backup` or `cryptsetup luksHeaderBackup`.
+    #[arg(long, value_name = "FILE")]
+    pub header_backup_file: PathBuf,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'q')]
+    pub batch_mode: bool,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Add a JSON token (an object with "type" and "keyslots").
+    Add(TokenAddArgs),
+    /// Remove a token.
+    Remove(TokenIdArgs),
+    /// Print a token's JSON.
+    Export(TokenIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenAddArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// File holding the token JSON; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub json_file: PathBuf,
+    /// Token id (default: the first free one).
+    #[arg(long, value_name = "N")]
+    pub token_id: Option<u32>,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenIdArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[arg(long, value_name = "N")]
+    pub token_id: u32,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Plaintext source file; `-` reads stdin (then give the key with --key-file FILE or --key-fd).
+    pub src: PathBuf,
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    pub volume_path: PathBuf,
+    /// Plaintext destination file (created or truncated); `-` writes stdout.
+    pub dst: PathBuf,
+}
+
+/// Parses a byte size: plain bytes or a number with K, M, G, T (powers of 1024; an optional
+/// trailing `B` or `iB` is accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use bytes or a number with K, M, G or T"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}; use K, M, G or T")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} does not fit in 64 bits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

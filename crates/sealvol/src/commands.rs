@@ -1,0 +1,687 @@
+//! The verbs. Each one checks its inputs, reads the key, and only then touches the disk, so a
+//! command that fails on bad input or a wrong key leaves every file as it was.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sealvol_crypto::kdf::{self, Argon2Variant};
+use sealvol_crypto::{HashAlg, SecretBytes, SectorSize};
+use sealvol_luks::{FormatOptions, KdfParams, Volume};
+use serde_json::json;
+
+use crate::cli::*;
+use crate::keys::{looks_like_machine_key, KeySource};
+use crate::output::Output;
+use crate::CleanNo;
+
+/// cryptsetup's default KDF benchmark target.
+const DEFAULT_ITER_TIME_MS: u32 = 2000;
+/// cryptsetup's default Argon2 memory cap (1 GiB, in KiB).
+const DEFAULT_ARGON2_MEMORY_KIB: u32 = 1 << 20;
+
+pub fn run(command: Command, out: &Output) -> Result<()> {
+    match command {
+        Command::Format(a) => format(a, out),
+        Command::Dump(a) => dump(a, out),
+        Command::TestKey(a) => test_key(a, out),
+        Command::AddKey(a) => add_key(a, out),
+        Command::RemoveKey(a) => remove_key(a, out),
+        Command::ChangeKey(a) => change_key(a, out),
+        Command::Erase(a) => erase(a, out),
+        Command::HeaderBackup(a) => header_backup(a, out),
+        Command::HeaderRestore(a) => header_restore(a, out),
+        Command::Repair(a) => repair(a, out),
+        Command::Token(TokenCommand::Add(a)) => token_add(a, out),
+        Command::Token(TokenCommand::Remove(a)) => token_remove(a, out),
+        Command::Token(TokenCommand::Export(a)) => token_export(a, out),
+        Command::Import(a) => import(a, out),
+        Command::Export(a) => export(a, out),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening volumes
+
+/// The file that holds the LUKS header: the detached header if given, else the volume.
+fn header_path<'a>(volume: &'a Path, args: &'a VolumeArgs) -> &'a Path {
+    args.header.as_deref().unwrap_or(volume)
+}
+
+fn open_file(path: &Path, write: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .with_context(|| match std::fs::metadata(path) {
+            Err(_) => format!("{} does not exist; check the path", path.display()),
+            Ok(_) if write => format!("cannot open {} for writing", path.display()),
+            Ok(_) => format!("cannot open {}", path.display()),
+        })
+}
+
+/// Opens the LUKS header of a volume, read-only or read-write.
+fn open_volume(volume: &Path, args: &VolumeArgs, write: bool) -> Result<Volume<File>> {
+    let path = header_path(volume, args);
+    let file = open_file(path, write)?;
+    let vol = Volume::open(file).with_context(|| {
+        let hint = if args.header.is_none() {
+            " (if the header is detached, pass --header FILE)"
+        } else {
+            ""
+        };
+        format!("{} is not a usable LUKS2 header{hint}", path.display())
+    })?;
+    report_load(&vol, path);
+    Ok(vol)
+}
+
+/// Warns when one header copy was damaged and the other one is in use.
+fn report_load(vol: &Volume<File>, path: &Path) {
+    let report = vol.load_report();
+    if report.needs_repair {
+        let bad = match (&report.primary, &report.secondary) {
+            (Err(e), _) => format!("the primary header copy is damaged ({e})"),
+            (_, Err(e)) => format!("the secondary header copy is damaged ({e})"),
+            _ => "the header copies differ".to_string(),
+        };
+        eprintln!(
+            "sealvol: warning: {}: {bad}; using the valid copy. Run `sealvol repair {}` to rewrite it.",
+            path.display(),
+            path.display()
+        );
+    }
+}
+
+fn refuse_read_only(vol: &Volume<File>) -> Result<()> {
+    if let Some(reason) = vol.read_only() {
+        bail!("this volume can only be read: {reason}");
+    }
+    Ok(())
+}
+
+/// Unlocks with a key from `source`; a wrong key becomes a clean "no" (exit 1).
+fn unlock(vol: &mut Volume<File>, source: &KeySource, slot: Option<u32>) -> Result<sealvol_luks::Unlocked> {
+    let key = source.read()?;
+    match vol.unlock(key.expose(), slot) {
+        Ok(u) => Ok(u),
+        Err(sealvol_luks::Error::WrongKey) => Err(anyhow!(CleanNo(match slot {
+            Some(s) => format!("the key does not open keyslot {s}"),
+            None => "no keyslot opens with this key".to_string(),
+        }))),
+        Err(e) => Err(e).context("cannot unlock the volume"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KDF choice
+
+/// Picks the KDF for a new keyslot protecting `key`.
+fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfParams> {
+    let hash: HashAlg = args.hash.parse().context("--hash")?;
+    let machine = match args.key_profile {
+        KeyProfile::Machine => true,
+        KeyProfile::Passphrase => false,
+        KeyProfile::Auto => looks_like_machine_key(key.expose()),
+    };
+    let pbkdf = args.pbkdf.unwrap_or(if machine { Pbkdf::Pbkdf2 } else { Pbkdf::Argon2id });
+    let target = Duration::from_millis(args.iter_time.unwrap_or(DEFAULT_ITER_TIME_MS).into());
+    let params = match pbkdf {
+        Pbkdf::Pbkdf2 => {
+            let iterations = match (args.pbkdf_force_iterations, args.iter_time) {
+                (Some(n), _) => {
+                    if n < 1000 {
+                        bail!("--pbkdf-force-iterations {n} is below cryptsetup's minimum of 1000 for PBKDF2");
+                    }
+                    n
+                }
+                // A machine key needs no stretching: cryptsetup's minimum.
+                (None, None) if machine => 1000,
+                (None, _) => kdf::benchmark_pbkdf2(hash, 64, target),
+            };
+            KdfParams::Pbkdf2 { hash, iterations }
+        }
+        Pbkdf::Argon2i | Pbkdf::Argon2id => {
+            let variant = if pbkdf == Pbkdf::Argon2i { Argon2Variant::Argon2i } else { Argon2Variant::Argon2id };
+            let parallel = args.pbkdf_parallel.unwrap_or_else(|| {
+                std::thread::available_parallelism().map(|n| n.get().min(4) as u32).unwrap_or(1)
+            });
+            let max_memory = args.pbkdf_memory.unwrap_or(DEFAULT_ARGON2_MEMORY_KIB);
+            let (time, memory_kib) = match args.pbkdf_force_iterations {
+                Some(t) => (t, max_memory),
+                None => {
+                    if !out.json() {
+                        tracing::info!("benchmarking Argon2 for {} ms", target.as_millis());
+                    }
+                    kdf::benchmark_argon2(variant, target, max_memory, parallel)
+                }
+            };
+            KdfParams::Argon2 { variant, time, memory_kib, parallel }
+        }
+    };
+    Ok(params)
+}
+
+fn kdf_json(k: &KdfParams) -> serde_json::Value {
+    match k {
+        KdfParams::Pbkdf2 { hash, iterations } => {
+            json!({"type": "pbkdf2", "hash": hash.as_str(), "iterations": iterations})
+        }
+        KdfParams::Argon2 { variant, time, memory_kib, parallel } => json!({
+            "type": match variant { Argon2Variant::Argon2i => "argon2i", Argon2Variant::Argon2id => "argon2id" },
+            "time": time, "memory": memory_kib, "cpus": parallel,
+        }),
+    }
+}
+
+fn kdf_human(k: &KdfParams) -> String {
+    match k {
+        KdfParams::Pbkdf2 { hash, iterations } => format!("pbkdf2-{hash}, {iterations} iterations"),
+        KdfParams::Argon2 { variant, time, memory_kib, parallel } => format!(
+            "{}, time {time}, memory {memory_kib} KiB, {parallel} threads",
+            match variant { Argon2Variant::Argon2i => "argon2i", Argon2Variant::Argon2id => "argon2id" }
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// format
+
+fn has_luks_magic(path: &Path) -> bool {
+    let mut magic = [0u8; 6];
+    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"LUKS\xba\xbe"
+}
+
+fn format(a: FormatArgs, out: &Output) -> Result<()> {
+    if a.luks_type != "luks2" {
+        bail!("--type {} is not supported by this version; use --type luks2", a.luks_type);
+    }
+    if a.cipher != "aes-xts-plain64" {
+        bail!("cipher {} is not supported; sealvol writes aes-xts-plain64", a.cipher);
+    }
+    if a.key_size != 256 && a.key_size != 512 {
+        bail!("--key-size {} is not valid for aes-xts-plain64; use 512 (AES-256) or 256 (AES-128)", a.key_size);
+    }
+    let sector_size = SectorSize::try_from(a.sector_size).context("--sector-size")?;
+    let detached = a.volume.header.is_some();
+    let header_file = header_path(&a.volume_path, &a.volume).to_path_buf();
+
+    for p in [&header_file] {
+        if has_luks_magic(p) && !a.batch_mode {
+            bail!(
+                "{} already holds a LUKS header; formatting destroys its keys. Pass --batch-mode to overwrite it",
+                p.display()
+            );
+        }
+    }
+
+    let key = KeySource::from_args(&a.key).read()?;
+    let kdf = kdf_params(&a.kdf, &key, out)?;
+    let mut opts = FormatOptions::default();
+    opts.cipher = a.cipher.clone();
+    opts.key_size_bits = a.key_size;
+    opts.sector_size = sector_size;
+    opts.detached = detached;
+    opts.label = a.label.clone();
+    opts.subsystem = a.subsystem.clone();
+    opts.uuid = a.uuid.clone();
+    opts.kdf = kdf.clone();
+    opts.keyslot = a.key_slot;
+    if let Some(m) = a.luks2_metadata_size {
+        opts.metadata_size = m;
+    }
+    opts.keyslots_size = a.luks2_keyslots_size;
+    opts.data_offset = match a.offset {
+        Some(s) => Some(s.checked_mul(512).context("--offset is too large")?),
+        None => None,
+    };
+
+    // Build the whole header area in memory first: every validation and KDF error happens
+    // before a byte reaches the disk.
+    let volume_key = SecretBytes::random(a.key_size as usize / 8)?;
+    let started = Instant::now();
+    let vol = Volume::format(std::io::Cursor::new(Vec::new()), &opts, &volume_key, key.expose())
+        .context("cannot build the LUKS2 header")?;
+    let uuid = vol.header().uuid().to_string();
+    let segment = vol.data_segment()?;
+    let header_bytes = vol.into_storage().into_inner();
+
+    // Sizes: the data area must exist and hold at least one sector.
+    let data_offset = segment.offset;
+    let volume_exists = a.volume_path.exists();
+    let current_len = if volume_exists { std::fs::metadata(&a.volume_path)?.len() } else { 0 };
+    let wanted_len = match a.size {
+        Some(s) => {
+            if s % sector_size.bytes() as u64 != 0 || s == 0 {
+                bail!("--size {s} is not a positive multiple of the {}-byte sector size", sector_size.bytes());
+            }
+            Some(data_offset.checked_add(s).context("--size is too large")?)
+        }
+        None => None,
+    };
+    let final_len = wanted_len.unwrap_or(current_len);
+    if final_len < data_offset + sector_size.bytes() as u64 {
+        bail!(
+            "{} is {} bytes, too small for a {}-byte data offset and one sector; give --size (for example --size 64M)",
+            a.volume_path.display(),
+            current_len,
+            data_offset
+        );
+    }
+
+    // Write. Files this command created are removed again if a write fails.
+    let mut created: Vec<PathBuf> = Vec::new();
+    let result = (|| -> Result<()> {
+        if !volume_exists {
+            created.push(a.volume_path.clone());
+        }
+        let mut data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&a.volume_path)
+            .with_context(|| format!("cannot create {}", a.volume_path.display()))?;
+        if let Some(len) = wanted_len {
+            data.set_len(len).with_context(|| format!("cannot size {} to {len} bytes", a.volume_path.display()))?;
+        }
+        let mut hdr = if detached {
+            if !header_file.exists() {
+                created.push(header_file.clone());
+            }
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&header_file)
+                .with_context(|| format!("cannot create header file {}", header_file.display()))?
+        } else {
+            data.try_clone()?
+        };
+        hdr.seek(SeekFrom::Start(0))?;
+        hdr.write_all(&header_bytes)
+            .with_context(|| format!("cannot write the header to {}", header_file.display()))?;
+        hdr.sync_all()?;
+        data.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for p in &created {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    let elapsed = started.elapsed();
+    tracing::info!(uuid = %uuid, ms = elapsed.as_millis() as u64, "formatted");
+
+    let data_len = final_len - data_offset;
+    out.result(
+        &format!(
+            "{uuid}\nFormatted {} as LUKS2 ({} sectors of {} bytes, {}), keyslot {} ({}).",
+            a.volume_path.display(),
+            data_len / sector_size.bytes() as u64,
+            sector_size.bytes(),
+            if detached { format!("header in {}", header_file.display()) } else { "header attached".into() },
+            a.key_slot.unwrap_or(0),
+            kdf_human(&kdf),
+        ),
+        json!({
+            "uuid": uuid,
+            "volume": a.volume_path,
+            "header": a.volume.header,
+            "keyslot": a.key_slot.unwrap_or(0),
+            "kdf": kdf_json(&kdf),
+            "sector_size": sector_size.bytes(),
+            "data_offset": data_offset,
+            "data_size": data_len,
+        }),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// dump, test-key
+
+fn dump(a: DumpArgs, out: &Output) -> Result<()> {
+    let vol = open_volume(&a.volume_path, &a.volume, false)?;
+    if out.json() {
+        out.result("", crate::dump::json(&vol)?)?;
+    } else {
+        out.result(&crate::dump::human(&vol)?, json!(null))?;
+    }
+    Ok(())
+}
+
+fn test_key(a: TestKeyArgs, out: &Output) -> Result<()> {
+    let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
+    let unlocked = unlock(&mut vol, &KeySource::from_args(&a.key), a.key_slot)?;
+    out.result(
+        &format!("The key opens keyslot {}.", unlocked.keyslot),
+        json!({"ok": true, "keyslot": unlocked.keyslot}),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// keyslots
+
+fn check_distinct_sources(a: &KeySource, b: &KeySource) -> Result<()> {
+    if a == b {
+        bail!("the existing key and the new key cannot both come from {a:?}; give one of them with --key-file FILE or --new-key-file FILE");
+    }
+    Ok(())
+}
+
+fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
+    let old_src = KeySource::from_args(&a.key);
+    let new_src = KeySource::from_new_args(&a.new_key);
+    check_distinct_sources(&old_src, &new_src)?;
+    let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
+    refuse_read_only(&vol)?;
+    let unlocked = unlock(&mut vol, &old_src, None)?;
+    let new_key = new_src.read()?;
+    let kdf = kdf_params(&a.kdf, &new_key, out)?;
+    let slot = vol
+        .add_keyslot(&unlocked.volume_key, new_key.expose(), &kdf, a.key_slot)
+        .context("cannot add the keyslot")?;
+    tracing::info!(uuid = vol.header().uuid(), keyslot = slot, "keyslot added");
+    out.result(
+        &format!("Added keyslot {slot} ({}).", kdf_human(&kdf)),
+        json!({"keyslot": slot, "kdf": kdf_json(&kdf)}),
+    )?;
+    Ok(())
+}
+
+fn remove_key(a: RemoveKeyArgs, out: &Output) -> Result<()> {
+    let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
+    refuse_read_only(&vol)?;
+    let unlocked = unlock(&mut vol, &KeySource::from_args(&a.key), None)?;
+    vol.remove_keyslot(unlocked.keyslot).context("cannot remove the keyslot")?;
+    tracing::info!(uuid = vol.header().uuid(), keyslot = unlocked.keyslot, "keyslot removed");
+    out.result(
+        &format!("Removed keyslot {}.", unlocked.keyslot),
+        json!({"removed_keyslot": unlocked.keyslot}),
+    )?;
+    Ok(())
+}
+
+fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
+    let old_src = KeySource::from_args(&a.key);
+    let new_src = KeySource::from_new_args(&a.new_key);
+    check_distinct_sources(&old_src, &new_src)?;
+    let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
+    refuse_read_only(&vol)?;
+    let old_key = old_src.read()?;
+    let new_key = new_src.read()?;
+    let kdf = kdf_params(&a.kdf, &new_key, out)?;
+    let slot = match vol.change_key(old_key.expose(), new_key.expose(), Some(&kdf), a.key_slot) {
+        Ok(s) => s,
+        Err(sealvol_luks::Error::WrongKey) => {
+            return Err(anyhow!(CleanNo("no keyslot opens with the old key".into())))
+        }
+        Err(e) => return Err(e).context("cannot change the key"),
+    };
+    out.result(
+        &format!("The new key is in keyslot {slot} ({}); the old key no longer opens the volume.", kdf_human(&kdf)),
+        json!({"keyslot": slot, "kdf": kdf_json(&kdf)}),
+    )?;
+    Ok(())
+}
+
+fn confirm(batch_mode: bool, question: &str) -> Result<()> {
+    if batch_mode {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} Refusing without a terminal to ask; pass --batch-mode");
+    }
+    eprint!("{question} Type YES (in capitals) to go on: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim_end() != "YES" {
+        bail!("not confirmed; nothing was changed");
+    }
+    Ok(())
+}
+
+const BACKUP_WARNING: &str = "Any header backup made earlier (sealvol header-backup, cryptsetup \
+luksHeaderBackup, a copy of the file) still holds the keyslots and brings the key back: destroy \
+those copies too.";
+
+fn erase(a: EraseArgs, out: &Output) -> Result<()> {
+    let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
+    refuse_read_only(&vol)?;
+    confirm(
+        a.batch_mode,
+        &format!("This wipes every keyslot of {}: its data becomes unreadable.", a.volume_path.display()),
+    )?;
+    let slots: Vec<u32> = vol.header().metadata().keyslots.keys().copied().collect();
+    vol.erase().context("cannot erase the keyslots")?;
+    tracing::info!(uuid = vol.header().uuid(), "keyslots erased");
+    out.note(&format!("sealvol: warning: {BACKUP_WARNING}"));
+    out.result(
+        &format!("Wiped {} keyslot(s): {:?}.", slots.len(), slots),
+        json!({"erased_keyslots": slots, "warning": BACKUP_WARNING}),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// header backup / restore / repair
+
+fn header_backup(a: HeaderBackupArgs, out: &Output) -> Result<()> {
+    let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
+    let bytes = vol.header_backup().context("cannot read the header area")?;
+    let write = || -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&a.header_backup_file)
+            .with_context(|| {
+                format!("cannot create {} (it must not exist yet)", a.header_backup_file.display())
+            })?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() != std::io::ErrorKind::AlreadyExists)) {
+            let _ = std::fs::remove_file(&a.header_backup_file);
+        }
+        return Err(e);
+    }
+    out.note("sealvol: note: the backup holds the keyslots; anyone with it and an old key can open the volume.");
+    out.result(
+        &format!("Wrote {} bytes of header to {}.", bytes.len(), a.header_backup_file.display()),
+        json!({"backup": a.header_backup_file, "bytes": bytes.len()}),
+    )?;
+    Ok(())
+}
+
+fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
+    let backup = std::fs::read(&a.header_backup_file)
+        .with_context(|| format!("cannot read {}", a.header_backup_file.display()))?;
+    // Validate the backup fully before asking or writing anything.
+    let parsed = Volume::open(std::io::Cursor::new(backup.clone()))
+        .with_context(|| format!("{} is not a valid LUKS2 header backup", a.header_backup_file.display()))?;
+    let uuid = parsed.header().uuid().to_string();
+    let path = header_path(&a.volume_path, &a.volume).to_path_buf();
+    confirm(
+        a.batch_mode,
+        &format!("This replaces the header of {} with the backup (UUID {uuid}).", path.display()),
+    )?;
+    let file = open_file(&path, true)?;
+    Volume::header_restore(file, &backup).context("cannot restore the header")?;
+    out.result(
+        &format!("Restored the header of {} (UUID {uuid}).", path.display()),
+        json!({"restored": path, "uuid": uuid}),
+    )?;
+    Ok(())
+}
+
+fn repair(a: RepairArgs, out: &Output) -> Result<()> {
+    let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
+    let repaired = vol.repair().context("cannot repair the header")?;
+    out.result(
+        if repaired { "Rewrote the damaged header copy." } else { "Both header copies are valid; nothing to do." },
+        json!({"repaired": repaired}),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokens
+
+fn token_add(a: TokenAddArgs, out: &Output) -> Result<()> {
+    let text = if a.json_file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("cannot read the token from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(&a.json_file).with_context(|| format!("cannot read {}", a.json_file.display()))?
+    };
+    let token: serde_json::Value =
+        serde_json::from_str(&text).context("the token is not valid JSON")?;
+    let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
+    refuse_read_only(&vol)?;
+    let id = vol.add_token(token, a.token_id).context("cannot add the token")?;
+    out.result(&format!("Added token {id}."), json!({"token_id": id}))?;
+    Ok(())
+}
+
+fn token_remove(a: TokenIdArgs, out: &Output) -> Result<()> {
+    let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
+    refuse_read_only(&vol)?;
+    vol.remove_token(a.token_id).context("cannot remove the token")?;
+    out.result(&format!("Removed token {}.", a.token_id), json!({"removed_token_id": a.token_id}))?;
+    Ok(())
+}
+
+fn token_export(a: TokenIdArgs, out: &Output) -> Result<()> {
+    let vol = open_volume(&a.volume_path, &a.volume, false)?;
+    let token = vol
+        .header()
+        .metadata()
+        .tokens
+        .get(&a.token_id)
+        .with_context(|| format!("the volume has no token {}", a.token_id))?;
+    out.result(&serde_json::to_string(token)?, token.clone())?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// import / export
+
+fn import(a: ImportArgs, out: &Output) -> Result<()> {
+    let key_src = KeySource::from_args(&a.key);
+    let src_is_stdin = a.src.as_os_str() == "-";
+    if src_is_stdin && key_src == KeySource::Stdin {
+        bail!("the plaintext comes from stdin, so the key cannot: give it with --key-file FILE or --key-fd N");
+    }
+    let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
+    refuse_read_only(&vol)?;
+    let segment = vol.data_segment()?;
+    let mut data = open_file(&a.volume_path, true)?;
+    let device_len = data.metadata()?.len();
+    let capacity = segment.data_len(device_len).context("the data segment does not fit the volume file")?;
+
+    let (mut src, src_len): (Box<dyn Read + Send>, Option<u64>) = if src_is_stdin {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let f = File::open(&a.src).with_context(|| format!("cannot open {}", a.src.display()))?;
+        let len = f.metadata()?.len();
+        (Box::new(f), Some(len))
+    };
+    if let Some(len) = src_len {
+        if len > capacity {
+            bail!(
+                "{} is {len} bytes but the volume's data area holds {capacity}; make the volume larger (format --size) or import less",
+                a.src.display()
+            );
+        }
+    }
+    let unlocked = unlock(&mut vol, &key_src, None)?;
+    let bar = out.progress(src_len, "import");
+    let started = Instant::now();
+    let copied = sealvol_luks::data::import(
+        &mut src,
+        &mut data,
+        &segment,
+        &unlocked.volume_key,
+        Some(capacity),
+        &mut |n| bar.set_position(n),
+    )
+    .context("import failed")?;
+    data.sync_all().context("cannot sync the volume")?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    out.result(
+        &format!(
+            "Imported {} bytes into {} ({:.0} MB/s).",
+            copied.bytes,
+            a.volume_path.display(),
+            copied.bytes as f64 / secs.max(1e-9) / 1e6
+        ),
+        json!({"bytes": copied.bytes, "seconds": secs}),
+    )?;
+    Ok(())
+}
+
+fn export(a: ExportArgs, out: &Output) -> Result<()> {
+    let key_src = KeySource::from_args(&a.key);
+    let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
+    let segment = vol.data_segment()?;
+    let mut data = open_file(&a.volume_path, false)?;
+    let device_len = data.metadata()?.len();
+    let len = segment.data_len(device_len).context("the data segment does not fit the volume file")?;
+    let unlocked = unlock(&mut vol, &key_src, None)?;
+
+    let dst_is_stdout = a.dst.as_os_str() == "-";
+    let created = !dst_is_stdout && !a.dst.exists();
+    let mut dst: Box<dyn Write + Send> = if dst_is_stdout {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(File::create(&a.dst).with_context(|| format!("cannot create {}", a.dst.display()))?)
+    };
+    let bar = out.progress(Some(len), "export");
+    let started = Instant::now();
+    let result = sealvol_luks::data::export(
+        &mut data,
+        &mut dst,
+        &segment,
+        &unlocked.volume_key,
+        len,
+        &mut |n| bar.set_position(n),
+    );
+    drop(dst);
+    bar.finish_and_clear();
+    let copied = match result {
+        Ok(c) => c,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(&a.dst);
+            }
+            return Err(e).context("export failed");
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    if !dst_is_stdout || out.json() {
+        // With `-` as DST stdout carries the data; the summary goes to stderr then.
+        let summary = format!(
+            "Exported {} bytes to {} ({:.0} MB/s).",
+            copied.bytes,
+            a.dst.display(),
+            copied.bytes as f64 / secs.max(1e-9) / 1e6
+        );
+        if dst_is_stdout {
+            out.note(&summary);
+        } else {
+            out.result(&summary, json!({"bytes": copied.bytes, "seconds": secs}))?;
+        }
+    }
+    Ok(())
+}
