@@ -16,6 +16,12 @@
 //!   cryptsetup-like costs.
 //! - [`af`]: the LUKS anti-forensic splitter (split and merge).
 //!
+//! Unsafe code is confined to one private module (`ffi`: the aws-lc binding and
+//! `mlock`), with a `// SAFETY:` justification on every block.
+//!
+//! Features: `aws-lc` (default) builds the aws-lc backend; without it (`--no-default-features`)
+//! the crate is pure Rust and [`Backend::AwsLc`] returns an error.
+//!
 //! ```
 //! use sealvol_crypto::{SecretBytes, SectorSize, XtsCipher};
 //! let key = SecretBytes::random(64).unwrap();
@@ -25,6 +31,9 @@
 //! cipher.decrypt_sectors(&mut buf, SectorSize::S4096, 0).unwrap();
 //! assert!(buf.iter().all(|&b| b == 0));
 //! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod af;
 mod error;
@@ -37,4 +46,21 @@ mod xts;
 pub use error::{Error, Result};
 pub use hash::HashAlg;
 pub use secret::SecretBytes;
-pub use xts::{Backend, ParallelXts, SectorSize, XtsCipher};
+pub use xts::{Backend, ParallelXts, SectorSize, XtsCipher, PARALLEL_THRESHOLD};
+
+/// Benchmark support: not part of the stable API.
+#[doc(hidden)]
+pub mod __bench {
+    /// Encrypts `buf` in place as AES-256-XTS with `sector`-byte units and `plain64` IVs
+    /// from `first_iv`, calling aws-lc's EVP functions as directly as possible (the
+    /// baseline that [`crate::XtsCipher`] is measured against). Returns `false` on failure.
+    #[cfg(feature = "aws-lc")]
+    pub fn raw_awslc_xts256_encrypt(
+        key: &[u8; 64],
+        buf: &mut [u8],
+        sector: usize,
+        first_iv: u64,
+    ) -> bool {
+        crate::ffi::raw_xts256_encrypt(key, buf, sector, first_iv)
+    }
+}
