@@ -41,11 +41,18 @@ fn sealvol_format_opens_in_cryptsetup(case: Case) {
 
     let meta = luks_json(layout.header_device());
     let seg = segment(&meta);
-    assert_eq!(seg.sector_size, case.sector_size.unwrap_or(4096), "sector size: {meta}");
+    assert_eq!(
+        seg.sector_size,
+        case.sector_size.unwrap_or(4096),
+        "sector size: {meta}"
+    );
     if case.detached {
         assert_eq!(seg.offset, 0, "detached header: data starts at 0");
         let data_len = std::fs::metadata(&layout.data).unwrap().len();
-        assert!(data_len >= 1 << 20, "data file holds the 1 MiB segment ({data_len} bytes)");
+        assert!(
+            data_len >= 1 << 20,
+            "data file holds the 1 MiB segment ({data_len} bytes)"
+        );
     }
     let slots = meta["keyslots"].as_object().expect("keyslots");
     assert_eq!(slots.len(), 1, "one keyslot after format: {meta}");
@@ -53,10 +60,18 @@ fn sealvol_format_opens_in_cryptsetup(case: Case) {
     let (kind, cost, memory) = case.expect_kdf;
     assert_eq!(kdf["type"], kind, "keyslot kdf: {kdf}");
     if kind == "pbkdf2" {
-        assert_eq!(json_u64(&kdf["iterations"]), cost, "pbkdf2 iterations: {kdf}");
+        assert_eq!(
+            json_u64(&kdf["iterations"]),
+            cost,
+            "pbkdf2 iterations: {kdf}"
+        );
     } else {
         assert_eq!(json_u64(&kdf["time"]), cost, "argon2 time cost: {kdf}");
-        assert_eq!(json_u64(&kdf["memory"]), memory.unwrap(), "argon2 memory: {kdf}");
+        assert_eq!(
+            json_u64(&kdf["memory"]),
+            memory.unwrap(),
+            "argon2 memory: {kdf}"
+        );
     }
 
     // Sector data: sealvol ↔ openssl with cryptsetup's volume key.
@@ -183,7 +198,15 @@ fn cryptsetup_sealvol_format_json_matches_header() {
     ])
     .ok();
     let j = r.json();
-    for field in ["uuid", "volume", "header", "keyslot", "kdf", "sector_size", "data_offset"] {
+    for field in [
+        "uuid",
+        "volume",
+        "header",
+        "keyslot",
+        "kdf",
+        "sector_size",
+        "data_offset",
+    ] {
         assert!(j.get(field).is_some(), "format --json lacks {field:?}: {j}");
     }
     assert_eq!(j["uuid"].as_str().unwrap(), luks_uuid(&vol), "uuid: {j}");

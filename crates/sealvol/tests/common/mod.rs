@@ -80,7 +80,12 @@ impl Run {
     /// Asserts a specific exit status.
     #[track_caller]
     pub fn code(self, expected: i32) -> Self {
-        assert_eq!(self.code, expected, "unexpected exit code\n{}", self.context());
+        assert_eq!(
+            self.code,
+            expected,
+            "unexpected exit code\n{}",
+            self.context()
+        );
         self
     }
 
@@ -126,7 +131,11 @@ where
     let mut child = Command::new(program)
         .args(&args)
         .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -359,13 +368,23 @@ pub fn cs_test_passphrase(key_file: &Path, header: Option<&Path>, data: &Path) -
 #[track_caller]
 pub fn assert_cs_opens(key_file: &Path, header: Option<&Path>, data: &Path) {
     let code = cs_test_passphrase(key_file, header, data);
-    assert_eq!(code, 0, "cryptsetup open --test-passphrase should accept {}", key_file.display());
+    assert_eq!(
+        code,
+        0,
+        "cryptsetup open --test-passphrase should accept {}",
+        key_file.display()
+    );
 }
 
 #[track_caller]
 pub fn assert_cs_refuses(key_file: &Path, header: Option<&Path>, data: &Path) {
     let code = cs_test_passphrase(key_file, header, data);
-    assert_ne!(code, 0, "cryptsetup open --test-passphrase should refuse {}", key_file.display());
+    assert_ne!(
+        code,
+        0,
+        "cryptsetup open --test-passphrase should refuse {}",
+        key_file.display()
+    );
 }
 
 /// `openssl enc` in ECB mode, no padding: the AES oracle.
@@ -409,7 +428,11 @@ fn xts_double(t: &mut [u8; 16]) {
 /// unit per (512..4096-byte) sector. `openssl_xts_oracle_matches_ieee1619_vector_10` pins this
 /// composition to the standard's test vector.
 pub fn openssl_xts(decrypt: bool, key: &[u8], units: &[(u64, Vec<u8>)]) -> Vec<Vec<u8>> {
-    assert!(key.len() == 32 || key.len() == 64, "XTS key of {} bytes", key.len());
+    assert!(
+        key.len() == 32 || key.len() == 64,
+        "XTS key of {} bytes",
+        key.len()
+    );
     let (k1, k2) = key.split_at(key.len() / 2);
     let mut ivs = Vec::with_capacity(16 * units.len());
     for (iv, _) in units {
@@ -420,7 +443,11 @@ pub fn openssl_xts(decrypt: bool, key: &[u8], units: &[(u64, Vec<u8>)]) -> Vec<V
     let mut all_tweaks = Vec::new();
     let mut masked = Vec::new();
     for (i, (_, data)) in units.iter().enumerate() {
-        assert!(data.len() % 16 == 0 && !data.is_empty(), "data unit of {} bytes", data.len());
+        assert!(
+            data.len() % 16 == 0 && !data.is_empty(),
+            "data unit of {} bytes",
+            data.len()
+        );
         let mut t: [u8; 16] = tweaks0[16 * i..16 * i + 16].try_into().unwrap();
         for block in data.chunks(16) {
             all_tweaks.extend_from_slice(&t);
@@ -488,10 +515,17 @@ pub fn check_data_against_openssl(dir: &Path, layout: &Layout, key_file: &Path) 
     let meta = luks_json(layout.header_device());
     let seg = segment(&meta);
     if layout.header.is_some() {
-        assert_eq!(seg.offset, 0, "a detached header's data segment starts at 0");
+        assert_eq!(
+            seg.offset, 0,
+            "a detached header's data segment starts at 0"
+        );
     }
     let vk = dump_volume_key(layout.header_device(), key_file);
-    assert!(vk.len() == 64 || vk.len() == 32, "volume key of {} bytes", vk.len());
+    assert!(
+        vk.len() == 64 || vk.len() == 32,
+        "volume key of {} bytes",
+        vk.len()
+    );
     let ss = seg.sector_size;
     let data_len = fs::metadata(&layout.data).unwrap().len();
     let seg_len = seg.size.unwrap_or(data_len - seg.offset);
@@ -535,7 +569,10 @@ pub fn check_data_against_openssl(dir: &Path, layout: &Layout, key_file: &Path) 
 
     // 2. openssl encrypt → sealvol export.
     let total = seg_len / ss;
-    assert!(total > n_sectors + 4, "segment too small for the test: {total} sectors");
+    assert!(
+        total > n_sectors + 4,
+        "segment too small for the test: {total} sectors"
+    );
     let targets = [2, n_sectors + 1, total - 1];
     let new_plain: Vec<(u64, Vec<u8>)> = targets
         .iter()
@@ -569,7 +606,10 @@ pub fn check_data_against_openssl(dir: &Path, layout: &Layout, key_file: &Path) 
         );
     }
     // Untouched imported sectors still read back.
-    assert!(exported[..ss as usize] == plain[..ss as usize], "sector 0 after export");
+    assert!(
+        exported[..ss as usize] == plain[..ss as usize],
+        "sector 0 after export"
+    );
     let last = n_sectors - 1;
     assert!(
         exported[(last * ss) as usize..((last + 1) * ss) as usize]
