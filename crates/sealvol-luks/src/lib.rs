@@ -25,13 +25,17 @@
 //! assert!(unlocked.volume_key.ct_eq(vk.expose()));
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod data;
 mod error;
-mod storage;
 pub mod luks2;
+mod storage;
 
 pub use error::{Error, Result};
 pub use luks2::{
-    DataSegment, FormatOptions, Header, KdfParams, LoadReport, Metadata, Unlocked, Volume,
+    parse_header_bytes, Copy as HeaderCopy, DataSegment, FormatOptions, Header, KdfParams,
+    LoadReport, Metadata, Unlocked, Volume,
 };
 pub use storage::Storage;

@@ -1,0 +1,162 @@
+//! The crate's one error type.
+//!
+//! Every variant names what was found and, where it helps, what was expected and what the
+//! user can do. No variant ever carries key material: passphrases, volume keys and derived
+//! keys never reach an error message.
+
+/// Which of the two LUKS2 header copies (LUKS2 on-disk format, §2: primary at offset 0,
+/// secondary right after it at `hdr_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Copy {
+    /// The primary copy, at offset 0 (magic `LUKS\xba\xbe`).
+    Primary,
+    /// The secondary copy, at offset `hdr_size` (magic `SKUL\xba\xbe`).
+    Secondary,
+}
+
+impl std::fmt::Display for Copy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Copy::Primary => "primary",
+            Copy::Secondary => "secondary",
+        })
+    }
+}
+
+/// Errors from parsing, validating, unlocking and updating LUKS2 headers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on the storage, with what was being done.
+    #[error("I/O error while {context}: {source}")]
+    Io {
+        /// What the crate was doing (e.g. "reading the primary header").
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither header copy carries the LUKS magic.
+    #[error("no LUKS header found: neither the primary (offset 0) nor any secondary copy has the LUKS2 magic; is this the right device or header file?")]
+    NotLuks,
+    /// A LUKS header of a version this crate does not handle (LUKS1 is `1`).
+    #[error("unsupported LUKS version {0}; this crate reads LUKS2 (version 2) headers")]
+    UnsupportedVersion(u16),
+    /// Metadata that violates the LUKS2 format rules (found in a header, a backup, or a
+    /// request such as [`FormatOptions`](crate::FormatOptions)).
+    #[error("invalid LUKS2 metadata: {0}")]
+    Invalid(String),
+    /// A header copy that is damaged (bad checksum, bad magic, bad offsets).
+    #[error("corrupt LUKS2 {copy} header: {reason}")]
+    Corrupt {
+        /// Which copy.
+        copy: Copy,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Both header copies are unusable.
+    #[error("no valid LUKS2 header copy: primary: {primary}; secondary: {secondary}. Restore a header backup (luksHeaderBackup) if you have one")]
+    NoValidHeader {
+        /// Why the primary copy was refused.
+        primary: String,
+        /// Why the secondary copy was refused.
+        secondary: String,
+    },
+    /// No keyslot opens with the given passphrase or key.
+    #[error("no keyslot opens with this key")]
+    WrongKey,
+    /// The keyslot does not exist.
+    #[error("keyslot {0} does not exist")]
+    NoSuchKeyslot(u32),
+    /// The keyslot is already in use.
+    #[error("keyslot {0} is already in use; remove it first or choose another slot")]
+    KeyslotInUse(u32),
+    /// All 32 keyslots are in use, or the keyslots area has no room for another.
+    #[error("no free keyslot: {0}")]
+    NoFreeKeyslot(String),
+    /// Refused to remove the last active keyslot (the volume would become unopenable).
+    #[error("keyslot {0} is the last active keyslot; removing it makes the data unrecoverable. Use erase to destroy all keyslots on purpose")]
+    LastKeyslot(u32),
+    /// A cipher this crate refuses (`cipher_null`) or does not implement.
+    #[error("unsupported cipher {0:?}; only aes-xts-plain64 with 256- or 512-bit keys is supported (cipher_null is always refused)")]
+    UnsupportedCipher(String),
+    /// A hash or KDF this crate does not implement.
+    #[error("unsupported {what} {name:?}")]
+    Unsupported {
+        /// What kind of thing (e.g. "keyslot KDF hash").
+        what: &'static str,
+        /// Its name in the metadata.
+        name: String,
+    },
+    /// The header carries requirements this crate does not understand: it may be read but
+    /// not changed.
+    #[error("the LUKS2 header is read-only for sealvol: {0}")]
+    ReadOnly(String),
+    /// The token does not exist.
+    #[error("token {0} does not exist")]
+    NoSuchToken(u32),
+    /// The token id is already in use.
+    #[error("token {0} is already in use; remove it first or choose another id")]
+    TokenInUse(u32),
+    /// A token that is not a valid LUKS2 token object.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// The JSON metadata would not fit the JSON area.
+    #[error("the JSON metadata ({len} bytes) does not fit the {area}-byte JSON area; remove tokens or keyslots, or reformat with a larger metadata size")]
+    MetadataTooLarge {
+        /// Encoded length plus the terminating NUL.
+        len: usize,
+        /// Size of the JSON area.
+        area: u64,
+    },
+    /// The storage is smaller than the header and keyslots area it must hold.
+    #[error("the device is too small: {len} bytes, but the LUKS2 header and keyslots area need {needed} bytes")]
+    DeviceTooSmall {
+        /// Storage length.
+        len: u64,
+        /// Bytes required.
+        needed: u64,
+    },
+    /// The plaintext source is longer than the data segment (streaming import).
+    #[error("the source is larger than the data segment: capacity {capacity} bytes, source at least {at_least} bytes; grow the volume or use a smaller source")]
+    SourceTooLarge {
+        /// Bytes the segment holds.
+        capacity: u64,
+        /// Bytes of source seen so far.
+        at_least: u64,
+    },
+    /// A length that is not a whole number of sectors.
+    #[error("{len} bytes is not a whole number of {sector_size}-byte sectors")]
+    Unaligned {
+        /// The length.
+        len: u64,
+        /// The sector size.
+        sector_size: u64,
+    },
+    /// The data device ended before the data segment did.
+    #[error(
+        "the data device is truncated: expected data up to byte {expected}, found only {found}"
+    )]
+    TruncatedData {
+        /// Where the data should end.
+        expected: u64,
+        /// Where the device ended.
+        found: u64,
+    },
+    /// An error from the crypto layer.
+    #[error(transparent)]
+    Crypto(#[from] sealvol_crypto::Error),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,222 @@
+//! Keyslot and digest cryptography (§3.2, §3.5; cryptsetup `luks2_keyslot_luks2.c`,
+//! `luks2_digest_pbkdf2.c`).
+//!
+//! A `luks2` keyslot stores the volume key AF-split into 4000 stripes (`af`), encrypted
+//! with the area cipher in 512-byte sectors whose IVs start at 0 at the start of the area,
+//! under a key derived from the passphrase by the keyslot KDF. A `pbkdf2` digest checks a
+//! candidate volume key.
+
+use super::metadata::{Digest, Kdf, Keyslot};
+use super::{AF_STRIPES, CIPHER_AES_XTS_PLAIN64};
+use crate::{Error, Result};
+use sealvol_crypto::{af, kdf, HashAlg, SecretBytes, SectorSize, XtsCipher};
+
+/// Refuses any cipher but `aes-xts-plain64` with a 32- or 64-byte key (and so
+/// `cipher_null`, whatever its key size).
+pub(crate) fn check_cipher(name: &str, key_len: usize) -> Result<()> {
+    if name != CIPHER_AES_XTS_PLAIN64 || !(key_len == 32 || key_len == 64) {
+        let shown = if name == CIPHER_AES_XTS_PLAIN64 {
+            format!("{name} with a {}-bit key", key_len * 8)
+        } else {
+            name.to_string()
+        };
+        return Err(Error::UnsupportedCipher(shown));
+    }
+    Ok(())
+}
+
+pub(crate) fn hash_alg(name: &str, what: &'static str) -> Result<HashAlg> {
+    match name {
+        "sha1" => Ok(HashAlg::Sha1),
+        "sha256" => Ok(HashAlg::Sha256),
+        "sha512" => Ok(HashAlg::Sha512),
+        other => Err(Error::Unsupported {
+            what,
+            name: other.to_string(),
+        }),
+    }
+}
+
+/// Derives `len` bytes from `passphrase` with the keyslot KDF.
+pub(crate) fn derive(kdf_obj: &Kdf, passphrase: &[u8], len: usize) -> Result<SecretBytes> {
+    let mut out = SecretBytes::zeroed(len);
+    match kdf_obj {
+        Kdf::Pbkdf2 {
+            hash,
+            iterations,
+            salt,
+        } => {
+            let alg = hash_alg(hash, "keyslot PBKDF2 hash")?;
+            kdf::pbkdf2(alg, passphrase, salt, *iterations, out.expose_mut())?;
+        }
+        Kdf::Argon2 {
+            variant,
+            time,
+            memory,
+            cpus,
+            salt,
+        } => {
+            kdf::argon2(
+                *variant,
+                passphrase,
+                salt,
+                *time,
+                *memory,
+                *cpus,
+                out.expose_mut(),
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes of AF material for a `key_len`-byte key: `key_len * 4000` rounded up to 512
+/// (cryptsetup `AF_split_sectors * SECTOR_SIZE`).
+pub(crate) fn material_len(key_len: usize) -> usize {
+    (key_len * AF_STRIPES as usize).div_ceil(512) * 512
+}
+
+/// The parts of a luks2 keyslot this crate can use, checked.
+pub(crate) struct SlotParams<'a> {
+    pub kdf: &'a Kdf,
+    pub af_hash: HashAlg,
+    pub area_offset: u64,
+    pub area_key_len: usize,
+    pub key_len: usize,
+}
+
+/// Checks that `k` is a luks2 keyslot this crate can open: aes-xts-plain64 area, 4000
+/// stripes, a known AF hash, an area large enough for the material.
+pub(crate) fn slot_params(id: u32, k: &Keyslot) -> Result<SlotParams<'_>> {
+    if k.kind != "luks2" {
+        return Err(Error::Unsupported {
+            what: "keyslot type",
+            name: k.kind.clone(),
+        });
+    }
+    let (Some(kdf), Some(af), Some(enc), Some(area_key)) =
+        (&k.kdf, &k.af, &k.area.encryption, k.area.key_size)
+    else {
+        return Err(Error::Invalid(format!(
+            "keyslot {id} lacks kdf, af or area encryption"
+        )));
+    };
+    let area_key_len = area_key as usize;
+    check_cipher(enc, area_key_len)?;
+    if af.stripes != AF_STRIPES {
+        return Err(Error::Invalid(format!(
+            "keyslot {id} has {} AF stripes; LUKS2 keyslots use {AF_STRIPES}",
+            af.stripes
+        )));
+    }
+    let af_hash = hash_alg(&af.hash, "keyslot AF hash")?;
+    let key_len = k.key_size as usize;
+    if key_len == 0 || key_len > 512 {
+        return Err(Error::Invalid(format!(
+            "keyslot {id} key_size {key_len} is outside 1..=512 bytes"
+        )));
+    }
+    let need = material_len(key_len) as u64;
+    if k.area.size < need {
+        return Err(Error::Invalid(format!(
+            "keyslot {id} area is {} bytes but a {key_len}-byte key needs {need}",
+            k.area.size
+        )));
+    }
+    Ok(SlotParams {
+        kdf,
+        af_hash,
+        area_offset: k.area.offset,
+        area_key_len,
+        key_len,
+    })
+}
+
+/// AF-splits `volume_key` and encrypts it under the passphrase: the bytes to write at the
+/// area offset.
+pub(crate) fn seal(
+    p: &SlotParams<'_>,
+    passphrase: &[u8],
+    volume_key: &SecretBytes,
+) -> Result<SecretBytes> {
+    let derived = derive(p.kdf, passphrase, p.area_key_len)?;
+    let split = af::split(volume_key.expose(), AF_STRIPES, p.af_hash)?;
+    let mut material = SecretBytes::zeroed(material_len(p.key_len));
+    material.expose_mut()[..split.len()].copy_from_slice(split.expose());
+    drop(split);
+    let mut cipher = XtsCipher::new(&derived)?;
+    cipher.encrypt_sectors(material.expose_mut(), SectorSize::S512, 0)?;
+    Ok(material)
+}
+
+/// Decrypts the area `material` (as read from disk, [`material_len`] bytes) under the
+/// passphrase and merges the stripes: the candidate volume key.
+pub(crate) fn open(
+    p: &SlotParams<'_>,
+    passphrase: &[u8],
+    mut material: SecretBytes,
+) -> Result<SecretBytes> {
+    let derived = derive(p.kdf, passphrase, p.area_key_len)?;
+    let mut cipher = XtsCipher::new(&derived)?;
+    cipher.decrypt_sectors(material.expose_mut(), SectorSize::S512, 0)?;
+    let n = p.key_len * AF_STRIPES as usize;
+    Ok(af::merge(
+        &material.expose()[..n],
+        p.key_len,
+        AF_STRIPES,
+        p.af_hash,
+    )?)
+}
+
+/// Computes a digest's PBKDF2 over `volume_key`, `len` bytes.
+pub(crate) fn digest_bytes(
+    hash: &str,
+    iterations: u32,
+    salt: &[u8],
+    volume_key: &[u8],
+    len: usize,
+) -> Result<Vec<u8>> {
+    let alg = hash_alg(hash, "digest hash")?;
+    let mut out = vec![0u8; len];
+    kdf::pbkdf2(alg, volume_key, salt, iterations, &mut out)?;
+    Ok(out)
+}
+
+/// True when `volume_key` matches the digest (constant-time compare).
+pub(crate) fn digest_matches(d: &Digest, volume_key: &SecretBytes) -> Result<bool> {
+    use subtle::ConstantTimeEq as _;
+    let got = digest_bytes(
+        &d.hash,
+        d.iterations,
+        &d.salt,
+        volume_key.expose(),
+        d.digest.len(),
+    )?;
+    Ok(bool::from(got.ct_eq(&d.digest)))
+}
+
+/// A new digest object over `volume_key`.
+pub(crate) fn new_digest(
+    hash: HashAlg,
+    iterations: u32,
+    volume_key: &SecretBytes,
+) -> Result<Digest> {
+    let salt = super::random_vec(super::metadata::SALT_LEN)?;
+    let digest = digest_bytes(
+        hash.as_str(),
+        iterations,
+        &salt,
+        volume_key.expose(),
+        hash.output_len(),
+    )?;
+    Ok(Digest {
+        kind: "pbkdf2".into(),
+        keyslots: Vec::new(),
+        segments: Vec::new(),
+        hash: hash.as_str().into(),
+        iterations,
+        salt,
+        digest,
+        extra: Default::default(),
+    })
+}
