@@ -580,19 +580,20 @@ impl Segment {
     fn from_json(o: &Map<String, Value>, path: &str) -> Result<Self> {
         let kind = json::string(o, "type", path)?.to_string();
         let offset = json::u64_str(o, "offset", path)?;
-        let size =
-            match json::string(o, "size", path)? {
-                "dynamic" => None,
-                s => match json::parse_u64_str(s) {
-                    Some(0) | None => return Err(invalid(
+        let size = match json::string(o, "size", path)? {
+            "dynamic" => None,
+            s => match json::parse_u64_str(s) {
+                Some(0) | None => {
+                    return Err(invalid(
                         &format!("{path}.size"),
                         format_args!(
                             "expected \"dynamic\" or a non-zero decimal string-uint64, found {s:?}"
                         ),
-                    )),
-                    Some(v) => Some(v),
-                },
-            };
+                    ))
+                }
+                Some(v) => Some(v),
+            },
+        };
         let flags = match o.get("flags") {
             None => None,
             Some(v) => Some(json::strings(v, &format!("{path}.flags"))?),
