@@ -267,3 +267,6 @@ pub(crate) fn random_array<const N: usize>() -> Result<[u8; N]> {
     fill_random(&mut a)?;
     Ok(a)
 }
+
+#[cfg(test)]
+mod tests;
