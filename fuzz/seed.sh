@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Seeds fuzz/corpus/luks2_header/ with real headers made by cryptsetup (LUKS2, several shapes):
+# for each, the primary copy alone and the whole header area (both copies; keyslots area cut).
+# Usage: fuzz/seed.sh   (needs cryptsetup; the corpus directory is not committed)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+corpus="$here/corpus/luks2_header"
+mkdir -p "$corpus"
+PATH="$PATH:/usr/sbin:/sbin"
+command -v cryptsetup >/dev/null || { echo "cryptsetup missing: apt-get install -y cryptsetup-bin" >&2; exit 2; }
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+head -c 32 /dev/urandom > "$tmp/key"
+head -c 32 /dev/urandom > "$tmp/key2"
+fast=(--pbkdf pbkdf2 --pbkdf-force-iterations 1000)
+
+seed() { # name, metadata size in bytes, extra luksFormat args...
+  local name="$1" md="$2"
+  shift 2
+  local img="$tmp/$name.img"
+  truncate -s 20M "$img"
+  cryptsetup luksFormat --batch-mode --type luks2 --luks2-metadata-size "$md" "$@" "$img" "$tmp/key"
+  case "$name" in
+    multi*)
+      cryptsetup luksAddKey --batch-mode "${fast[@]}" --key-file "$tmp/key" "$img" "$tmp/key2"
+      echo '{"type":"seed-token","keyslots":["0"],"x":{"y":[1,2]}}' > "$tmp/token.json"
+      cryptsetup token import --json-file "$tmp/token.json" "$img"
+      ;;
+  esac
+  head -c "$md" "$img" > "$corpus/$name-primary"
+  head -c $((2 * md)) "$img" > "$corpus/$name-both"
+}
+
+seed pbkdf2-4096 16384 "${fast[@]}" --sector-size 4096
+seed argon2id-512 16384 --pbkdf argon2id --pbkdf-memory 32 --pbkdf-force-iterations 4 --sector-size 512
+seed multi-32k 32768 "${fast[@]}" --label seed --subsystem fuzz
+echo "seeded $(ls "$corpus" | wc -l) files in $corpus"
