@@ -269,4 +269,6 @@ pub(crate) fn random_array<const N: usize>() -> Result<[u8; N]> {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
