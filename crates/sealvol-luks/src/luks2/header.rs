@@ -29,13 +29,13 @@ impl Header {
     pub fn uuid(&self) -> &str {
         &self.uuid
     }
-    /// The label, if set (binary header `label`, at most 47 bytes).
-    pub fn label(&self) -> Option<&str> {
-        Some(self.label.as_str()).filter(|s| !s.is_empty())
+    /// The label (binary header `label`, at most 47 bytes; empty when unset).
+    pub fn label(&self) -> &str {
+        &self.label
     }
-    /// The subsystem, if set (binary header `subsystem`).
-    pub fn subsystem(&self) -> Option<&str> {
-        Some(self.subsystem.as_str()).filter(|s| !s.is_empty())
+    /// The subsystem (binary header `subsystem`, at most 47 bytes; empty when unset).
+    pub fn subsystem(&self) -> &str {
+        &self.subsystem
     }
     /// The sequence id ("Epoch" in `cryptsetup luksDump`), incremented on each update.
     pub fn seqid(&self) -> u64 {

@@ -346,6 +346,13 @@ impl Metadata {
     }
 }
 
+/// Serializes as the JSON area holds it (the same value as [`Metadata::to_json`]).
+impl serde::Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
 fn append(dst: &mut Map<String, Value>, extra: &Map<String, Value>) {
     for (k, v) in extra {
         dst.insert(k.clone(), v.clone());

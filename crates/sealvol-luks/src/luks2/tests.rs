@@ -74,7 +74,7 @@ fn base_header_parses_and_reencodes_identically() {
     let h = parse(&base()).unwrap();
     assert_eq!(h.metadata().to_json_string(), BASE);
     assert_eq!(h.seqid(), 7);
-    assert_eq!(h.label(), Some("l"));
+    assert_eq!(h.label(), "l");
     assert_eq!(h.data_offset(), 16 << 20);
     assert_eq!(h.areas_len(), 16 << 20);
 }
