@@ -8,6 +8,11 @@
 
 use super::metadata::{Digest, Kdf, Keyslot};
 use super::{AF_STRIPES, CIPHER_AES_XTS_PLAIN64};
+
+/// Largest Argon2 memory cost accepted from a header: 4 GiB, cryptsetup's maximum.
+const MAX_ARGON2_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+/// Most Argon2 lanes accepted from a header (cryptsetup's maximum).
+const MAX_ARGON2_LANES: u32 = 4;
 use crate::{Error, Result};
 use sealvol_crypto::{af, kdf, HashAlg, SecretBytes, SectorSize, XtsCipher};
 
@@ -108,6 +113,18 @@ pub(crate) fn slot_params(id: u32, k: &Keyslot) -> Result<SlotParams<'_>> {
             "keyslot {id} has {} AF stripes; LUKS2 keyslots use {AF_STRIPES}",
             af.stripes
         )));
+    }
+    if let Kdf::Argon2 {
+        memory, cpus, time, ..
+    } = kdf
+    {
+        // The header is untrusted: never let it demand more than cryptsetup's limits
+        // (4 GiB, 4 lanes; `crypt_pbkdf_get_limits`), or a zero cost.
+        if *memory > MAX_ARGON2_MEMORY_KIB || !(1..=MAX_ARGON2_LANES).contains(cpus) || *time == 0 {
+            return Err(Error::Invalid(format!(
+                "keyslot {id} Argon2 cost (time {time}, memory {memory} KiB, cpus {cpus}) is outside cryptsetup's limits (time >= 1, memory <= {MAX_ARGON2_MEMORY_KIB} KiB, 1..={MAX_ARGON2_LANES} cpus)"
+            )));
+        }
     }
     let af_hash = hash_alg(&af.hash, "keyslot AF hash")?;
     let key_len = k.key_size as usize;

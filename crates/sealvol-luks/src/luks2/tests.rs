@@ -576,6 +576,23 @@ fn segment_with_integrity_or_bad_stripes_is_refused() {
 }
 
 #[test]
+fn excessive_argon2_cost_is_refused_before_deriving() {
+    let vk = SecretBytes::random(64).unwrap();
+    for (time, memory, cpus) in [(4, u32::MAX, 1), (4, 64, 0), (4, 64, 64), (0, 64, 1)] {
+        let mut vol = rewrite(volume(&vk), |h| {
+            h.metadata.keyslots.get_mut(&0).unwrap().kdf = Some(Kdf::Argon2 {
+                variant: sealvol_crypto::kdf::Argon2Variant::Argon2id,
+                time,
+                memory,
+                cpus,
+                salt: vec![0; 32],
+            });
+        });
+        assert!(matches!(vol.unlock(b"pw", Some(0)), Err(Error::Invalid(_))));
+    }
+}
+
+#[test]
 fn format_refuses_bad_options() {
     let vk = SecretBytes::random(64).unwrap();
     let bad = [
