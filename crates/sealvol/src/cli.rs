@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 success, 1 a clean "no" (wrong key, nothing opened), 2 error.
 #[derive(Debug, Parser)]
-#[command(name = "sealvol", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "sealvol",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Print results as JSON on stdout (errors too, as {"error": ..., "exit_code": ...}).
     #[arg(long, global = true)]
@@ -145,7 +150,12 @@ pub struct FormatArgs {
     #[command(flatten)]
     pub kdf: KdfArgs,
     /// On-disk format (only luks2 in this version).
-    #[arg(long = "type", short = 'M', default_value = "luks2", value_name = "TYPE")]
+    #[arg(
+        long = "type",
+        short = 'M',
+        default_value = "luks2",
+        value_name = "TYPE"
+    )]
     pub luks_type: String,
     /// Cipher specification.
     #[arg(long, short = 'c', default_value = "aes-xts-plain64")]
@@ -357,7 +367,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}; use K, M, G or T")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use K, M, G or T"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("size {s:?} does not fit in 64 bits"))

@@ -103,7 +103,11 @@ fn refuse_read_only(vol: &Volume<File>) -> Result<()> {
 }
 
 /// Unlocks with a key from `source`; a wrong key becomes a clean "no" (exit 1).
-fn unlock(vol: &mut Volume<File>, source: &KeySource, slot: Option<u32>) -> Result<sealvol_luks::Unlocked> {
+fn unlock(
+    vol: &mut Volume<File>,
+    source: &KeySource,
+    slot: Option<u32>,
+) -> Result<sealvol_luks::Unlocked> {
     let key = source.read()?;
     match vol.unlock(key.expose(), slot) {
         Ok(u) => Ok(u),
@@ -126,7 +130,11 @@ fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfPara
         KeyProfile::Passphrase => false,
         KeyProfile::Auto => looks_like_machine_key(key.expose()),
     };
-    let pbkdf = args.pbkdf.unwrap_or(if machine { Pbkdf::Pbkdf2 } else { Pbkdf::Argon2id });
+    let pbkdf = args.pbkdf.unwrap_or(if machine {
+        Pbkdf::Pbkdf2
+    } else {
+        Pbkdf::Argon2id
+    });
     let target = Duration::from_millis(args.iter_time.unwrap_or(DEFAULT_ITER_TIME_MS).into());
     let params = match pbkdf {
         Pbkdf::Pbkdf2 => {
@@ -144,9 +152,15 @@ fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfPara
             KdfParams::Pbkdf2 { hash, iterations }
         }
         Pbkdf::Argon2i | Pbkdf::Argon2id => {
-            let variant = if pbkdf == Pbkdf::Argon2i { Argon2Variant::Argon2i } else { Argon2Variant::Argon2id };
+            let variant = if pbkdf == Pbkdf::Argon2i {
+                Argon2Variant::Argon2i
+            } else {
+                Argon2Variant::Argon2id
+            };
             let parallel = args.pbkdf_parallel.unwrap_or_else(|| {
-                std::thread::available_parallelism().map(|n| n.get().min(4) as u32).unwrap_or(1)
+                std::thread::available_parallelism()
+                    .map(|n| n.get().min(4) as u32)
+                    .unwrap_or(1)
             });
             let max_memory = args.pbkdf_memory.unwrap_or(DEFAULT_ARGON2_MEMORY_KIB);
             let (time, memory_kib) = match args.pbkdf_force_iterations {
@@ -158,7 +172,12 @@ fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfPara
                     kdf::benchmark_argon2(variant, target, max_memory, parallel)
                 }
             };
-            KdfParams::Argon2 { variant, time, memory_kib, parallel }
+            KdfParams::Argon2 {
+                variant,
+                time,
+                memory_kib,
+                parallel,
+            }
         }
     };
     Ok(params)
@@ -169,7 +188,12 @@ fn kdf_json(k: &KdfParams) -> serde_json::Value {
         KdfParams::Pbkdf2 { hash, iterations } => {
             json!({"type": "pbkdf2", "hash": hash.as_str(), "iterations": iterations})
         }
-        KdfParams::Argon2 { variant, time, memory_kib, parallel } => json!({
+        KdfParams::Argon2 {
+            variant,
+            time,
+            memory_kib,
+            parallel,
+        } => json!({
             "type": match variant { Argon2Variant::Argon2i => "argon2i", Argon2Variant::Argon2id => "argon2id" },
             "time": time, "memory": memory_kib, "cpus": parallel,
         }),
@@ -179,9 +203,17 @@ fn kdf_json(k: &KdfParams) -> serde_json::Value {
 fn kdf_human(k: &KdfParams) -> String {
     match k {
         KdfParams::Pbkdf2 { hash, iterations } => format!("pbkdf2-{hash}, {iterations} iterations"),
-        KdfParams::Argon2 { variant, time, memory_kib, parallel } => format!(
+        KdfParams::Argon2 {
+            variant,
+            time,
+            memory_kib,
+            parallel,
+        } => format!(
             "{}, time {time}, memory {memory_kib} KiB, {parallel} threads",
-            match variant { Argon2Variant::Argon2i => "argon2i", Argon2Variant::Argon2id => "argon2id" }
+            match variant {
+                Argon2Variant::Argon2i => "argon2i",
+                Argon2Variant::Argon2id => "argon2id",
+            }
         ),
     }
 }
@@ -191,18 +223,30 @@ fn kdf_human(k: &KdfParams) -> String {
 
 fn has_luks_magic(path: &Path) -> bool {
     let mut magic = [0u8; 6];
-    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"LUKS\xba\xbe"
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"LUKS\xba\xbe"
 }
 
 fn format(a: FormatArgs, out: &Output) -> Result<()> {
     if a.luks_type != "luks2" {
-        bail!("--type {} is not supported by this version; use --type luks2", a.luks_type);
+        bail!(
+            "--type {} is not supported by this version; use --type luks2",
+            a.luks_type
+        );
     }
     if a.cipher != "aes-xts-plain64" {
-        bail!("cipher {} is not supported; sealvol writes aes-xts-plain64", a.cipher);
+        bail!(
+            "cipher {} is not supported; sealvol writes aes-xts-plain64",
+            a.cipher
+        );
     }
     if a.key_size != 256 && a.key_size != 512 {
-        bail!("--key-size {} is not valid for aes-xts-plain64; use 512 (AES-256) or 256 (AES-128)", a.key_size);
+        bail!(
+            "--key-size {} is not valid for aes-xts-plain64; use 512 (AES-256) or 256 (AES-128)",
+            a.key_size
+        );
     }
     let sector_size = SectorSize::try_from(a.sector_size).context("--sector-size")?;
     let detached = a.volume.header.is_some();
@@ -242,8 +286,13 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
     // before a byte reaches the disk.
     let volume_key = SecretBytes::random(a.key_size as usize / 8)?;
     let started = Instant::now();
-    let vol = Volume::format(std::io::Cursor::new(Vec::new()), &opts, &volume_key, key.expose())
-        .context("cannot build the LUKS2 header")?;
+    let vol = Volume::format(
+        std::io::Cursor::new(Vec::new()),
+        &opts,
+        &volume_key,
+        key.expose(),
+    )
+    .context("cannot build the LUKS2 header")?;
     let uuid = vol.header().uuid().to_string();
     let segment = vol.data_segment()?;
     let header_bytes = vol.into_storage().into_inner();
@@ -251,11 +300,18 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
     // Sizes: the data area must exist and hold at least one sector.
     let data_offset = segment.offset;
     let volume_exists = a.volume_path.exists();
-    let current_len = if volume_exists { std::fs::metadata(&a.volume_path)?.len() } else { 0 };
+    let current_len = if volume_exists {
+        std::fs::metadata(&a.volume_path)?.len()
+    } else {
+        0
+    };
     let wanted_len = match a.size {
         Some(s) => {
             if s % sector_size.bytes() as u64 != 0 || s == 0 {
-                bail!("--size {s} is not a positive multiple of the {}-byte sector size", sector_size.bytes());
+                bail!(
+                    "--size {s} is not a positive multiple of the {}-byte sector size",
+                    sector_size.bytes()
+                );
             }
             Some(data_offset.checked_add(s).context("--size is too large")?)
         }
@@ -277,7 +333,7 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
         if !volume_exists {
             created.push(a.volume_path.clone());
         }
-        let mut data = OpenOptions::new()
+        let data = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -285,7 +341,9 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
             .open(&a.volume_path)
             .with_context(|| format!("cannot create {}", a.volume_path.display()))?;
         if let Some(len) = wanted_len {
-            data.set_len(len).with_context(|| format!("cannot size {} to {len} bytes", a.volume_path.display()))?;
+            data.set_len(len).with_context(|| {
+                format!("cannot size {} to {len} bytes", a.volume_path.display())
+            })?;
         }
         let mut hdr = if detached {
             if !header_file.exists() {
@@ -323,7 +381,11 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
             a.volume_path.display(),
             data_len / sector_size.bytes() as u64,
             sector_size.bytes(),
-            if detached { format!("header in {}", header_file.display()) } else { "header attached".into() },
+            if detached {
+                format!("header in {}", header_file.display())
+            } else {
+                "header attached".into()
+            },
             a.key_slot.unwrap_or(0),
             kdf_human(&kdf),
         ),
@@ -398,8 +460,13 @@ fn remove_key(a: RemoveKeyArgs, out: &Output) -> Result<()> {
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
     let unlocked = unlock(&mut vol, &KeySource::from_args(&a.key), None)?;
-    vol.remove_keyslot(unlocked.keyslot).context("cannot remove the keyslot")?;
-    tracing::info!(uuid = vol.header().uuid(), keyslot = unlocked.keyslot, "keyslot removed");
+    vol.remove_keyslot(unlocked.keyslot)
+        .context("cannot remove the keyslot")?;
+    tracing::info!(
+        uuid = vol.header().uuid(),
+        keyslot = unlocked.keyslot,
+        "keyslot removed"
+    );
     out.result(
         &format!("Removed keyslot {}.", unlocked.keyslot),
         json!({"removed_keyslot": unlocked.keyslot}),
@@ -424,7 +491,10 @@ fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
         Err(e) => return Err(e).context("cannot change the key"),
     };
     out.result(
-        &format!("The new key is in keyslot {slot} ({}); the old key no longer opens the volume.", kdf_human(&kdf)),
+        &format!(
+            "The new key is in keyslot {slot} ({}); the old key no longer opens the volume.",
+            kdf_human(&kdf)
+        ),
         json!({"keyslot": slot, "kdf": kdf_json(&kdf)}),
     )?;
     Ok(())
@@ -455,7 +525,10 @@ fn erase(a: EraseArgs, out: &Output) -> Result<()> {
     refuse_read_only(&vol)?;
     confirm(
         a.batch_mode,
-        &format!("This wipes every keyslot of {}: its data becomes unreadable.", a.volume_path.display()),
+        &format!(
+            "This wipes every keyslot of {}: its data becomes unreadable.",
+            a.volume_path.display()
+        ),
     )?;
     let slots: Vec<u32> = vol.header().metadata().keyslots.keys().copied().collect();
     vol.erase().context("cannot erase the keyslots")?;
@@ -482,21 +555,31 @@ fn header_backup(a: HeaderBackupArgs, out: &Output) -> Result<()> {
             .mode(0o600)
             .open(&a.header_backup_file)
             .with_context(|| {
-                format!("cannot create {} (it must not exist yet)", a.header_backup_file.display())
+                format!(
+                    "cannot create {} (it must not exist yet)",
+                    a.header_backup_file.display()
+                )
             })?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         Ok(())
     };
     if let Err(e) = write() {
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() != std::io::ErrorKind::AlreadyExists)) {
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() != std::io::ErrorKind::AlreadyExists)
+        }) {
             let _ = std::fs::remove_file(&a.header_backup_file);
         }
         return Err(e);
     }
     out.note("sealvol: note: the backup holds the keyslots; anyone with it and an old key can open the volume.");
     out.result(
-        &format!("Wrote {} bytes of header to {}.", bytes.len(), a.header_backup_file.display()),
+        &format!(
+            "Wrote {} bytes of header to {}.",
+            bytes.len(),
+            a.header_backup_file.display()
+        ),
         json!({"backup": a.header_backup_file, "bytes": bytes.len()}),
     )?;
     Ok(())
@@ -506,13 +589,20 @@ fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
     let backup = std::fs::read(&a.header_backup_file)
         .with_context(|| format!("cannot read {}", a.header_backup_file.display()))?;
     // Validate the backup fully before asking or writing anything.
-    let parsed = Volume::open(std::io::Cursor::new(backup.clone()))
-        .with_context(|| format!("{} is not a valid LUKS2 header backup", a.header_backup_file.display()))?;
+    let parsed = Volume::open(std::io::Cursor::new(backup.clone())).with_context(|| {
+        format!(
+            "{} is not a valid LUKS2 header backup",
+            a.header_backup_file.display()
+        )
+    })?;
     let uuid = parsed.header().uuid().to_string();
     let path = header_path(&a.volume_path, &a.volume).to_path_buf();
     confirm(
         a.batch_mode,
-        &format!("This replaces the header of {} with the backup (UUID {uuid}).", path.display()),
+        &format!(
+            "This replaces the header of {} with the backup (UUID {uuid}).",
+            path.display()
+        ),
     )?;
     let file = open_file(&path, true)?;
     Volume::header_restore(file, &backup).context("cannot restore the header")?;
@@ -527,7 +617,11 @@ fn repair(a: RepairArgs, out: &Output) -> Result<()> {
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     let repaired = vol.repair().context("cannot repair the header")?;
     out.result(
-        if repaired { "Rewrote the damaged header copy." } else { "Both header copies are valid; nothing to do." },
+        if repaired {
+            "Rewrote the damaged header copy."
+        } else {
+            "Both header copies are valid; nothing to do."
+        },
         json!({"repaired": repaired}),
     )?;
     Ok(())
@@ -539,16 +633,21 @@ fn repair(a: RepairArgs, out: &Output) -> Result<()> {
 fn token_add(a: TokenAddArgs, out: &Output) -> Result<()> {
     let text = if a.json_file.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the token from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the token from stdin")?;
         s
     } else {
-        std::fs::read_to_string(&a.json_file).with_context(|| format!("cannot read {}", a.json_file.display()))?
+        std::fs::read_to_string(&a.json_file)
+            .with_context(|| format!("cannot read {}", a.json_file.display()))?
     };
     let token: serde_json::Value =
         serde_json::from_str(&text).context("the token is not valid JSON")?;
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
-    let id = vol.add_token(token, a.token_id).context("cannot add the token")?;
+    let id = vol
+        .add_token(token, a.token_id)
+        .context("cannot add the token")?;
     out.result(&format!("Added token {id}."), json!({"token_id": id}))?;
     Ok(())
 }
@@ -556,8 +655,12 @@ fn token_add(a: TokenAddArgs, out: &Output) -> Result<()> {
 fn token_remove(a: TokenIdArgs, out: &Output) -> Result<()> {
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
-    vol.remove_token(a.token_id).context("cannot remove the token")?;
-    out.result(&format!("Removed token {}.", a.token_id), json!({"removed_token_id": a.token_id}))?;
+    vol.remove_token(a.token_id)
+        .context("cannot remove the token")?;
+    out.result(
+        &format!("Removed token {}.", a.token_id),
+        json!({"removed_token_id": a.token_id}),
+    )?;
     Ok(())
 }
 
@@ -587,7 +690,9 @@ fn import(a: ImportArgs, out: &Output) -> Result<()> {
     let segment = vol.data_segment()?;
     let mut data = open_file(&a.volume_path, true)?;
     let device_len = data.metadata()?.len();
-    let capacity = segment.data_len(device_len).context("the data segment does not fit the volume file")?;
+    let capacity = segment
+        .data_len(device_len)
+        .context("the data segment does not fit the volume file")?;
 
     let (mut src, src_len): (Box<dyn Read + Send>, Option<u64>) = if src_is_stdin {
         (Box::new(std::io::stdin()), None)
@@ -637,7 +742,9 @@ fn export(a: ExportArgs, out: &Output) -> Result<()> {
     let segment = vol.data_segment()?;
     let mut data = open_file(&a.volume_path, false)?;
     let device_len = data.metadata()?.len();
-    let len = segment.data_len(device_len).context("the data segment does not fit the volume file")?;
+    let len = segment
+        .data_len(device_len)
+        .context("the data segment does not fit the volume file")?;
     let unlocked = unlock(&mut vol, &key_src, None)?;
 
     let dst_is_stdout = a.dst.as_os_str() == "-";
@@ -645,7 +752,9 @@ fn export(a: ExportArgs, out: &Output) -> Result<()> {
     let mut dst: Box<dyn Write + Send> = if dst_is_stdout {
         Box::new(std::io::stdout())
     } else {
-        Box::new(File::create(&a.dst).with_context(|| format!("cannot create {}", a.dst.display()))?)
+        Box::new(
+            File::create(&a.dst).with_context(|| format!("cannot create {}", a.dst.display()))?,
+        )
     };
     let bar = out.progress(Some(len), "export");
     let started = Instant::now();

@@ -60,7 +60,12 @@ fn hex_block(b64: &str, indent: &str) -> String {
     };
     bytes
         .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .map(|c| {
+            c.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect::<Vec<_>>()
         .join(&format!("\n{indent}"))
 }
@@ -80,7 +85,13 @@ pub fn human(vol: &Volume<File>) -> Result<String> {
     let h = vol.header();
     let meta = serde_json::to_value(h.metadata())?;
     let mut o = String::new();
-    let none = |x: &str, what: &str| if x.is_empty() { format!("(no {what})") } else { x.to_string() };
+    let none = |x: &str, what: &str| {
+        if x.is_empty() {
+            format!("(no {what})")
+        } else {
+            x.to_string()
+        }
+    };
     writeln!(o, "LUKS header information")?;
     writeln!(o, "Version:       \t2")?;
     writeln!(o, "Epoch:         \t{}", h.seqid())?;
@@ -95,7 +106,15 @@ pub fn human(vol: &Volume<File>) -> Result<String> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    writeln!(o, "Flags:       \t{}", if flags.is_empty() { "(no flags)".into() } else { flags.join(" ") })?;
+    writeln!(
+        o,
+        "Flags:       \t{}",
+        if flags.is_empty() {
+            "(no flags)".into()
+        } else {
+            flags.join(" ")
+        }
+    )?;
     if let Some(reason) = vol.read_only() {
         writeln!(o, "Read-only:     \t{reason}")?;
     }
@@ -118,7 +137,11 @@ pub fn human(vol: &Volume<File>) -> Result<String> {
     writeln!(o, "\nKeyslots:")?;
     for (id, ks) in entries(&meta, "keyslots") {
         writeln!(o, "  {id}: {}", s(&ks, "type"))?;
-        writeln!(o, "\tKey:        {} bits", ks.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8)?;
+        writeln!(
+            o,
+            "\tKey:        {} bits",
+            ks.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8
+        )?;
         let prio = match ks.get("priority").and_then(Value::as_u64) {
             Some(0) => "ignored",
             Some(2) => "high",
@@ -127,7 +150,11 @@ pub fn human(vol: &Volume<File>) -> Result<String> {
         writeln!(o, "\tPriority:   {prio}")?;
         let area = ks.get("area").cloned().unwrap_or(Value::Null);
         writeln!(o, "\tCipher:     {}", s(&area, "encryption"))?;
-        writeln!(o, "\tCipher key: {} bits", area.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8)?;
+        writeln!(
+            o,
+            "\tCipher key: {} bits",
+            area.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8
+        )?;
         let kdf = ks.get("kdf").cloned().unwrap_or(Value::Null);
         writeln!(o, "\tPBKDF:      {}", s(&kdf, "type"))?;
         if s(&kdf, "type") == "pbkdf2" {
@@ -138,7 +165,11 @@ pub fn human(vol: &Volume<File>) -> Result<String> {
             writeln!(o, "\tMemory:     {}", num(&kdf, "memory"))?;
             writeln!(o, "\tThreads:    {}", num(&kdf, "cpus"))?;
         }
-        writeln!(o, "\tSalt:       {}", hex_block(s(&kdf, "salt"), "\t            "))?;
+        writeln!(
+            o,
+            "\tSalt:       {}",
+            hex_block(s(&kdf, "salt"), "\t            ")
+        )?;
         let af = ks.get("af").cloned().unwrap_or(Value::Null);
         writeln!(o, "\tAF stripes: {}", num(&af, "stripes"))?;
         writeln!(o, "\tAF hash:    {}", s(&af, "hash"))?;
@@ -167,8 +198,16 @@ pub fn human(vol: &Volume<File>) -> Result<String> {
         writeln!(o, "  {id}: {}", s(d, "type"))?;
         writeln!(o, "\tHash:       {}", s(d, "hash"))?;
         writeln!(o, "\tIterations: {}", num(d, "iterations"))?;
-        writeln!(o, "\tSalt:       {}", hex_block(s(d, "salt"), "\t            "))?;
-        writeln!(o, "\tDigest:     {}", hex_block(s(d, "digest"), "\t            "))?;
+        writeln!(
+            o,
+            "\tSalt:       {}",
+            hex_block(s(d, "salt"), "\t            ")
+        )?;
+        writeln!(
+            o,
+            "\tDigest:     {}",
+            hex_block(s(d, "digest"), "\t            ")
+        )?;
     }
     Ok(o.trim_end().to_string())
 }

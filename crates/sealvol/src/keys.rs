@@ -76,7 +76,9 @@ fn read_limited(r: impl Read, what: &str) -> Result<SecretBytes> {
     let key = SecretBytes::from_vec(buf);
     res.with_context(|| format!("cannot read the key from {what}"))?;
     if key.is_empty() {
-        bail!("the key from {what} is empty; give a key file with content, or pipe the key to stdin");
+        bail!(
+            "the key from {what} is empty; give a key file with content, or pipe the key to stdin"
+        );
     }
     if key.len() as u64 > MAX_KEY_BYTES {
         bail!("the key from {what} is larger than 8 MiB; point --key-file at the key itself");
@@ -118,7 +120,9 @@ mod tests {
 
     #[test]
     fn machine_keys_are_recognised() {
-        let random: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(97).wrapping_add(3) | 0x80).collect();
+        let random: Vec<u8> = (0..32u8)
+            .map(|i| i.wrapping_mul(97).wrapping_add(3) | 0x80)
+            .collect();
         assert!(looks_like_machine_key(&random));
         assert!(looks_like_machine_key(
             b"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -132,9 +136,13 @@ mod tests {
     #[test]
     fn passphrases_are_not_machine_keys() {
         assert!(!looks_like_machine_key(b"correct horse battery staple"));
-        assert!(!looks_like_machine_key(b"correct horse battery staple and more words too"));
+        assert!(!looks_like_machine_key(
+            b"correct horse battery staple and more words too"
+        ));
         assert!(!looks_like_machine_key(&[0xffu8; 16]));
-        assert!(!looks_like_machine_key(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+        assert!(!looks_like_machine_key(
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        ));
     }
 
     #[test]

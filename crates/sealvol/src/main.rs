@@ -69,7 +69,9 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::new(format!("sealvol={level},sealvol_luks={level},sealvol_crypto={level}"));
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "sealvol={level},sealvol_luks={level},sealvol_crypto={level}"
+    ));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
