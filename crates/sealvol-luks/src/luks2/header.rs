@@ -413,7 +413,10 @@ pub(crate) fn read_header<S: Storage + ?Sized>(s: &mut S) -> Result<(Header, Loa
         primary: primary
             .as_ref()
             .map(|p| p.bin.seqid)
-            .map_err(|e| e.error.to_string()),
+            .map_err(|e| match e.error {
+                Error::NotLuks => "no LUKS2 magic at offset 0 (damaged or wiped)".to_string(),
+                ref other => other.to_string(),
+            }),
         secondary: secondary
             .as_ref()
             .map(|p| p.bin.seqid)
