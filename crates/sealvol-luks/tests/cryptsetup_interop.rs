@@ -569,3 +569,65 @@ fn corrupted_primary_recovers_and_cryptsetup_agrees() {
     }
     assert_eq!(dumped_volume_key(&dev, None, &key), want);
 }
+
+#[test]
+fn cryptsetup_reencryption_header_is_read_only() {
+    let d = Dir::new();
+    let dev = d.file("dev", 20 * MIB);
+    let key = d.key("key", b"k");
+    cs_ok(&[
+        "luksFormat",
+        "--batch-mode",
+        "--type",
+        "luks2",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        p(&key),
+        p(&dev),
+    ]);
+    let want = dumped_volume_key(&dev, None, &key);
+    // Writes the online-reencrypt-v2 requirement, a reencrypt keyslot and backup segments.
+    cs_ok(&[
+        "reencrypt",
+        "--batch-mode",
+        "--init-only",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        p(&key),
+        p(&dev),
+    ]);
+    let before = std::fs::read(&dev).unwrap();
+    let mut vol = Volume::open(rw(&dev)).unwrap();
+    assert_eq!(vol.header().metadata().to_json(), raw_json(&dev));
+    assert_eq!(
+        vol.header().requirements(),
+        ["online-reencrypt-v2".to_string()]
+    );
+    assert!(vol.read_only().is_some());
+    assert_eq!(
+        vol.unlock(b"k", Some(0)).unwrap().volume_key.expose(),
+        want.as_slice()
+    );
+    let vk = SecretBytes::from_slice(&want);
+    assert!(matches!(
+        vol.add_keyslot(&vk, b"x", &KdfParams::pbkdf2_min(), None),
+        Err(Error::ReadOnly(_))
+    ));
+    assert!(matches!(vol.remove_keyslot(1), Err(Error::ReadOnly(_))));
+    assert!(matches!(vol.erase(), Err(Error::ReadOnly(_))));
+    assert!(matches!(
+        vol.add_token(serde_json::json!({"type": "t", "keyslots": []}), None),
+        Err(Error::ReadOnly(_))
+    ));
+    drop(vol);
+    assert!(
+        std::fs::read(&dev).unwrap() == before,
+        "a read-only header was written"
+    );
+}
