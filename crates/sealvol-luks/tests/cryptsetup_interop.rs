@@ -631,3 +631,58 @@ fn cryptsetup_reencryption_header_is_read_only() {
         "a read-only header was written"
     );
 }
+
+#[test]
+fn cryptsetup_luks1_is_named_and_restore_of_their_backup_works() {
+    let d = Dir::new();
+    let dev = d.file("dev", 20 * MIB);
+    let key = d.key("key", b"k");
+    cs_ok(&[
+        "luksFormat",
+        "--batch-mode",
+        "--type",
+        "luks1",
+        "--iter-time",
+        "1",
+        "--key-file",
+        p(&key),
+        p(&dev),
+    ]);
+    assert!(matches!(
+        Volume::open(rw(&dev)),
+        Err(Error::UnsupportedVersion(1))
+    ));
+
+    // A cryptsetup luksHeaderBackup restored here over a wiped header opens in cryptsetup.
+    let dev = d.file("dev2", 20 * MIB);
+    cs_ok(&[
+        "luksFormat",
+        "--batch-mode",
+        "--type",
+        "luks2",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        p(&key),
+        p(&dev),
+    ]);
+    let want = dumped_volume_key(&dev, None, &key);
+    let backup = d.dir.path().join("backup");
+    cs_ok(&[
+        "luksHeaderBackup",
+        "--header-backup-file",
+        p(&backup),
+        p(&dev),
+    ]);
+    {
+        use std::io::Write;
+        let mut f = rw(&dev);
+        f.write_all(&vec![0u8; 1 << 20]).unwrap();
+    }
+    assert!(matches!(Volume::open(rw(&dev)), Err(Error::NotLuks)));
+    let vol = Volume::header_restore(rw(&dev), &std::fs::read(&backup).unwrap()).unwrap();
+    drop(vol);
+    assert_eq!(dumped_volume_key(&dev, None, &key), want);
+}
