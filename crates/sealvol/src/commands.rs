@@ -749,24 +749,55 @@ fn export(a: ExportArgs, out: &Output) -> Result<()> {
 
     let dst_is_stdout = a.dst.as_os_str() == "-";
     let created = !dst_is_stdout && !a.dst.exists();
-    let mut dst: Box<dyn Write + Send> = if dst_is_stdout {
-        Box::new(std::io::stdout())
+    // An existing DST is overwritten in place and then cut to length (as `qemu-img convert -n`
+    // does), which spares the kernel freeing and reallocating every page of it.
+    let dst_file = if dst_is_stdout {
+        None
     } else {
-        Box::new(
-            File::create(&a.dst).with_context(|| format!("cannot create {}", a.dst.display()))?,
+        Some(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&a.dst)
+                .with_context(|| format!("cannot create {}", a.dst.display()))?,
         )
     };
     let bar = out.progress(Some(len), "export");
     let started = Instant::now();
-    let result = sealvol_luks::data::export(
-        &mut data,
-        &mut dst,
-        &segment,
-        &unlocked.volume_key,
-        len,
-        &mut |n| bar.set_position(n),
-    );
-    drop(dst);
+    let result = (|| -> Result<sealvol_luks::data::Copied> {
+        let mut progress = |n| bar.set_position(n);
+        let copied = match &dst_file {
+            Some(f) => {
+                let mut w = f;
+                let c = sealvol_luks::data::export(
+                    &mut data,
+                    &mut w,
+                    &segment,
+                    &unlocked.volume_key,
+                    len,
+                    &mut progress,
+                )?;
+                if f.metadata()?.is_file() {
+                    f.set_len(c.bytes)
+                        .with_context(|| format!("cannot cut {} to length", a.dst.display()))?;
+                }
+                c
+            }
+            None => {
+                let mut w = std::io::stdout().lock();
+                sealvol_luks::data::export(
+                    &mut data,
+                    &mut w,
+                    &segment,
+                    &unlocked.volume_key,
+                    len,
+                    &mut progress,
+                )?
+            }
+        };
+        Ok(copied)
+    })();
     bar.finish_and_clear();
     let copied = match result {
         Ok(c) => c,
@@ -774,7 +805,7 @@ fn export(a: ExportArgs, out: &Output) -> Result<()> {
             if created {
                 let _ = std::fs::remove_file(&a.dst);
             }
-            return Err(e).context("export failed");
+            return Err(e.context("export failed"));
         }
     };
     let secs = started.elapsed().as_secs_f64();
