@@ -16,7 +16,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "sealvol",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = EXAMPLES
 )]
 pub struct Cli {
     /// Print results as JSON on stdout (errors too, as {"error": ..., "exit_code": ...}).
@@ -30,6 +31,30 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  # A volume for a workload, keyed by a 32-byte machine key the consumer supplied:
+  head -c 32 /dev/urandom > key                  # (the consumer's key, never in argv)
+  sealvol format --key-file key --size 10G vol.img
+  sealvol import --key-file key rootfs.ext4 vol.img
+  sealvol export --key-file key vol.img copy.ext4
+
+  # The consumer keeps the header: the host's disk then holds no keyslot at all.
+  sealvol format --key-file key --header vol.hdr --size 10G vol.img
+
+  # A second key, then retire the first:
+  sealvol add-key --key-file key --new-key-file key2 vol.img
+  sealvol remove-key --key-file key vol.img
+
+  # Automation: every verb speaks JSON; exit 1 means \"no\" (wrong key), 2 an error.
+  sealvol --json test-key --key-file key2 vol.img
+  sealvol --json dump vol.img
+
+  # Crypto-erase at eviction (any header backup must be destroyed too):
+  sealvol erase --batch-mode vol.img
+
+The volumes are LUKS2: `cryptsetup open` opens them on a host with dm-crypt.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -194,7 +219,8 @@ pub struct FormatArgs {
     /// Overwrite an existing LUKS header without asking.
     #[arg(long, short = 'q')]
     pub batch_mode: bool,
-    /// VOLUME file (created if missing).
+    /// The volume file (created if missing).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -202,6 +228,8 @@ pub struct FormatArgs {
 pub struct DumpArgs {
     #[command(flatten)]
     pub volume: VolumeArgs,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -214,6 +242,8 @@ pub struct TestKeyArgs {
     /// Only try this keyslot.
     #[arg(long, short = 'S', value_name = "N")]
     pub key_slot: Option<u32>,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -230,6 +260,8 @@ pub struct AddKeyArgs {
     /// Keyslot for the new key (default: the first free one).
     #[arg(long, short = 'S', value_name = "N")]
     pub key_slot: Option<u32>,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -239,6 +271,8 @@ pub struct RemoveKeyArgs {
     pub volume: VolumeArgs,
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -255,6 +289,8 @@ pub struct ChangeKeyArgs {
     /// Only accept the old key in this keyslot.
     #[arg(long, short = 'S', value_name = "N")]
     pub key_slot: Option<u32>,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -265,6 +301,8 @@ pub struct EraseArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long, short = 'q')]
     pub batch_mode: bool,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -275,6 +313,8 @@ pub struct HeaderBackupArgs {
     /// File to write the backup to (must not exist).
     #[arg(long, value_name = "FILE")]
     pub header_backup_file: PathBuf,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -288,6 +328,8 @@ pub struct HeaderRestoreArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long, short = 'q')]
     pub batch_mode: bool,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -295,6 +337,8 @@ pub struct HeaderRestoreArgs {
 pub struct RepairArgs {
     #[command(flatten)]
     pub volume: VolumeArgs,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -318,6 +362,8 @@ pub struct TokenAddArgs {
     /// Token id (default: the first free one).
     #[arg(long, value_name = "N")]
     pub token_id: Option<u32>,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -327,6 +373,8 @@ pub struct TokenIdArgs {
     pub volume: VolumeArgs,
     #[arg(long, value_name = "N")]
     pub token_id: u32,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -337,7 +385,10 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub key: KeyArgs,
     /// Plaintext source file; `-` reads stdin (then give the key with --key-file FILE or --key-fd).
+    #[arg(value_name = "SRC")]
     pub src: PathBuf,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }
 
@@ -347,8 +398,11 @@ pub struct ExportArgs {
     pub volume: VolumeArgs,
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
     /// Plaintext destination file (created or truncated); `-` writes stdout.
+    #[arg(value_name = "DST")]
     pub dst: PathBuf,
 }
 
