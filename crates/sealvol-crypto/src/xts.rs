@@ -6,14 +6,19 @@
 //!   the RustCrypto backend; aws-lc also refuses keys whose two halves are equal (the
 //!   IEEE 1619-2018 / FIPS 140 key check).
 //! - [`Backend::RustCrypto`]: RustCrypto `aes` with the XTS mode written here (IEEE 1619:
-//!   `T = E_K2(IV)`, `C_j = E_K1(P_j ^ T_j) ^ T_j`, `T_{j+1} = T_j · α`), encrypting blocks in
-//!   batches of 64 so that `aes` can use its widest (VAES-512) path.
+//!   `T = E_K2(IV)`, `C_j = E_K1(P_j ^ T_j) ^ T_j`, `T_{j+1} = T_j · α`), in one pass inside
+//!   the cipher's backend, 64 blocks at a time on `aes`'s widest (VAES-512) path.
 //!
 //! Sector sizes are multiples of the 16-byte AES block, so ciphertext stealing (IEEE 1619
 //! §5.3.2) never applies and is not implemented.
 
 use crate::{Error, Result, SecretBytes};
-use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
+use aes::cipher::array::ArraySize;
+use aes::cipher::consts::U16;
+use aes::cipher::{
+    Array, BlockCipherDecBackend, BlockCipherDecClosure, BlockCipherDecrypt, BlockCipherEncBackend,
+    BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit,
+};
 use aes::{Aes128, Aes128Enc, Aes256, Aes256Enc, Block};
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -79,9 +84,13 @@ impl Backend {
     }
 }
 
-/// AES blocks per call into the block cipher: `aes` 0.9's VAES-512 backend processes 64
-/// blocks in parallel.
-const BATCH: usize = 64;
+/// Most blocks one parallel call of the block cipher may take for the single-pass loop;
+/// `aes` 0.9 uses 64 (VAES-512), 30 (VAES-256) or 8 (AES-NI). A backend with more falls
+/// back to one block at a time.
+const MAX_PAR: usize = 64;
+/// Sectors whose initial tweaks are computed together (one batched `E_K2` call) before
+/// their data goes through the data cipher in one backend session.
+const SECTORS_PER_SESSION: usize = 64;
 /// AES block size.
 const BLOCK: usize = 16;
 
@@ -98,9 +107,164 @@ fn mul_alpha(t: u128) -> u128 {
     (t << 1) ^ ((t >> 127) * 0x87)
 }
 
+/// Writes the tweaks `t, t·α, t·α², …` of `out.len() / 16` consecutive blocks into `out`
+/// (16 little-endian bytes each) and leaves `t` at the next value.
+///
+/// Eight chains advance by α^8 each step (shift by a byte; the byte shifted out, `b`,
+/// folds back in as the carry-less product `b · 0x87 = b ^ b<<1 ^ b<<2 ^ b<<7`). The
+/// chains are kept as separate low and high 64-bit lanes, so every step is the same
+/// shifts and XORs on eight lanes: independent work the compiler can vectorize.
 #[inline(always)]
-fn xor_block(b: &mut Block, t: u128) {
-    *b = Array::from((u128::from_le_bytes(b.0) ^ t).to_le_bytes());
+fn fill_run(out: &mut [u8], t: &mut u128) {
+    const LANES: usize = 8;
+    let mut lo = [0u64; LANES];
+    let mut hi = [0u64; LANES];
+    let mut x = *t;
+    for i in 0..LANES {
+        lo[i] = x as u64;
+        hi[i] = (x >> 64) as u64;
+        x = mul_alpha(x);
+    }
+    let mut groups = out.chunks_exact_mut(LANES * BLOCK);
+    for g in &mut groups {
+        for i in 0..LANES {
+            g[i * BLOCK..i * BLOCK + 8].copy_from_slice(&lo[i].to_le_bytes());
+            g[i * BLOCK + 8..(i + 1) * BLOCK].copy_from_slice(&hi[i].to_le_bytes());
+        }
+        for i in 0..LANES {
+            let b = hi[i] >> 56;
+            hi[i] = (hi[i] << 8) | (lo[i] >> 56);
+            lo[i] = (lo[i] << 8) ^ b ^ (b << 1) ^ (b << 2) ^ (b << 7);
+        }
+    }
+    let rest = groups.into_remainder();
+    let left = rest.len() / BLOCK;
+    for (i, tw) in rest.chunks_exact_mut(BLOCK).enumerate() {
+        tw[..8].copy_from_slice(&lo[i].to_le_bytes());
+        tw[8..].copy_from_slice(&hi[i].to_le_bytes());
+    }
+    *t = if left < LANES {
+        u128::from(lo[left]) | u128::from(hi[left]) << 64
+    } else {
+        x
+    };
+}
+
+/// `data ^= tweaks`, byte-wise over whole blocks: a plain loop the compiler turns into
+/// the widest vector XOR the enclosing target features allow (64 bytes with AVX-512).
+#[inline(always)]
+fn xor_bytes(data: &mut [u8], tweaks: &[u8]) {
+    for (d, t) in data.iter_mut().zip(tweaks) {
+        *d ^= t;
+    }
+}
+
+/// Produces the tweak sequence of consecutive blocks across sector boundaries: block `j`
+/// of sector `s` gets `initial[s] · α^j`.
+struct Tweaks<'a> {
+    initial: &'a [u128],
+    per_sector: usize,
+    /// Index of the next block.
+    index: usize,
+    /// Tweak of the next block (valid when `index` is not at a sector start).
+    t: u128,
+}
+
+impl Tweaks<'_> {
+    /// Fills `out` with the tweaks of the next `out.len() / 16` blocks.
+    #[inline(always)]
+    fn fill(&mut self, out: &mut [u8]) {
+        let blocks = out.len() / BLOCK;
+        let mut off = 0;
+        while off < blocks {
+            let in_sector = self.index % self.per_sector;
+            if in_sector == 0 {
+                self.t = self.initial[self.index / self.per_sector];
+            }
+            let n = (self.per_sector - in_sector).min(blocks - off);
+            fill_run(&mut out[off * BLOCK..(off + n) * BLOCK], &mut self.t);
+            off += n;
+            self.index += n;
+        }
+    }
+}
+
+/// The XTS data pass for one backend session: `C_j = E_K1(P_j ^ T_j) ^ T_j` (or the
+/// decryption), in place, `P` blocks at a time so each group is loaded from memory once
+/// and the cipher sees full parallel batches (sectors smaller than a batch are combined).
+/// Per group: the tweaks into a small buffer, one vector XOR pass, the cipher, a second
+/// XOR pass, all on data that stays in L1.
+#[inline(always)]
+fn xts_pass<P: ArraySize>(
+    blocks: &mut [Block],
+    tweaks: &mut Tweaks<'_>,
+    mut par: impl FnMut(&mut Array<Block, P>),
+    mut one: impl FnMut(&mut Block),
+) {
+    let mut tw = [0u8; MAX_PAR * BLOCK];
+    let p = P::USIZE;
+    let rest = if p > 1 && p <= MAX_PAR {
+        let (chunks, rest) = Array::<Block, P>::slice_as_chunks_mut(blocks);
+        for chunk in chunks {
+            let tw = &mut tw[..p * BLOCK];
+            tweaks.fill(tw);
+            xor_bytes(Array::slice_as_flattened_mut(chunk.as_mut_slice()), tw);
+            par(chunk);
+            xor_bytes(Array::slice_as_flattened_mut(chunk.as_mut_slice()), tw);
+        }
+        rest
+    } else {
+        blocks
+    };
+    for b in rest {
+        let tw = &mut tw[..BLOCK];
+        tweaks.fill(tw);
+        xor_bytes(b, tw);
+        one(b);
+        xor_bytes(b, tw);
+    }
+}
+
+/// [`xts_pass`] as an encryption closure run inside the cipher's backend session.
+struct EncPass<'a, 'b> {
+    blocks: &'a mut [Block],
+    tweaks: Tweaks<'b>,
+}
+
+impl BlockSizeUser for EncPass<'_, '_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for EncPass<'_, '_> {
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(mut self, backend: &B) {
+        xts_pass::<B::ParBlocksSize>(
+            self.blocks,
+            &mut self.tweaks,
+            |c| backend.encrypt_par_blocks_inplace(c),
+            |b| backend.encrypt_block_inplace(b),
+        );
+    }
+}
+
+/// [`xts_pass`] as a decryption closure run inside the cipher's backend session.
+struct DecPass<'a, 'b> {
+    blocks: &'a mut [Block],
+    tweaks: Tweaks<'b>,
+}
+
+impl BlockSizeUser for DecPass<'_, '_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherDecClosure for DecPass<'_, '_> {
+    fn call<B: BlockCipherDecBackend<BlockSize = U16>>(mut self, backend: &B) {
+        xts_pass::<B::ParBlocksSize>(
+            self.blocks,
+            &mut self.tweaks,
+            |c| backend.decrypt_par_blocks_inplace(c),
+            |b| backend.decrypt_block_inplace(b),
+        );
+    }
 }
 
 /// XTS over RustCrypto `aes`: `D` is the data cipher (K1, both directions), `E` the tweak
@@ -112,11 +276,8 @@ struct SoftXts<D, E> {
 
 impl<D, E> SoftXts<D, E>
 where
-    D: BlockCipherEncrypt
-        + BlockCipherDecrypt
-        + BlockSizeUser<BlockSize = aes::cipher::consts::U16>
-        + KeyInit,
-    E: BlockCipherEncrypt + BlockSizeUser<BlockSize = aes::cipher::consts::U16> + KeyInit,
+    D: BlockCipherEncrypt + BlockCipherDecrypt + BlockSizeUser<BlockSize = U16> + KeyInit,
+    E: BlockCipherEncrypt + BlockSizeUser<BlockSize = U16> + KeyInit,
 {
     /// `key` is K1 || K2, each half an AES key.
     fn new(key: &[u8]) -> Result<Self> {
@@ -132,44 +293,49 @@ where
         })
     }
 
-    /// The initial tweak `E_K2(plain64(iv))` as a little-endian u128.
-    #[inline]
-    fn initial_tweak(&self, iv: u64) -> u128 {
-        let mut t = Block::from(plain64(iv));
-        self.tweak.encrypt_block(&mut t);
-        u128::from_le_bytes(t.0)
-    }
-
     /// Transforms whole sectors of `sector_len` bytes in place; sector `i` uses IV
     /// `first_iv + i * iv_step` (the caller has checked that this does not overflow).
     ///
-    /// Blocks are gathered into batches of [`BATCH`] across sector boundaries, so even
-    /// 512-byte sectors (32 blocks) reach the cipher 64 blocks at a time.
+    /// Per session of up to [`SECTORS_PER_SESSION`] sectors: the initial tweaks
+    /// `E_K2(plain64(IV))` in one batched call, then one single-pass data loop inside the
+    /// K1 cipher's backend (so the key broadcast and CPU-feature dispatch happen once per
+    /// session, and the blocks go through the backend's widest parallel path, 64 blocks
+    /// with VAES-512).
     fn crypt(&self, buf: &mut [u8], sector_len: usize, first_iv: u64, iv_step: u64, encrypt: bool) {
-        let blocks_per_sector = sector_len / BLOCK;
+        let per_sector = sector_len / BLOCK;
         let (blocks, rest) = Block::slice_as_chunks_mut(buf);
-        debug_assert!(rest.is_empty());
-        let mut tweaks = [0u128; BATCH];
-        let mut t = 0u128;
-        let mut index = 0usize; // global block index
-        for batch in blocks.chunks_mut(BATCH) {
-            for (b, tw) in batch.iter_mut().zip(tweaks.iter_mut()) {
-                if index % blocks_per_sector == 0 {
-                    let sector = (index / blocks_per_sector) as u64;
-                    t = self.initial_tweak(first_iv + sector * iv_step);
-                }
-                *tw = t;
-                xor_block(b, t);
-                t = mul_alpha(t);
-                index += 1;
+        debug_assert!(rest.is_empty() && per_sector > 0);
+        let mut ivs = [Block::default(); SECTORS_PER_SESSION];
+        let mut initial = [0u128; SECTORS_PER_SESSION];
+        for (k, session) in blocks
+            .chunks_mut(per_sector * SECTORS_PER_SESSION)
+            .enumerate()
+        {
+            let sectors = session.len() / per_sector;
+            let base = (k * SECTORS_PER_SESSION) as u64;
+            for (i, iv) in ivs[..sectors].iter_mut().enumerate() {
+                *iv = Block::from(plain64(first_iv + (base + i as u64) * iv_step));
             }
+            self.tweak.encrypt_blocks(&mut ivs[..sectors]);
+            for (t, iv) in initial.iter_mut().zip(&ivs[..sectors]) {
+                *t = u128::from_le_bytes(iv.0);
+            }
+            let tweaks = Tweaks {
+                initial: &initial[..sectors],
+                per_sector,
+                index: 0,
+                t: 0,
+            };
             if encrypt {
-                self.data.encrypt_blocks(batch);
+                self.data.encrypt_with_backend(EncPass {
+                    blocks: session,
+                    tweaks,
+                });
             } else {
-                self.data.decrypt_blocks(batch);
-            }
-            for (b, tw) in batch.iter_mut().zip(tweaks.iter()) {
-                xor_block(b, *tw);
+                self.data.decrypt_with_backend(DecPass {
+                    blocks: session,
+                    tweaks,
+                });
             }
         }
     }

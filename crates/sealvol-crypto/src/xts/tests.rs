@@ -417,3 +417,21 @@ proptest! {
         prop_assert_eq!(buf, pt);
     }
 }
+
+#[test]
+fn fill_run_matches_serial_doubling() {
+    for len in [0usize, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 63, 64, 256] {
+        let start = u128::from_le_bytes(random_bytes(16).try_into().unwrap());
+        let mut serial = Vec::new();
+        let mut t = start;
+        for _ in 0..len {
+            serial.extend_from_slice(&t.to_le_bytes());
+            t = mul_alpha(t);
+        }
+        let mut out = vec![0u8; len * 16];
+        let mut t2 = start;
+        fill_run(&mut out, &mut t2);
+        assert_eq!(out, serial, "len {len}");
+        assert_eq!(t2, t, "next tweak after {len}");
+    }
+}
