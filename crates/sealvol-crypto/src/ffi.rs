@@ -246,6 +246,7 @@ mod awslc {
         // SAFETY: `ctx` came from EVP_CIPHER_CTX_new and is freed exactly once here.
         unsafe { sys::EVP_CIPHER_CTX_free(ctx) };
         if !ok {
+            // Drain aws-lc's thread-local error queue so it does not leak into later calls.
             let _ = backend_error("raw XTS");
         }
         ok

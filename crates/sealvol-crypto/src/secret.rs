@@ -7,6 +7,9 @@ use zeroize::Zeroize;
 /// `Debug` only as its length. The bytes are reachable only through [`SecretBytes::expose`]
 /// and [`SecretBytes::expose_mut`], so every use of the raw key is a visible call.
 ///
+/// Locking is best effort: `mlock` works on whole pages and does not nest, so when two
+/// secrets share a page, dropping one unlocks the page for the other.
+///
 /// `SecretBytes` is deliberately not `Clone` (use [`SecretBytes::duplicate`]), has no
 /// `Display` and no serde support. Its length is fixed at construction, so the buffer never
 /// reallocates and leaves no stale copy behind.

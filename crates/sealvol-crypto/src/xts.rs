@@ -143,11 +143,8 @@ fn fill_run(out: &mut [u8], t: &mut u128) {
         tw[..8].copy_from_slice(&lo[i].to_le_bytes());
         tw[8..].copy_from_slice(&hi[i].to_le_bytes());
     }
-    *t = if left < LANES {
-        u128::from(lo[left]) | u128::from(hi[left]) << 64
-    } else {
-        x
-    };
+    // The remainder is shorter than a group, so lane `left` holds the next tweak.
+    *t = u128::from(lo[left]) | u128::from(hi[left]) << 64;
 }
 
 /// `data ^= tweaks`, byte-wise over whole blocks: a plain loop the compiler turns into
