@@ -90,6 +90,9 @@ pub enum Command {
     Import(ImportArgs),
     /// Decrypt the volume's data segment into DST (like `qemu-img convert`).
     Export(ExportArgs),
+    /// Verified read-only images: dm-verity hash trees and signed root hashes.
+    #[command(subcommand)]
+    Verity(crate::verity::VerityCommand),
 }
 
 /// The volume and where its header lives.

@@ -39,6 +39,7 @@ pub fn run(command: Command, out: &Output) -> Result<()> {
         Command::Token(TokenCommand::Export(a)) => token_export(a, out),
         Command::Import(a) => import(a, out),
         Command::Export(a) => export(a, out),
+        Command::Verity(c) => crate::verity::run(c, out),
     }
 }
 

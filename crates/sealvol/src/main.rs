@@ -5,6 +5,7 @@ mod commands;
 mod dump;
 mod keys;
 mod output;
+mod verity;
 
 use std::process::ExitCode;
 
