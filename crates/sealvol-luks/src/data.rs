@@ -38,7 +38,10 @@ fn cipher_for(segment: &DataSegment, volume_key: &SecretBytes) -> Result<XtsCiph
 }
 
 fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context: context.to_string(), source }
+    move |source| Error::Io {
+        context: context.to_string(),
+        source,
+    }
 }
 
 /// Reads until `buf` is full or the source ends; returns the bytes read.
@@ -67,7 +70,9 @@ where
     let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     for _ in 0..BUFFERS {
-        free_tx.send(Vec::with_capacity(CHUNK)).expect("channel has room for every buffer");
+        free_tx
+            .send(Vec::with_capacity(CHUNK))
+            .expect("channel has room for every buffer");
     }
     std::thread::scope(|s| {
         let producer = s.spawn(move || -> Result<()> {
@@ -141,7 +146,10 @@ where
             let padded = n.div_ceil(sector) * sector;
             if let Some(cap) = capacity {
                 if pos + padded as u64 > cap {
-                    return Err(Error::SourceTooLarge { capacity: cap, at_least: pos + n as u64 });
+                    return Err(Error::SourceTooLarge {
+                        capacity: cap,
+                        at_least: pos + n as u64,
+                    });
                 }
             }
             buf[n..padded].fill(0);
@@ -159,7 +167,10 @@ where
         },
     )?;
     dev.flush().map_err(io_err("flushing the volume"))?;
-    Ok(Copied { bytes: plain, padded_bytes: written })
+    Ok(Copied {
+        bytes: plain,
+        padded_bytes: written,
+    })
 }
 
 /// Decrypts `len` bytes of the data segment on `dev` (from its first byte) into `dst`.
@@ -184,7 +195,10 @@ where
     let mut cipher = cipher_for(segment, volume_key)?;
     let sector = segment.sector_size.bytes() as u64;
     if len % sector != 0 {
-        return Err(Error::Unaligned { len, sector_size: sector });
+        return Err(Error::Unaligned {
+            len,
+            sector_size: sector,
+        });
     }
     dev.seek(SeekFrom::Start(segment.offset))
         .map_err(io_err("seeking to the data segment"))?;
@@ -210,12 +224,16 @@ where
             Ok(true)
         },
         |buf| {
-            dst.write_all(buf).map_err(io_err("writing the destination"))?;
+            dst.write_all(buf)
+                .map_err(io_err("writing the destination"))?;
             written += buf.len() as u64;
             progress(written);
             Ok(())
         },
     )?;
     dst.flush().map_err(io_err("flushing the destination"))?;
-    Ok(Copied { bytes: written, padded_bytes: written })
+    Ok(Copied {
+        bytes: written,
+        padded_bytes: written,
+    })
 }

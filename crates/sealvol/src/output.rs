@@ -42,7 +42,7 @@ impl Output {
         let message = format!("{err:#}");
         eprintln!("sealvol: {message}");
         if self.json {
-            let v = serde_json::json!({ "error": message, "exit_code": code });
+            let v = serde_json::json!({ "ok": false, "error": message, "exit_code": code });
             let _ = writeln!(std::io::stdout(), "{v}");
         }
     }
