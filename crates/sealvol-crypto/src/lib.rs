@@ -40,6 +40,7 @@ mod error;
 mod ffi;
 pub mod hash;
 pub mod kdf;
+pub mod random;
 mod secret;
 mod xts;
 

@@ -259,7 +259,7 @@ pub(crate) fn random_vec(len: usize) -> Result<Vec<u8>> {
 }
 
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf).map_err(|e| Error::Crypto(sealvol_crypto::Error::Random(e.to_string())))
+    sealvol_crypto::random::fill_bulk(buf).map_err(Error::Crypto)
 }
 
 pub(crate) fn random_array<const N: usize>() -> Result<[u8; N]> {
