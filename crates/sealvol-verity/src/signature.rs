@@ -109,13 +109,18 @@ impl SigningKey {
             })
     }
 
-    /// The key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), as openssl writes it.
+    /// The key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), exactly as
+    /// `openssl genpkey -algorithm ed25519` writes it: version 1 (RFC 8410 without the
+    /// optional public key, which OpenSSL 3.0 cannot load).
     ///
     /// # Errors
     /// [`Error::Key`] if encoding fails (it does not for valid keys).
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>> {
-        self.0
-            .to_pkcs8_pem(LineEnding::LF)
+        let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        v1.to_pkcs8_pem(LineEnding::LF)
             .map(|s| Zeroizing::new(s.to_string()))
             .map_err(|e| Error::Key {
                 what: "private key",

@@ -71,7 +71,7 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::new(format!(
-        "sealvol={level},sealvol_luks={level},sealvol_crypto={level}"
+        "sealvol={level},sealvol_luks={level},sealvol_crypto={level},sealvol_verity={level}"
     ));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
