@@ -22,14 +22,14 @@ cat src > /dev/null
 QSECRET=(--object "secret,id=sec0,file=$dir/qkey")
 
 t_sv_import=$(best_of "$RUNS" 'rm -f vol.img' \
-  '"$SEALVOL" format --key-file key --size "${MIB}M" vol.img >/dev/null && "$SEALVOL" import --key-file key src vol.img')
+  '"$SEALVOL" format --key-file key --size "${MIB}M" vol.img >/dev/null && "$SEALVOL" import --key-file key src vol.img >/dev/null')
 t_qemu_import=$(best_of "$RUNS" 'rm -f q.luks' \
-  'qemu-img convert -f raw -O luks "${QSECRET[@]}" -o key-secret=sec0,iter-time=10 src q.luks')
+  'qemu-img convert -f raw -O luks "${QSECRET[@]}" -o key-secret=sec0,iter-time=10 src q.luks >/dev/null')
 t_sv_export=$(best_of "$RUNS" 'rm -f out.raw' \
-  '"$SEALVOL" export --key-file key vol.img out.raw')
+  '"$SEALVOL" export --key-file key vol.img out.raw >/dev/null')
 cmp src out.raw
 t_qemu_export=$(best_of "$RUNS" 'rm -f qout.raw' \
-  'qemu-img convert "${QSECRET[@]}" --image-opts driver=luks,file.filename=q.luks,key-secret=sec0 -O raw qout.raw')
+  'qemu-img convert "${QSECRET[@]}" --image-opts driver=luks,file.filename=q.luks,key-secret=sec0 -O raw qout.raw >/dev/null')
 cmp src qout.raw
 
 mbs() { awk -v m="$MIB" -v t="$1" 'BEGIN { printf "%8.0f MiB/s", m / t }'; }
