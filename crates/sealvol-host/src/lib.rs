@@ -1,2 +1,38 @@
-//! (in progress)
+//! The host side of sealvol: everything that touches the running system to put a volume to
+//! use — subprocesses, loop devices, `mkfs`, mounts, the runtime state directory and the
+//! per-volume lock.
+//!
+//! - [`cmd::run`]: the one way this workspace runs a program: it logs the command line, the
+//!   exit status and stderr (never a key: keys are never arguments), and turns a failure
+//!   into an [`Error::Command`] carrying them.
+//! - [`loopdev`]: attach a file to a loop device, find and detach it (`losetup`).
+//! - [`mount`]: `mkfs`, `mount`, `umount`, and checks of mount points (`/proc/self/mountinfo`).
+//! - [`state`]: which export serves which volume, in atomically replaced JSON files under
+//!   `/run/sealvol`.
+//! - [`lock::VolumeLock`]: an exclusive `flock` per volume, held for as long as it is served,
+//!   so a volume is never served twice.
+//! - [`process`]: signals, liveness, and marking an export process as an I/O flusher.
+//!
+//! What it does not do: no formats and no crypto (those are `sealvol-luks`, `sealvol-block`),
+//! no serving (that is `sealvol-export`).
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use sealvol_host::{loopdev, mount};
+//! let dev = loopdev::attach(Path::new("/run/sealvol/x/disk"), &loopdev::LoopOptions::default())?;
+//! mount::mount(&dev, Path::new("/mnt/work"), None, false)?;
+//! # Ok::<(), sealvol_host::Error>(())
+//! ```
+
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cmd;
+mod error;
+pub mod lock;
+pub mod loopdev;
+pub mod mount;
+pub mod process;
+pub mod state;
+
+pub use error::{Error, Result};

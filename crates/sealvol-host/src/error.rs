@@ -1,0 +1,66 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// What went wrong on the host.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A program could not be started.
+    #[error("cannot run {program}: {source}; is it installed (Debian package {package})?")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The Debian package that has it.
+        package: &'static str,
+        /// Why it did not start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr (trimmed).
+        stderr: String,
+    },
+    /// The volume is served already.
+    #[error(
+        "{volume} is already open (by process {pid}){where_}; close it first with `sealvol close`"
+    )]
+    AlreadyOpen {
+        /// The volume.
+        volume: PathBuf,
+        /// The process holding it, when known.
+        pid: String,
+        /// Where it is mounted or served, when known.
+        where_: String,
+    },
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad input, with what to do about it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,102 @@
+//! One server per volume: an exclusive `flock` on `<state>/<id>.lock`, held while it serves.
+//!
+//! The lock is on a file of sealvol's own, not on the volume, so that `cryptsetup` (which
+//! takes its own locks on the volume) still reads the header of a served volume.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+
+use crate::state::StateDir;
+use crate::{Error, Result};
+
+/// An exclusive claim on a volume, released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct VolumeLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl VolumeLock {
+    /// Claims volume `id` (the file `volume`) for this process.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyOpen`] naming the process and mount point that hold it, when another
+    /// process serves it; [`Error::Io`] when the lock file cannot be made.
+    pub fn acquire(state: &StateDir, id: &str, volume: &Path) -> Result<Self> {
+        state.ensure()?;
+        let path = state.root().join(format!("{id}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(VolumeLock { _file: file, path }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let entry = state.load(id);
+                let pid = entry
+                    .as_ref()
+                    .map_or_else(|| "unknown".to_string(), |e| e.pid.to_string());
+                let where_ = entry
+                    .as_ref()
+                    .and_then(|e| {
+                        e.mount_point
+                            .as_ref()
+                            .map(|m| format!(", mounted on {}", m.display()))
+                            .or_else(|| e.nbd.as_ref().map(|n| format!(", served over NBD at {n}")))
+                    })
+                    .unwrap_or_default();
+                Err(Error::AlreadyOpen {
+                    volume: volume.to_path_buf(),
+                    pid,
+                    where_,
+                })
+            }
+            Err(e) => Err(Error::io(
+                format!("cannot lock {}", path.display()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Whether some process holds the claim on `id` right now.
+    pub fn is_held(state: &StateDir, id: &str) -> bool {
+        let path = state.root().join(format!("{id}.lock"));
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_claim_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let vol = Path::new("/v.img");
+        let first = VolumeLock::acquire(&state, "vol-1", vol).unwrap();
+        assert!(VolumeLock::is_held(&state, "vol-1"));
+        let err = VolumeLock::acquire(&state, "vol-1", vol).unwrap_err();
+        assert!(matches!(err, Error::AlreadyOpen { .. }));
+        assert!(err.to_string().contains("already open"), "{err}");
+        drop(first);
+        assert!(!VolumeLock::is_held(&state, "vol-1"));
+        VolumeLock::acquire(&state, "vol-1", vol).unwrap();
+    }
+}
