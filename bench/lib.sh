@@ -36,9 +36,9 @@ now_ns() { date +%s%N; }
 best_of() {
   local n="$1" setup="$2" cmd="$3" best="" t0 t1 dt i
   for ((i = 0; i < n; i++)); do
-    eval "$setup"
+    eval "$setup" || return 1
     t0=$(now_ns)
-    eval "$cmd"
+    eval "$cmd" || { echo "bench: failed: $cmd" >&2; return 1; }
     t1=$(now_ns)
     dt=$((t1 - t0))
     if [ -z "$best" ] || [ "$dt" -lt "$best" ]; then best=$dt; fi
@@ -48,3 +48,15 @@ best_of() {
 
 # ratio A B -> A/B with 2 decimals
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'; }
+
+# retry N CMD...: runs CMD up to N times until it succeeds (qemu-img's PBKDF2 calibration
+# sometimes fails with "Unable to get accurate CPU usage" on a busy machine).
+retry() {
+  local n="$1" i
+  shift
+  for ((i = 1; i <= n; i++)); do
+    "$@" && return 0
+    echo "bench: attempt $i of $n failed: $*" >&2
+  done
+  return 1
+}
