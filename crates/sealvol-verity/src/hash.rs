@@ -124,6 +124,22 @@ impl BlockHasher {
     }
 
     /// Digests of consecutive blocks of `block_size` bytes, packed back to back into `out`
+    /// (`digest_size` bytes each), on the calling thread.
+    pub(crate) fn digest_serial(&self, blocks: &[u8], block_size: usize, out: &mut [u8]) {
+        debug_assert_eq!(out.len(), blocks.len() / block_size * self.digest_size);
+        let s = &self.suffix;
+        let pairs = blocks
+            .chunks_exact(block_size)
+            .zip(out.chunks_exact_mut(self.digest_size));
+        match &self.prefix {
+            Prefix::Sha1(p) => pairs.for_each(|(b, o)| one(p, s, b, o)),
+            Prefix::Sha256(p) => pairs.for_each(|(b, o)| one(p, s, b, o)),
+            Prefix::Sha384(p) => pairs.for_each(|(b, o)| one(p, s, b, o)),
+            Prefix::Sha512(p) => pairs.for_each(|(b, o)| one(p, s, b, o)),
+        }
+    }
+
+    /// Digests of consecutive blocks of `block_size` bytes, packed back to back into `out`
     /// (`digest_size` bytes each), computed on every core.
     pub(crate) fn digest_many(&self, blocks: &[u8], block_size: usize, out: &mut [u8]) {
         debug_assert_eq!(blocks.len() % block_size, 0);

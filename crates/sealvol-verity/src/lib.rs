@@ -8,7 +8,7 @@
 //!   [`Params::geometry`] gives the levels, stored top level first as in the kernel's
 //!   `Documentation/admin-guide/device-mapper/verity.rst`.
 //! - [`format`] (or [`HashTree::build`] + [`HashTree::write_to`]) builds the tree over a data
-//!   device and writes the 512-byte [`Superblock`] and the tree at a [`HashArea`] of the hash
+//!   device (any [`BlockSource`]: bytes, a `File`, or a `Read + Seek` behind a `Mutex`) and writes the 512-byte [`Superblock`] and the tree at a [`HashArea`] of the hash
 //!   device — a separate file, or the data file itself at `--hash-offset`. The root hash is
 //!   the same as `veritysetup format` prints for equal inputs and salt.
 //! - [`verify`] checks a whole image (`veritysetup verify`) and returns a [`Report`] naming
@@ -20,8 +20,8 @@
 //!
 //! # What it does not do
 //!
-//! No paths, no processes, no device-mapper: it works on `Read + Seek` / `Write + Seek`
-//! values and bytes. No forward error correction (`--fec-device`), and no kernel root-hash
+//! No paths, no processes, no device-mapper: it works on bytes, [`BlockSource`]s (positional
+//! reads, so every core hashes) and `Read + Seek` / `Write + Seek` values. No forward error correction (`--fec-device`), and no kernel root-hash
 //! signatures (PKCS#7 `--root-hash-signature`).
 //!
 //! # Example
@@ -34,10 +34,9 @@
 //! let params = Params::new(HashType::Normal, HashAlgorithm::Sha256, 4096, 4096, 64,
 //!     Salt::from_hex("00112233")?)?;
 //! let mut hash = Cursor::new(Vec::new());
-//! let tree = format(&mut Cursor::new(&data), &mut hash, &params, HashArea::default(), None,
+//! let tree = format(&data, &mut hash, &params, HashArea::default(), None, &mut |_| {})?;
+//! let report = verify(&data, &mut hash, &params, HashArea::default(), tree.root(), false,
 //!     &mut |_| {})?;
-//! let report = verify(&mut Cursor::new(&data), &mut hash, &params, HashArea::default(),
-//!     tree.root(), false, &mut |_| {})?;
 //! assert!(report.is_ok());
 //! # Ok::<(), sealvol_verity::Error>(())
 //! ```
@@ -49,6 +48,7 @@ mod hash;
 mod params;
 mod reader;
 mod signature;
+mod source;
 mod superblock;
 mod tree;
 
@@ -60,6 +60,7 @@ pub use params::{
 };
 pub use reader::{VerityReader, DEFAULT_CACHE_BLOCKS};
 pub use signature::{signed_message, SigningKey, VerifyingKey, MESSAGE_HEADER, SIGNATURE_SIZE};
+pub use source::BlockSource;
 pub use superblock::{Superblock, Uuid, SIGNATURE, VERSION};
 pub use tree::{format, read_superblock, verify, Failure, HashTree, Progress, Report};
 

@@ -2,18 +2,24 @@
 //! (`veritysetup verify`).
 //!
 //! The tree is built in memory (its size is about 1/128 of the data with sha256 and 4 KiB
-//! blocks) from the bottom level up; data is read in chunks of a few MiB while the previous
-//! chunk is hashed on every core.
+//! blocks) from the bottom level up; data blocks are read and hashed on every core, each
+//! worker taking a cache-sized run of blocks at a time (see [`BlockSource`]).
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::hash::{BlockHasher, Digest};
 use crate::params::{Geometry, HashArea, Params, SUPERBLOCK_SIZE};
+use crate::source::BlockSource;
 use crate::superblock::{Superblock, Uuid};
 
-/// Bytes of data read per step (rounded to whole blocks).
-const CHUNK_BYTES: usize = 4 << 20;
+/// Bytes one worker reads and hashes at a time: small enough to stay in the CPU's L2 cache
+/// between the read and the hashing.
+const TASK_BYTES: usize = 256 << 10;
+/// Data hashed between two progress reports (and two checks for an early stop).
+const WINDOW_BYTES: u64 = 64 << 20;
 
 /// A progress callback: called with the number of data bytes just processed.
 pub type Progress<'a> = &'a mut dyn FnMut(u64);
@@ -25,8 +31,10 @@ fn stream_len<S: Seek>(s: &mut S, what: &'static str) -> Result<u64> {
     Ok(len)
 }
 
-fn check_data_len<D: Seek>(data: &mut D, params: &Params) -> Result<()> {
-    let available = stream_len(data, "measuring the data device")?;
+fn check_data_len<D: BlockSource + ?Sized>(data: &D, params: &Params) -> Result<()> {
+    let available = data
+        .size()
+        .map_err(Error::io("measuring the data device"))?;
     let needed = params.data_size();
     if available < needed {
         return Err(Error::DataTooShort {
@@ -55,11 +63,11 @@ fn scatter(params: &Params, level: &mut [u8], first: u64, digests: &[u8]) {
     }
 }
 
-/// Reads data blocks `0..params.data_blocks()` chunk by chunk, hashing each chunk on every
-/// core while the next one is read, and hands `(first block, packed digests)` to `sink`.
-/// `sink` returns `false` to stop early.
-fn hash_data<D: Read + Seek + Send>(
-    data: &mut D,
+/// Hashes data blocks `0..params.data_blocks()` on every core — each worker reads a
+/// cache-sized run of blocks at its own offset and hashes it at once — and hands each window's
+/// `(first block, packed digests)` to `sink`, in order. `sink` returns `false` to stop early.
+fn hash_data<D: BlockSource + ?Sized>(
+    data: &D,
     params: &Params,
     hasher: &BlockHasher,
     progress: Progress<'_>,
@@ -68,34 +76,46 @@ fn hash_data<D: Read + Seek + Send>(
     let dbs = params.data_block_size() as usize;
     let ds = params.digest_size();
     let total = params.data_blocks();
-    let chunk_blocks = (CHUNK_BYTES / dbs).max(1) as u64;
-    let first_len = chunk_blocks.min(total) as usize;
-    let mut cur = vec![0u8; first_len * dbs];
-    let mut next = vec![0u8; first_len * dbs];
-    let mut digests = vec![0u8; first_len * ds];
-    data.seek(SeekFrom::Start(0))
-        .map_err(Error::io("seeking the data device"))?;
-    data.read_exact(&mut cur)
-        .map_err(Error::io("reading the data device"))?;
-    let mut done = 0u64;
-    let mut n_cur = first_len;
-    while n_cur > 0 {
-        let n_next = chunk_blocks.min(total - done - n_cur as u64) as usize;
-        let next_buf = &mut next[..n_next * dbs];
-        let (read, ()) = rayon::join(
-            || data.read_exact(next_buf),
-            || hasher.digest_many(&cur[..n_cur * dbs], dbs, &mut digests[..n_cur * ds]),
-        );
-        read.map_err(Error::io("reading the data device"))?;
-        if !sink(done, &digests[..n_cur * ds]) {
+    let task_blocks = (TASK_BYTES / dbs).max(1);
+    let window_blocks = (WINDOW_BYTES / dbs as u64)
+        .max(1)
+        .div_ceil(task_blocks as u64)
+        * task_blocks as u64;
+    let mut digests = vec![0u8; window_blocks.min(total) as usize * ds];
+    let mut first = 0u64;
+    while first < total {
+        let n = window_blocks.min(total - first) as usize;
+        let out = &mut digests[..n * ds];
+        out.par_chunks_mut(task_blocks * ds)
+            .enumerate()
+            .with_max_len(1)
+            .try_for_each_init(
+                || vec![0u8; task_blocks * dbs],
+                |buf, (t, o)| -> io::Result<()> {
+                    let blocks = o.len() / ds;
+                    let offset = (first + (t * task_blocks) as u64) * dbs as u64;
+                    let bytes = data.read_at(offset, &mut buf[..blocks * dbs])?;
+                    hasher.digest_serial(bytes, dbs, o);
+                    Ok(())
+                },
+            )
+            .map_err(Error::io("reading the data device"))?;
+        if !sink(first, out) {
             return Ok(());
         }
-        progress((n_cur * dbs) as u64);
-        done += n_cur as u64;
-        std::mem::swap(&mut cur, &mut next);
-        n_cur = n_next;
+        progress((n * dbs) as u64);
+        first += n as u64;
     }
     Ok(())
+}
+
+fn read_first_block<D: BlockSource + ?Sized>(data: &D, params: &Params) -> Result<Vec<u8>> {
+    let mut block = vec![0u8; params.data_block_size() as usize];
+    let got = data
+        .read_at(0, &mut block)
+        .map_err(Error::io("reading the data device"))?
+        .to_vec();
+    Ok(got)
 }
 
 /// A hash tree built in memory: the bytes that follow the superblock on the hash device, and
@@ -125,8 +145,8 @@ impl HashTree {
     ///
     /// # Errors
     /// [`Error::DataTooShort`] when `data` ends early, [`Error::Io`] on read errors.
-    pub fn build<D: Read + Seek + Send>(
-        data: &mut D,
+    pub fn build<D: BlockSource + ?Sized>(
+        data: &D,
         params: &Params,
         progress: Progress<'_>,
     ) -> Result<HashTree> {
@@ -137,11 +157,7 @@ impl HashTree {
         let mut bytes = vec![0u8; geometry.hash_blocks as usize * hbs];
         let root = if geometry.levels.is_empty() {
             // A single data block: its digest is the root hash (cryptsetup, levels == 0).
-            let mut block = vec![0u8; params.data_block_size() as usize];
-            data.seek(SeekFrom::Start(0))
-                .map_err(Error::io("seeking the data device"))?;
-            data.read_exact(&mut block)
-                .map_err(Error::io("reading the data device"))?;
+            let block = read_first_block(data, params)?;
             progress(block.len() as u64);
             hasher.digest(&block).as_slice().to_vec()
         } else {
@@ -245,8 +261,8 @@ fn build_upper_levels(bytes: &mut [u8], params: &Params, geometry: &Geometry, h:
 ///
 /// # Errors
 /// As [`HashTree::build`] and [`HashTree::write_to`].
-pub fn format<D: Read + Seek + Send, H: Write + Seek>(
-    data: &mut D,
+pub fn format<D: BlockSource + ?Sized, H: Write + Seek>(
+    data: &D,
     hash: &mut H,
     params: &Params,
     area: HashArea,
@@ -408,8 +424,8 @@ pub(crate) fn check_root(params: &Params, root: &[u8]) -> Result<()> {
 /// # Errors
 /// Bad inputs: [`Error::RootHashLength`], [`Error::DataTooShort`], [`Error::HashTooShort`],
 /// [`Error::Io`].
-pub fn verify<D: Read + Seek + Send, H: Read + Seek>(
-    data: &mut D,
+pub fn verify<D: BlockSource + ?Sized, H: Read + Seek>(
+    data: &D,
     hash: &mut H,
     params: &Params,
     area: HashArea,
@@ -425,11 +441,7 @@ pub fn verify<D: Read + Seek + Send, H: Read + Seek>(
     let mut report = Report::default();
 
     if geometry.levels.is_empty() {
-        let mut block = vec![0u8; dbs as usize];
-        data.seek(SeekFrom::Start(0))
-            .map_err(Error::io("seeking the data device"))?;
-        data.read_exact(&mut block)
-            .map_err(Error::io("reading the data device"))?;
+        let block = read_first_block(data, params)?;
         progress(dbs);
         if hasher.digest(&block).as_slice() == root {
             report.data_blocks_ok = 1;

@@ -170,7 +170,7 @@ proptest! {
     #[test]
     fn tree_equals_reference((params, data) in arb_case()) {
         let r = reference_of(&params, &data);
-        let tree = HashTree::build(&mut Cursor::new(&data), &params, &mut |_| {}).unwrap();
+        let tree = HashTree::build(&data, &params, &mut |_| {}).unwrap();
         prop_assert_eq!(hex::encode(tree.root()), hex::encode(&r.root));
         prop_assert!(tree.bytes() == r.bytes().as_slice());
         prop_assert_eq!(params.geometry().hash_blocks as usize, r.levels.iter().map(Vec::len).sum::<usize>());
@@ -192,7 +192,7 @@ proptest! {
         let r = reference_of(&params, &data);
         let area = HashArea::with_superblock(0);
         let mut hash = Cursor::new(Vec::new());
-        let tree = format(&mut Cursor::new(&data), &mut hash, &params, area, None, &mut |_| {}).unwrap();
+        let tree = format(&data, &mut hash, &params, area, None, &mut |_| {}).unwrap();
         let mut hash = hash.into_inner();
         let mut data = data;
         let tree_at = area.tree_offset(params.hash_block_size()) as usize;
@@ -216,7 +216,7 @@ proptest! {
                 top: level as usize == r.levels.len() - 1,
             }
         };
-        let report = verify(&mut Cursor::new(&data), &mut Cursor::new(&hash), &params, area, tree.root(), true, &mut |_| {}).unwrap();
+        let report = verify(&data, &mut Cursor::new(&hash), &params, area, tree.root(), true, &mut |_| {}).unwrap();
         prop_assert_eq!(&report.failures, &vec![expected]);
 
         // The reader fails on the blocks under the corruption only.

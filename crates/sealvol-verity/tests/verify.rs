@@ -44,15 +44,7 @@ fn image(blocks: u64, dbs: u32, hbs: u32) -> Image {
     let area = HashArea::with_superblock(0);
     let data = data(blocks as usize * dbs as usize, blocks);
     let mut hash = Cursor::new(Vec::new());
-    let tree = format(
-        &mut Cursor::new(&data),
-        &mut hash,
-        &params,
-        area,
-        None,
-        &mut |_| {},
-    )
-    .unwrap();
+    let tree = format(&data, &mut hash, &params, area, None, &mut |_| {}).unwrap();
     Image {
         params,
         area,
@@ -69,7 +61,7 @@ impl Image {
 
     fn verify_root(&self, root: &[u8], all: bool) -> Report {
         verify(
-            &mut Cursor::new(&self.data),
+            &self.data,
             &mut Cursor::new(&self.hash),
             &self.params,
             self.area,
@@ -137,7 +129,7 @@ fn every_byte_of_a_small_tree_is_covered() {
         let mut hash = img.hash.clone();
         hash[at] ^= 1;
         let r = verify(
-            &mut Cursor::new(&img.data),
+            &img.data,
             &mut Cursor::new(&hash),
             &img.params,
             img.area,
@@ -181,7 +173,7 @@ fn wrong_root_hash_is_refused() {
     ));
     // A root of the wrong length is an error, not a failure.
     assert!(verify(
-        &mut Cursor::new(&img.data),
+        &img.data,
         &mut Cursor::new(&img.hash),
         &img.params,
         img.area,
@@ -287,7 +279,7 @@ fn short_devices_are_errors() {
     let short = &img.hash[..img.hash.len() - 1];
     assert!(matches!(
         verify(
-            &mut Cursor::new(&img.data),
+            &img.data,
             &mut Cursor::new(short),
             &img.params,
             img.area,
@@ -298,11 +290,7 @@ fn short_devices_are_errors() {
         Err(Error::HashTooShort { .. })
     ));
     assert!(matches!(
-        HashTree::build(
-            &mut Cursor::new(&img.data[..4096 * 99]),
-            &img.params,
-            &mut |_| {}
-        ),
+        HashTree::build(&img.data[..4096 * 99], &img.params, &mut |_| {}),
         Err(Error::DataTooShort { .. })
     ));
 }
@@ -367,15 +355,7 @@ fn squashfs_reads_back_through_the_tree() {
     .unwrap();
     let area = HashArea::default();
     let mut hash = Cursor::new(Vec::new());
-    let tree = format(
-        &mut Cursor::new(&image),
-        &mut hash,
-        &params,
-        area,
-        None,
-        &mut |_| {},
-    )
-    .unwrap();
+    let tree = format(&image, &mut hash, &params, area, None, &mut |_| {}).unwrap();
     let hash = hash.into_inner();
     let mut reader = VerityReader::new(
         Cursor::new(&image),

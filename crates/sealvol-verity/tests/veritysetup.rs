@@ -158,7 +158,7 @@ fn check(c: Case) {
     let p = params(&c);
     let mut ours = Cursor::new(Vec::new());
     let tree = format(
-        &mut Cursor::new(&img),
+        &img,
         &mut ours,
         &p,
         area(&c),
@@ -173,7 +173,7 @@ fn check(c: Case) {
 
     // veritysetup's tree verifies here, and through the reader.
     let report = verify(
-        &mut Cursor::new(&img),
+        &img,
         &mut Cursor::new(&theirs),
         &p,
         area(&c),
@@ -341,9 +341,9 @@ fn veritysetup_tree_appended_to_data_file() {
     let a = HashArea::with_superblock(offset);
     a.check_overlap(&p).unwrap();
     let mut ours = Cursor::new(img.clone());
-    let mut data_view = Cursor::new(img.clone());
+    let data_view = Cursor::new(img.clone());
     let tree = format(
-        &mut data_view,
+        &data_view,
         &mut ours,
         &p,
         a,
@@ -394,7 +394,7 @@ fn veritysetup_known_answers_zeros() {
             Salt::from_hex(salt).unwrap(),
         )
         .unwrap();
-        let tree = HashTree::build(&mut Cursor::new(&zeros), &p, &mut |_| {}).unwrap();
+        let tree = HashTree::build(&zeros, &p, &mut |_| {}).unwrap();
         assert_eq!(
             hex::encode(tree.root()),
             hex::encode(&theirs),
@@ -418,7 +418,7 @@ fn veritysetup_known_answer_pinned() {
         Salt::from_hex("00112233").unwrap(),
     )
     .unwrap();
-    let tree = HashTree::build(&mut Cursor::new(vec![0u8; 8 << 20]), &p, &mut |_| {}).unwrap();
+    let tree = HashTree::build(&vec![0u8; 8 << 20], &p, &mut |_| {}).unwrap();
     assert_eq!(
         hex::encode(tree.root()),
         "e2151ca874bb94594fc180c72386b91adedb8ce36bee8e71c4a444b70f095be4"

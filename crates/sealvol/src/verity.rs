@@ -450,10 +450,8 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
         .open(&a.hash_device)
         .with_context(|| format!("cannot open {} for writing", a.hash_device.display()))?;
     let bar = out.progress(Some(params.data_size()), "verity format");
-    let tree = verity::format(&mut data, &mut hash, &params, area, uuid, &mut |n| {
-        bar.inc(n)
-    })
-    .with_context(|| format!("cannot build the hash tree of {}", a.data.display()))?;
+    let tree = verity::format(&data, &mut hash, &params, area, uuid, &mut |n| bar.inc(n))
+        .with_context(|| format!("cannot build the hash tree of {}", a.data.display()))?;
     bar.finish_and_clear();
     hash.sync_all()
         .with_context(|| format!("cannot sync {}", a.hash_device.display()))?;
@@ -518,15 +516,9 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<()> {
     }
 
     let bar = out.progress(Some(params.data_size()), "verity verify");
-    let report = verity::verify(
-        &mut data,
-        &mut hash,
-        &params,
-        area,
-        &root,
-        a.all,
-        &mut |n| bar.inc(n),
-    )
+    let report = verity::verify(&data, &mut hash, &params, area, &root, a.all, &mut |n| {
+        bar.inc(n)
+    })
     .with_context(|| format!("cannot verify {}", a.data.display()))?;
     bar.finish_and_clear();
     report_verification(&a, &params, uuid, area, &root, &report, signer, out)
