@@ -126,7 +126,7 @@ fn cli_wrong_key_exits_1_with_a_clear_message() {
 }
 
 #[test]
-fn cli_keys_from_stdin() {
+fn cli_keys_from_stdin_and_file_descriptors() {
     let f = Fixture::new();
     // --key-file - reads all of stdin, exactly.
     sv_stdin(
@@ -145,6 +145,38 @@ fn cli_keys_from_stdin() {
     let mut with_nl = f.key_bytes.clone();
     with_nl.push(b'\n');
     sv_stdin([OsStr::new("test-key"), f.vol.as_os_str()], &with_nl).code(1);
+
+    // --key-fd N and --new-key-fd N: the shell opens the key files on descriptors 3 and 4.
+    let (new, _) = machine_key(f.dir.path(), "new");
+    let script = r#"exec 3<"$2" 4<"$3"; "$1" add-key --key-fd 3 --new-key-fd 4 "$4""#;
+    run(
+        "bash",
+        [
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new("bash"),
+            OsStr::new(SEALVOL),
+            f.key.as_os_str(),
+            new.as_os_str(),
+            f.vol.as_os_str(),
+        ],
+        None,
+    )
+    .ok();
+    let script = r#"exec 3<"$2"; "$1" test-key --key-fd 3 "$3""#;
+    run(
+        "bash",
+        [
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new("bash"),
+            OsStr::new(SEALVOL),
+            new.as_os_str(),
+            f.vol.as_os_str(),
+        ],
+        None,
+    )
+    .code(0);
 }
 
 #[test]
