@@ -298,6 +298,12 @@ fn veritysetup_no_superblock_and_offsets() {
         hash_offset: 8192,
         ..BASE
     });
+    // Without a superblock veritysetup rounds the offset *down* to a hash block.
+    check(Case {
+        superblock: false,
+        hash_offset: 1536,
+        ..BASE
+    });
 }
 
 #[test]
