@@ -721,3 +721,38 @@ fn base64_encode(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn cli_import_from_stdin_export_to_stdout() {
+    let f = Fixture::new();
+    let plain = random_bytes(3 * 4096);
+    run(
+        SEALVOL,
+        [
+            OsStr::new("import"),
+            OsStr::new("--key-file"),
+            f.key.as_os_str(),
+            OsStr::new("-"),
+            f.vol.as_os_str(),
+        ],
+        Some(&plain),
+    )
+    .ok();
+    let r = sv([
+        OsStr::new("export"),
+        OsStr::new("--key-file"),
+        f.key.as_os_str(),
+        f.vol.as_os_str(),
+        OsStr::new("-"),
+    ])
+    .ok();
+    assert_eq!(
+        r.stdout.len(),
+        1 << 20,
+        "export - writes the whole data segment to stdout"
+    );
+    assert!(
+        r.stdout[..plain.len()] == plain[..],
+        "stdin → volume → stdout round trip"
+    );
+}
