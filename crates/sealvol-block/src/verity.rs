@@ -118,7 +118,7 @@ mod tests {
         .unwrap();
         let mut hash = Cursor::new(Vec::new());
         let tree = format(
-            &mut Cursor::new(&data),
+            &data,
             &mut hash,
             &params,
             HashArea::default(),

@@ -93,6 +93,21 @@ pub enum Command {
     /// Verified read-only images: dm-verity hash trees and signed root hashes.
     #[command(subcommand)]
     Verity(crate::verity::VerityCommand),
+    /// Mount a volume's file system, with no device-mapper: FUSE file → loop device → mount.
+    ///
+    /// The key is read and checked first (exit 1 for a wrong key, nothing started); then a
+    /// background export process serves the decrypted volume and `open` returns once the
+    /// file system is mounted (or stays in the foreground with --foreground).
+    Open(crate::open::OpenArgs),
+    /// Unmount a volume opened with `open` and stop its export, which wipes the key.
+    /// Closing a volume that is not open does nothing and succeeds.
+    Close(crate::open::CloseArgs),
+    /// Serve a volume's plaintext to qemu and other clients.
+    #[command(subcommand)]
+    Serve(crate::open::ServeCommand),
+    /// (internal) the background export started by `open`; reads the volume key on stdin.
+    #[command(name = "__export", hide = true)]
+    InternalExport(crate::open::InternalArgs),
 }
 
 /// The volume and where its header lives.

@@ -40,6 +40,10 @@ pub fn run(command: Command, out: &Output) -> Result<()> {
         Command::Import(a) => import(a, out),
         Command::Export(a) => export(a, out),
         Command::Verity(c) => crate::verity::run(c, out),
+        Command::Open(a) => crate::open::open(a, out),
+        Command::Close(a) => crate::open::close(a, out),
+        Command::Serve(c) => crate::open::serve(c, out),
+        Command::InternalExport(a) => crate::open::internal_export(a, out),
     }
 }
 
@@ -64,7 +68,7 @@ fn open_file(path: &Path, write: bool) -> Result<File> {
 }
 
 /// Opens the LUKS header of a volume, read-only or read-write.
-fn open_volume(volume: &Path, args: &VolumeArgs, write: bool) -> Result<Volume<File>> {
+pub(crate) fn open_volume(volume: &Path, args: &VolumeArgs, write: bool) -> Result<Volume<File>> {
     let path = header_path(volume, args);
     let file = open_file(path, write)?;
     let vol = Volume::open(file).with_context(|| {
@@ -96,7 +100,7 @@ fn report_load(vol: &Volume<File>, path: &Path) {
     }
 }
 
-fn refuse_read_only(vol: &Volume<File>) -> Result<()> {
+pub(crate) fn refuse_read_only(vol: &Volume<File>) -> Result<()> {
     if let Some(reason) = vol.read_only() {
         bail!("this volume can only be read: {reason}");
     }
@@ -104,7 +108,7 @@ fn refuse_read_only(vol: &Volume<File>) -> Result<()> {
 }
 
 /// Unlocks with a key from `source`; a wrong key becomes a clean "no" (exit 1).
-fn unlock(
+pub(crate) fn unlock(
     vol: &mut Volume<File>,
     source: &KeySource,
     slot: Option<u32>,

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod dump;
 mod keys;
+mod open;
 mod output;
 mod verity;
 
@@ -71,7 +72,7 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::new(format!(
-        "sealvol={level},sealvol_luks={level},sealvol_crypto={level},sealvol_verity={level}"
+        "sealvol={level},sealvol_luks={level},sealvol_crypto={level},sealvol_verity={level},sealvol_block={level},sealvol_export={level},sealvol_host={level}"
     ));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,0 +1,660 @@
+//! `sealvol open`, `close`, `serve nbd`: putting a volume to use without device-mapper.
+//!
+//! `open` checks everything it can (paths, mount point, not already open, the key) before it
+//! starts anything, then re-executes this binary as a hidden `__export` process that gets the
+//! volume key on an inherited pipe (its stdin: never argv, never the environment). That
+//! process serves the decrypted volume as a FUSE file, attaches a loop device, makes the file
+//! system if asked, mounts it, records what it did in the state directory, and reports on
+//! its stdout; `open` relays the report and returns. On SIGTERM or SIGINT the export
+//! unmounts, detaches and stops; `close` does the same from outside.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use sealvol_block::{BlockDevice, CryptDevice, FileDevice, FileOptions};
+use sealvol_crypto::SecretBytes;
+use sealvol_export::fuse::{FileExport, FuseOptions};
+use sealvol_export::nbd::{NbdOptions, Server};
+use sealvol_host::lock::VolumeLock;
+use sealvol_host::loopdev::{self, LoopOptions};
+use sealvol_host::state::{volume_id, Entry, StateDir};
+use sealvol_host::{mount, process};
+use sealvol_luks::DataSegment;
+use serde_json::{json, Value};
+
+use crate::cli::{KeyArgs, VolumeArgs};
+use crate::commands::{open_volume, refuse_read_only, unlock};
+use crate::keys::KeySource;
+use crate::output::Output;
+
+/// How long `close` waits for an export to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Empty directory to mount the volume's file system on.
+    #[arg(long, value_name = "DIR")]
+    pub mount: PathBuf,
+    /// Make a new file system of this type first (ext4, ext3, ext2, xfs, btrfs); it
+    /// replaces whatever the volume held.
+    #[arg(long, value_name = "TYPE")]
+    pub mkfs: Option<String>,
+    /// Open and mount read-only: nothing is written to the volume.
+    #[arg(long, conflicts_with = "mkfs")]
+    pub read_only: bool,
+    /// Serve in this process until SIGTERM or SIGINT instead of in the background.
+    #[arg(long)]
+    pub foreground: bool,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CloseArgs {
+    /// The mount point or the volume file given to `open` (or `serve nbd`).
+    #[arg(value_name = "DIR|VOLUME")]
+    pub target: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeCommand {
+    /// Serve the decrypted volume over NBD (qemu: `nbd+unix:///?socket=PATH` or
+    /// `nbd://127.0.0.1:PORT`) until SIGTERM or SIGINT.
+    Nbd(ServeNbdArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("endpoint").required(true).multiple(false))]
+pub struct ServeNbdArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Listen on this unix socket.
+    #[arg(long, value_name = "PATH", group = "endpoint")]
+    pub socket: Option<PathBuf>,
+    /// Listen on this loopback TCP address (127.0.0.1:PORT or [::1]:PORT).
+    #[arg(long, value_name = "ADDR", group = "endpoint")]
+    pub listen: Option<SocketAddr>,
+    /// Export name (default: the empty name, which qemu asks for).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Refuse writes.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The LUKS volume file (the data file when --header is given).
+    #[arg(value_name = "VOLUME")]
+    pub volume_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InternalArgs {
+    #[arg(long)]
+    pub header: Option<PathBuf>,
+    #[arg(long)]
+    pub mount: PathBuf,
+    #[arg(long)]
+    pub mkfs: Option<String>,
+    #[arg(long)]
+    pub read_only: bool,
+    pub volume_path: PathBuf,
+}
+
+/// What an export serves: everything but the key.
+struct Plan {
+    volume: PathBuf,
+    header: Option<PathBuf>,
+    id: String,
+    segment: DataSegment,
+    read_only: bool,
+}
+
+fn canonical(path: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::canonicalize(path).with_context(|| {
+        format!(
+            "the {what} {} does not exist; check the path",
+            path.display()
+        )
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Checks the volume and unlocks it; returns the plan and the volume key. Starts nothing.
+fn prepare(
+    volume_path: &Path,
+    volume_args: &VolumeArgs,
+    key: &KeyArgs,
+    read_only: bool,
+    state: &StateDir,
+) -> Result<(Plan, SecretBytes)> {
+    let volume = canonical(volume_path, "volume")?;
+    let header = match &volume_args.header {
+        Some(h) => Some(canonical(h, "header file")?),
+        None => None,
+    };
+    let id = volume_id(&volume)?;
+    // Refuse a volume that is served already before asking for the key.
+    drop(VolumeLock::acquire(state, &id, &volume)?);
+    let args = VolumeArgs {
+        header: header.clone(),
+    };
+    let mut vol = open_volume(&volume, &args, false)?;
+    if !read_only {
+        refuse_read_only(&vol).context("open it with --read-only")?;
+    }
+    let segment = vol.data_segment()?;
+    let len = std::fs::metadata(&volume)?.len();
+    segment
+        .data_len(len)
+        .context("the data segment does not fit the volume file")?;
+    let unlocked = unlock(&mut vol, &KeySource::from_args(key), None)?;
+    Ok((
+        Plan {
+            volume,
+            header,
+            id,
+            segment,
+            read_only,
+        },
+        unlocked.volume_key,
+    ))
+}
+
+/// The decrypted volume, holding the key only inside its ciphers.
+fn crypt_device(plan: &Plan, key: SecretBytes) -> Result<Arc<dyn BlockDevice>> {
+    let file = FileDevice::open(
+        &plan.volume,
+        FileOptions {
+            read_only: plan.read_only,
+            direct: false,
+        },
+    )?;
+    let dev = CryptDevice::new(file, &plan.segment, &key)?;
+    drop(key); // wiped; the ciphers hold their own copies
+    Ok(Arc::new(dev))
+}
+
+// ---------------------------------------------------------------------------------------------
+// open
+
+pub fn open(a: OpenArgs, out: &Output) -> Result<()> {
+    let state = StateDir::from_env();
+    let mount_dir = canonical(&a.mount, "mount point")?;
+    mount::check_mount_point(&mount_dir)?;
+    if let Some(t) = &a.mkfs {
+        let tool = format!("mkfs.{t}");
+        if !t.chars().all(|c| c.is_ascii_alphanumeric()) || which(&tool).is_none() {
+            bail!("--mkfs {t}: there is no {tool} on this host; use ext4 (e2fsprogs) or install the tool");
+        }
+    }
+    let (plan, key) = prepare(&a.volume_path, &a.volume, &a.key, a.read_only, &state)?;
+    if a.foreground {
+        return run_export(&state, plan, key, &mount_dir, a.mkfs.as_deref(), &mut |r| {
+            report(out, r)
+        });
+    }
+
+    // Background: the export process gets the volume key on its stdin.
+    let log = state.runtime_dir(&plan.id)?.join("export.log");
+    let log_file = std::fs::File::create(&log)
+        .with_context(|| format!("cannot create the export log {}", log.display()))?;
+    let exe =
+        std::env::current_exe().context("cannot find the sealvol binary to start the export")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("-v").arg("__export").arg("--mount").arg(&mount_dir);
+    if let Some(h) = &plan.header {
+        cmd.arg("--header").arg(h);
+    }
+    if let Some(t) = &a.mkfs {
+        cmd.arg("--mkfs").arg(t);
+    }
+    if a.read_only {
+        cmd.arg("--read-only");
+    }
+    cmd.arg(&plan.volume)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file));
+    let mut child = cmd.spawn().context("cannot start the export process")?;
+    {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin
+            .write_all(key.expose())
+            .context("cannot hand the key to the export process")?;
+        // Dropping closes the pipe: the export reads to end of file.
+    }
+    drop(key);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("the export process said nothing")?;
+    let reply: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
+        let _ = child.wait();
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        json!({"ok": false, "error": format!("the export process stopped: {}", tail.trim())})
+    });
+    if reply["ok"] == Value::Bool(true) {
+        print_opened(out, &reply)?;
+        Ok(())
+    } else {
+        let _ = child.wait();
+        let msg = reply["error"]
+            .as_str()
+            .unwrap_or("the export failed")
+            .to_string();
+        if reply["clean_no"] == Value::Bool(true) {
+            return Err(anyhow!(crate::CleanNo(msg)));
+        }
+        Err(anyhow!(msg))
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn print_opened(out: &Output, v: &Value) -> Result<()> {
+    let human = format!(
+        "Opened {} on {} (loop device {}, export process {}).",
+        v["volume"].as_str().unwrap_or("?"),
+        v["mount_point"].as_str().unwrap_or("?"),
+        v["loop_device"].as_str().unwrap_or("?"),
+        v["pid"],
+    );
+    out.result(&human, v.clone())?;
+    Ok(())
+}
+
+fn report(out: &Output, r: Result<&Value>) -> Result<()> {
+    match r {
+        Ok(v) => print_opened(out, v),
+        Err(_) => Ok(()), // returned as the command's error
+    }
+}
+
+/// The export process of a background `open`.
+pub fn internal_export(a: InternalArgs, _out: &Output) -> Result<()> {
+    // Leave the caller's session: its terminal's signals are not ours.
+    let _ = rustix::process::setsid();
+    let state = StateDir::from_env();
+    let key = KeySource::Stdin
+        .read()
+        .context("reading the volume key from the pipe")?;
+    let mut say = |r: Result<&Value>| -> Result<()> {
+        let v = match r {
+            Ok(v) => v.clone(),
+            Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+        };
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{v}")?;
+        stdout.flush()?;
+        Ok(())
+    };
+    let plan = (|| -> Result<Plan> {
+        let volume = canonical(&a.volume_path, "volume")?;
+        let args = VolumeArgs {
+            header: a.header.clone(),
+        };
+        let vol = open_volume(&volume, &args, false)?;
+        Ok(Plan {
+            id: volume_id(&volume)?,
+            segment: vol.data_segment()?,
+            header: a.header.clone(),
+            volume,
+            read_only: a.read_only,
+        })
+    })();
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = say(Err(anyhow!("{e:#}")));
+            return Err(e);
+        }
+    };
+    let result = run_export(&state, plan, key, &a.mount, a.mkfs.as_deref(), &mut say);
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "export ended with an error");
+    }
+    result
+}
+
+/// What is set up so far, torn down in reverse.
+struct Stack<'a> {
+    state: &'a StateDir,
+    id: String,
+    export: Option<FileExport>,
+    loop_dev: Option<PathBuf>,
+    fuse_file: PathBuf,
+    mounted: Option<PathBuf>,
+}
+
+impl Stack<'_> {
+    /// Unmounts the file system, detaches the loop device, stops the FUSE export. A busy
+    /// file system is left as it was (and the error returned).
+    fn teardown(&mut self, lazy: bool) -> Result<()> {
+        if let Some(dir) = &self.mounted {
+            mount::umount(dir, lazy).with_context(|| {
+                format!(
+                    "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and try again",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+            self.mounted = None;
+        }
+        if let Some(dev) = &self.loop_dev {
+            loopdev::detach(dev, Some(&self.fuse_file))?;
+            self.loop_dev = None;
+        }
+        if let Some(export) = self.export.take() {
+            export.unmount()?;
+        }
+        self.state.remove(&self.id);
+        Ok(())
+    }
+}
+
+/// Serves `plan` as FUSE → loop → mount until a signal, calling `ready` once with the
+/// result of the set-up (the JSON record, or the error).
+fn run_export(
+    state: &StateDir,
+    plan: Plan,
+    key: SecretBytes,
+    mount_dir: &Path,
+    mkfs: Option<&str>,
+    ready: &mut dyn FnMut(Result<&Value>) -> Result<()>,
+) -> Result<()> {
+    let lock = match VolumeLock::acquire(state, &plan.id, &plan.volume) {
+        Ok(l) => l,
+        Err(e) => {
+            let e = anyhow!(e);
+            let _ = ready(Err(anyhow!("{e:#}")));
+            return Err(e);
+        }
+    };
+    process::set_io_flusher();
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&term))
+            .context("cannot install signal handlers")?;
+    }
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    );
+    let fuse_file = state.runtime_dir(&plan.id)?.join("disk");
+    let mut stack = Stack {
+        state,
+        id: plan.id.clone(),
+        export: None,
+        loop_dev: None,
+        fuse_file: fuse_file.clone(),
+        mounted: None,
+    };
+    let set_up = (|| -> Result<Value> {
+        let dev = crypt_device(&plan, key)?;
+        let sector = dev.block_size();
+        let size = dev.size();
+        std::fs::File::create(&fuse_file)
+            .with_context(|| format!("cannot create {}", fuse_file.display()))?;
+        let fsname = format!("sealvol:{}", plan.volume.display());
+        stack.export = Some(FileExport::mount(
+            dev,
+            &fuse_file,
+            &FuseOptions {
+                threads: 4,
+                read_only: plan.read_only,
+                fsname,
+            },
+        )?);
+        let loop_dev = loopdev::attach(
+            &fuse_file,
+            &LoopOptions {
+                read_only: plan.read_only,
+                sector_size: Some(sector),
+                direct_io: false,
+            },
+        )?;
+        stack.loop_dev = Some(loop_dev.clone());
+        if let Some(t) = mkfs {
+            mount::mkfs(&loop_dev, t)?;
+        }
+        mount::mount(&loop_dev, mount_dir, None, plan.read_only).with_context(|| {
+            if mkfs.is_none() {
+                format!(
+                    "cannot mount the volume's file system on {}; a new volume needs --mkfs ext4",
+                    mount_dir.display()
+                )
+            } else {
+                format!("cannot mount {}", mount_dir.display())
+            }
+        })?;
+        stack.mounted = Some(mount_dir.to_path_buf());
+        let entry = Entry {
+            id: plan.id.clone(),
+            kind: "mount".into(),
+            volume: plan.volume.clone(),
+            header: plan.header.clone(),
+            pid: process::this_pid(),
+            read_only: plan.read_only,
+            fuse_file: Some(fuse_file.clone()),
+            loop_device: Some(loop_dev.clone()),
+            mount_point: Some(mount_dir.to_path_buf()),
+            nbd: None,
+            started: now(),
+        };
+        state.save(&entry)?;
+        Ok(json!({
+            "ok": true,
+            "volume": plan.volume,
+            "mount_point": mount_dir,
+            "loop_device": loop_dev,
+            "fuse_file": fuse_file,
+            "pid": process::this_pid(),
+            "read_only": plan.read_only,
+            "size": size,
+            "mkfs": mkfs,
+        }))
+    })();
+    let record = match set_up {
+        Ok(v) => v,
+        Err(e) => {
+            if let Err(t) = stack.teardown(true) {
+                tracing::error!(error = %format!("{t:#}"), "rolling back the set-up failed");
+            }
+            let _ = ready(Err(anyhow!("{e:#}")));
+            return Err(e);
+        }
+    };
+    ready(Ok(&record))?;
+    tracing::info!(volume = %plan.volume.display(), mount = %mount_dir.display(), "serving");
+
+    // Serve until told to stop; a busy file system keeps us serving.
+    let mut code = Ok(());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let alive = stack.export.as_ref().is_some_and(FileExport::is_running);
+        if !alive {
+            tracing::error!("the FUSE export ended under us; tearing down");
+            let _ = stack.teardown(true);
+            code = Err(anyhow!(
+                "the FUSE export of {} ended unexpectedly",
+                plan.volume.display()
+            ));
+            break;
+        }
+        if term.swap(false, Ordering::SeqCst) {
+            tracing::info!("stopping");
+            match stack.teardown(false) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot stop yet; still serving")
+                }
+            }
+        }
+    }
+    drop(lock);
+    tracing::info!("export stopped; key wiped");
+    code
+}
+
+// ---------------------------------------------------------------------------------------------
+// close
+
+pub fn close(a: CloseArgs, out: &Output) -> Result<()> {
+    let state = StateDir::from_env();
+    let target = std::fs::canonicalize(&a.target).unwrap_or_else(|_| a.target.clone());
+    let target_id = volume_id(&target).ok();
+    let entry = state.list().into_iter().find(|e| {
+        e.mount_point.as_deref() == Some(&target)
+            || e.volume == target
+            || target_id.as_deref() == Some(&e.id)
+    });
+    let Some(entry) = entry else {
+        if mount::is_mountpoint(&target) {
+            bail!(
+                "{} is mounted, but not by sealvol (no record in {}); unmount it with umount",
+                target.display(),
+                state.root().display()
+            );
+        }
+        out.result(
+            &format!("{} is not open; nothing to do.", a.target.display()),
+            json!({"closed": false, "target": target}),
+        )?;
+        return Ok(());
+    };
+
+    let export_alive = process::alive(entry.pid) && VolumeLock::is_held(&state, &entry.id);
+    // 1. The file system: a busy one stops everything here, with nothing changed.
+    if let Some(dir) = &entry.mount_point {
+        mount::umount(dir, !export_alive).with_context(|| {
+            format!(
+                "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and run close again",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+    }
+    // 2. The loop device.
+    if let Some(dev) = &entry.loop_device {
+        loopdev::detach(dev, entry.fuse_file.as_deref())?;
+    }
+    // 3. The export: it unmounts its FUSE file, wipes the key and exits.
+    if export_alive {
+        if !process::terminate(entry.pid, STOP_TIMEOUT) {
+            bail!(
+                "the export process {} of {} did not stop within {} s; see {}",
+                entry.pid,
+                entry.volume.display(),
+                STOP_TIMEOUT.as_secs(),
+                state.root().join(&entry.id).join("export.log").display()
+            );
+        }
+    } else if let Some(f) = &entry.fuse_file {
+        // The export died (killed): its FUSE mount is dead; take it away.
+        let _ = mount::umount(f, true);
+    }
+    state.remove(&entry.id);
+    let where_ = entry
+        .mount_point
+        .as_ref()
+        .map(|m| format!(" (was mounted on {})", m.display()))
+        .or_else(|| entry.nbd.as_ref().map(|n| format!(" (was served at {n})")))
+        .unwrap_or_default();
+    out.result(
+        &format!("Closed {}{where_}.", entry.volume.display()),
+        json!({
+            "closed": true,
+            "volume": entry.volume,
+            "mount_point": entry.mount_point,
+            "loop_device": entry.loop_device,
+            "pid": entry.pid,
+            "export_was_running": export_alive,
+        }),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// serve nbd
+
+pub fn serve(c: ServeCommand, out: &Output) -> Result<()> {
+    match c {
+        ServeCommand::Nbd(a) => serve_nbd(a, out),
+    }
+}
+
+fn serve_nbd(a: ServeNbdArgs, out: &Output) -> Result<()> {
+    let state = StateDir::from_env();
+    let (plan, key) = prepare(&a.volume_path, &a.volume, &a.key, a.read_only, &state)?;
+    let lock = VolumeLock::acquire(&state, &plan.id, &plan.volume)?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&term))
+            .context("cannot install signal handlers")?;
+    }
+    let dev = crypt_device(&plan, key)?;
+    let opts = NbdOptions {
+        read_only: plan.read_only,
+        name: a.name.clone(),
+        workers: 2,
+    };
+    let server = match (&a.socket, a.listen) {
+        (Some(p), _) => Server::bind_unix(dev, p, opts)?,
+        (None, Some(addr)) => Server::bind_tcp(dev, addr, opts)?,
+        (None, None) => bail!("give --socket PATH or --listen 127.0.0.1:PORT"),
+    };
+    let endpoint = server.endpoint();
+    let uri = match &a.socket {
+        Some(p) => format!("nbd+unix:///{}?socket={}", a.name, p.display()),
+        None => format!("nbd://{endpoint}/{}", a.name),
+    };
+    state.save(&Entry {
+        id: plan.id.clone(),
+        kind: "nbd".into(),
+        volume: plan.volume.clone(),
+        header: plan.header.clone(),
+        pid: process::this_pid(),
+        read_only: plan.read_only,
+        fuse_file: None,
+        loop_device: None,
+        mount_point: None,
+        nbd: Some(endpoint.clone()),
+        started: now(),
+    })?;
+    out.result(
+        &format!(
+            "Serving {} over NBD at {endpoint} ({uri}); stop with SIGTERM, Ctrl-C or `sealvol close`.",
+            plan.volume.display()
+        ),
+        json!({"volume": plan.volume, "endpoint": endpoint, "uri": uri, "pid": process::this_pid(), "read_only": plan.read_only}),
+    )?;
+    let result = server.serve(&term);
+    state.remove(&plan.id);
+    drop(server); // the device and its key
+    drop(lock);
+    result.context("the NBD server failed")
+}
