@@ -62,7 +62,7 @@ fn open(vol: &Path, key: &Path, mnt: &Path, extra: &[&str]) -> (Opened, Value) {
         "--mount".as_ref(),
         mnt.as_os_str(),
     ];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(s)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     args.push(vol.as_os_str());
     let guard = Opened {
         dir: mnt.to_path_buf(),
