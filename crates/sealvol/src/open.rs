@@ -109,6 +109,12 @@ pub struct InternalArgs {
     pub mkfs: Option<String>,
     #[arg(long)]
     pub read_only: bool,
+    #[arg(long)]
+    pub verity_hash: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub verity_hash_offset: u64,
+    #[arg(long)]
+    pub verity_root: Option<String>,
     pub volume_path: PathBuf,
 }
 
@@ -117,8 +123,20 @@ struct Plan {
     volume: PathBuf,
     header: Option<PathBuf>,
     id: String,
-    segment: DataSegment,
+    source: Source,
     read_only: bool,
+}
+
+/// How the plaintext is made from the volume file.
+enum Source {
+    /// A LUKS data segment, decrypted with the volume key.
+    Luks(DataSegment),
+    /// A dm-verity image: verified reads against a trusted root hash.
+    Verity {
+        hash: PathBuf,
+        hash_offset: u64,
+        root: Vec<u8>,
+    },
 }
 
 fn canonical(path: &Path, what: &str) -> Result<PathBuf> {
@@ -170,25 +188,66 @@ fn prepare(
             volume,
             header,
             id,
-            segment,
+            source: Source::Luks(segment),
             read_only,
         },
         unlocked.volume_key,
     ))
 }
 
-/// The decrypted volume, holding the key only inside its ciphers.
-fn crypt_device(plan: &Plan, key: SecretBytes) -> Result<Arc<dyn BlockDevice>> {
-    let file = FileDevice::open(
-        &plan.volume,
-        FileOptions {
-            read_only: plan.read_only,
-            direct: false,
-        },
+/// The decrypted volume, holding the key only inside its ciphers; or the verified image.
+fn device(plan: &Plan, key: Option<SecretBytes>) -> Result<Arc<dyn BlockDevice>> {
+    match &plan.source {
+        Source::Luks(segment) => {
+            let key = key.context("no volume key for a LUKS volume")?;
+            let file = FileDevice::open(
+                &plan.volume,
+                FileOptions {
+                    read_only: plan.read_only,
+                    direct: false,
+                },
+            )?;
+            let dev = CryptDevice::new(file, segment, &key)?;
+            drop(key); // wiped; the ciphers hold their own copies
+            Ok(Arc::new(dev))
+        }
+        Source::Verity {
+            hash,
+            hash_offset,
+            root,
+        } => verity_device(&plan.volume, hash, *hash_offset, root),
+    }
+}
+
+/// A verified view of `image` whose tree (with superblock) is on `hash` at `offset`.
+fn verity_device(
+    image: &Path,
+    hash: &Path,
+    offset: u64,
+    root: &[u8],
+) -> Result<Arc<dyn BlockDevice>> {
+    let data = std::fs::File::open(image)
+        .with_context(|| format!("cannot open the image {}", image.display()))?;
+    let mut hash_file = std::fs::File::open(hash).with_context(|| {
+        format!(
+            "the hash file {} does not exist; check the path",
+            hash.display()
+        )
+    })?;
+    let sb = sealvol_verity::read_superblock(&mut hash_file, offset).with_context(|| {
+        format!(
+            "cannot read the verity superblock of {} at offset {offset}",
+            hash.display()
+        )
+    })?;
+    let reader = sealvol_verity::VerityReader::new(
+        data,
+        hash_file,
+        sb.params,
+        sealvol_verity::HashArea::with_superblock(offset),
+        root,
     )?;
-    let dev = CryptDevice::new(file, &plan.segment, &key)?;
-    drop(key); // wiped; the ciphers hold their own copies
-    Ok(Arc::new(dev))
+    Ok(Arc::new(sealvol_block::VerityDevice::new(reader)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,28 +264,59 @@ pub fn open(a: OpenArgs, out: &Output) -> Result<()> {
         }
     }
     let (plan, key) = prepare(&a.volume_path, &a.volume, &a.key, a.read_only, &state)?;
-    if a.foreground {
-        return run_export(&state, plan, key, &mount_dir, a.mkfs.as_deref(), &mut |r| {
-            report(out, r)
-        });
-    }
+    start(
+        &state,
+        plan,
+        Some(key),
+        &mount_dir,
+        a.mkfs.as_deref(),
+        a.foreground,
+        out,
+    )
+}
 
-    // Background: the export process gets the volume key on its stdin.
+/// Runs the export of `plan` in this process (`foreground`) or in a background `__export`
+/// process that gets the key on its stdin, and reports once the file system is mounted.
+fn start(
+    state: &StateDir,
+    plan: Plan,
+    key: Option<SecretBytes>,
+    mount_dir: &Path,
+    mkfs: Option<&str>,
+    foreground: bool,
+    out: &Output,
+) -> Result<()> {
+    if foreground {
+        return run_export(state, plan, key, mount_dir, mkfs, &mut |r| report(out, r));
+    }
     let log = state.runtime_dir(&plan.id)?.join("export.log");
     let log_file = std::fs::File::create(&log)
         .with_context(|| format!("cannot create the export log {}", log.display()))?;
     let exe =
         std::env::current_exe().context("cannot find the sealvol binary to start the export")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("-v").arg("__export").arg("--mount").arg(&mount_dir);
+    cmd.arg("-v").arg("__export").arg("--mount").arg(mount_dir);
     if let Some(h) = &plan.header {
         cmd.arg("--header").arg(h);
     }
-    if let Some(t) = &a.mkfs {
+    if let Some(t) = mkfs {
         cmd.arg("--mkfs").arg(t);
     }
-    if a.read_only {
+    if plan.read_only {
         cmd.arg("--read-only");
+    }
+    if let Source::Verity {
+        hash,
+        hash_offset,
+        root,
+    } = &plan.source
+    {
+        cmd.arg("--verity-hash")
+            .arg(hash)
+            .arg("--verity-hash-offset")
+            .arg(hash_offset.to_string())
+            .arg("--verity-root")
+            .arg(hex::encode(root));
     }
     cmd.arg(&plan.volume)
         .stdin(Stdio::piped())
@@ -235,9 +325,11 @@ pub fn open(a: OpenArgs, out: &Output) -> Result<()> {
     let mut child = cmd.spawn().context("cannot start the export process")?;
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin
-            .write_all(key.expose())
-            .context("cannot hand the key to the export process")?;
+        if let Some(key) = &key {
+            stdin
+                .write_all(key.expose())
+                .context("cannot hand the key to the export process")?;
+        }
         // Dropping closes the pipe: the export reads to end of file.
     }
     drop(key);
@@ -260,9 +352,6 @@ pub fn open(a: OpenArgs, out: &Output) -> Result<()> {
             .as_str()
             .unwrap_or("the export failed")
             .to_string();
-        if reply["clean_no"] == Value::Bool(true) {
-            return Err(anyhow!(crate::CleanNo(msg)));
-        }
         Err(anyhow!(msg))
     }
 }
@@ -299,9 +388,14 @@ pub fn internal_export(a: InternalArgs, _out: &Output) -> Result<()> {
     // Leave the caller's session: its terminal's signals are not ours.
     let _ = rustix::process::setsid();
     let state = StateDir::from_env();
-    let key = KeySource::Stdin
-        .read()
-        .context("reading the volume key from the pipe")?;
+    let key = match a.verity_hash {
+        Some(_) => None,
+        None => Some(
+            KeySource::Stdin
+                .read()
+                .context("reading the volume key from the pipe")?,
+        ),
+    };
     let mut say = |r: Result<&Value>| -> Result<()> {
         let v = match r {
             Ok(v) => v.clone(),
@@ -317,10 +411,17 @@ pub fn internal_export(a: InternalArgs, _out: &Output) -> Result<()> {
         let args = VolumeArgs {
             header: a.header.clone(),
         };
-        let vol = open_volume(&volume, &args, false)?;
+        let source = match (&a.verity_hash, &a.verity_root) {
+            (Some(hash), Some(root)) => Source::Verity {
+                hash: hash.clone(),
+                hash_offset: a.verity_hash_offset,
+                root: hex::decode(root).context("--verity-root is not hex")?,
+            },
+            _ => Source::Luks(open_volume(&volume, &args, false)?.data_segment()?),
+        };
         Ok(Plan {
             id: volume_id(&volume)?,
-            segment: vol.data_segment()?,
+            source,
             header: a.header.clone(),
             volume,
             read_only: a.read_only,
@@ -381,7 +482,7 @@ impl Stack<'_> {
 fn run_export(
     state: &StateDir,
     plan: Plan,
-    key: SecretBytes,
+    key: Option<SecretBytes>,
     mount_dir: &Path,
     mkfs: Option<&str>,
     ready: &mut dyn FnMut(Result<&Value>) -> Result<()>,
@@ -414,7 +515,7 @@ fn run_export(
         mounted: None,
     };
     let set_up = (|| -> Result<Value> {
-        let dev = crypt_device(&plan, key)?;
+        let dev = device(&plan, key)?;
         let sector = dev.block_size();
         let size = dev.size();
         std::fs::File::create(&fuse_file)
@@ -454,7 +555,10 @@ fn run_export(
         stack.mounted = Some(mount_dir.to_path_buf());
         let entry = Entry {
             id: plan.id.clone(),
-            kind: "mount".into(),
+            kind: match plan.source {
+                Source::Luks(_) => "mount".into(),
+                Source::Verity { .. } => "verity".into(),
+            },
             volume: plan.volume.clone(),
             header: plan.header.clone(),
             pid: process::this_pid(),
@@ -616,7 +720,7 @@ fn serve_nbd(a: ServeNbdArgs, out: &Output) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&term))
             .context("cannot install signal handlers")?;
     }
-    let dev = crypt_device(&plan, key)?;
+    let dev = device(&plan, Some(key))?;
     let opts = NbdOptions {
         read_only: plan.read_only,
         name: a.name.clone(),
@@ -657,4 +761,94 @@ fn serve_nbd(a: ServeNbdArgs, out: &Output) -> Result<()> {
     drop(server); // the device and its key
     drop(lock);
     result.context("the NBD server failed")
+}
+
+// ---------------------------------------------------------------------------------------------
+// verity open
+
+#[derive(Debug, Args)]
+pub struct VerityOpenArgs {
+    /// The image (squashfs, erofs, ext4 ...) the hash tree protects.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// The hash device, with its superblock (IMAGE itself when the tree is appended).
+    #[arg(long = "hash", value_name = "FILE")]
+    pub hash_file: PathBuf,
+    /// Byte offset of the superblock and tree in the hash device.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub hash_offset: u64,
+    /// The trusted root hash (hex).
+    #[arg(long, value_name = "HEX")]
+    pub root: String,
+    /// Detached ed25519 signature over the root hash and parameters (`verity sign`).
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub signature: Option<PathBuf>,
+    /// The publisher's public key (PEM or raw 32 bytes).
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    pub public_key: Option<PathBuf>,
+    /// Empty directory to mount the image on (read-only).
+    #[arg(long, value_name = "DIR")]
+    pub mount: PathBuf,
+    /// Serve in this process until SIGTERM or SIGINT instead of in the background.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// `sealvol verity open`: checks the signature and the root hash, then mounts the image
+/// read-only through verified reads (FUSE → loop → mount). A corrupt block fails the reads
+/// that touch it with EIO.
+pub fn verity_open(a: VerityOpenArgs, out: &Output) -> Result<()> {
+    let state = StateDir::from_env();
+    let mount_dir = canonical(&a.mount, "mount point")?;
+    mount::check_mount_point(&mount_dir)?;
+    let image = canonical(&a.image, "image")?;
+    let hash = canonical(&a.hash_file, "hash file")?;
+    let id = volume_id(&image)?;
+    drop(VolumeLock::acquire(&state, &id, &image)?);
+    let mut hash_file = std::fs::File::open(&hash)?;
+    let sb = sealvol_verity::read_superblock(&mut hash_file, a.hash_offset).with_context(|| {
+        format!(
+            "cannot read the verity superblock of {} at offset {}",
+            hash.display(),
+            a.hash_offset
+        )
+    })?;
+    let root = sealvol_verity::parse_root_hash(&sb.params, &a.root)?;
+    if let (Some(sig_path), Some(key_path)) = (&a.signature, &a.public_key) {
+        let key_bytes = std::fs::read(key_path)
+            .with_context(|| format!("cannot read the public key {}", key_path.display()))?;
+        let key = sealvol_verity::VerifyingKey::from_key_file(&key_bytes)
+            .with_context(|| format!("{} is not usable", key_path.display()))?;
+        let sig = std::fs::read(sig_path)
+            .with_context(|| format!("cannot read the signature {}", sig_path.display()))?;
+        if let Err(e) = key.verify(&sb.params, &root, &sig) {
+            return Err(anyhow!(crate::CleanNo(format!(
+                "signature {} refused: {e}; nothing mounted",
+                sig_path.display()
+            ))));
+        }
+    }
+    // The root check up front: the first block verifies only under the right root hash.
+    let dev = verity_device(&image, &hash, a.hash_offset, &root)?;
+    let mut first = vec![0u8; dev.block_size() as usize];
+    if let Err(e) = dev.read_at(&mut first, 0) {
+        return Err(anyhow!(crate::CleanNo(format!(
+            "{} does not verify against root hash {}: {e}; nothing mounted",
+            image.display(),
+            a.root.trim()
+        ))));
+    }
+    drop(dev);
+    let plan = Plan {
+        volume: image,
+        header: None,
+        id,
+        source: Source::Verity {
+            hash,
+            hash_offset: a.hash_offset,
+            root,
+        },
+        read_only: true,
+    };
+    start(&state, plan, None, &mount_dir, None, a.foreground, out)
 }

@@ -56,6 +56,9 @@ pub enum VerityCommand {
     Keygen(KeygenArgs),
     /// Copy DATA to OUTPUT through verified reads: fails on the first corrupt block, naming it.
     Read(ReadArgs),
+    /// Mount IMAGE read-only through verified reads (FUSE → loop → mount); refuses when the
+    /// signature or the root hash does not check out. Close with `sealvol close DIR`.
+    Open(crate::open::VerityOpenArgs),
 }
 
 /// Where the tree lives and, without a superblock, what it is.
@@ -205,6 +208,7 @@ pub fn run(command: VerityCommand, out: &Output) -> Result<()> {
         VerityCommand::Sign(a) => sign(a, out),
         VerityCommand::Keygen(a) => keygen(a, out),
         VerityCommand::Read(a) => read(a, out),
+        VerityCommand::Open(a) => crate::open::verity_open(a, out),
     }
 }
 
