@@ -268,23 +268,24 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
 
     let key = KeySource::from_args(&a.key).read()?;
     let kdf = kdf_params(&a.kdf, &key, out)?;
-    let mut opts = FormatOptions::default();
-    opts.cipher = a.cipher.clone();
-    opts.key_size_bits = a.key_size;
-    opts.sector_size = sector_size;
-    opts.detached = detached;
-    opts.label = a.label.clone();
-    opts.subsystem = a.subsystem.clone();
-    opts.uuid = a.uuid.clone();
-    opts.kdf = kdf.clone();
-    opts.keyslot = a.key_slot;
-    if let Some(m) = a.luks2_metadata_size {
-        opts.metadata_size = m;
-    }
-    opts.keyslots_size = a.luks2_keyslots_size;
-    opts.data_offset = match a.offset {
-        Some(s) => Some(s.checked_mul(512).context("--offset is too large")?),
-        None => None,
+    let defaults = FormatOptions::default();
+    let opts = FormatOptions {
+        cipher: a.cipher.clone(),
+        key_size_bits: a.key_size,
+        sector_size,
+        detached,
+        label: a.label.clone(),
+        subsystem: a.subsystem.clone(),
+        uuid: a.uuid.clone(),
+        kdf,
+        keyslot: a.key_slot,
+        metadata_size: a.luks2_metadata_size.unwrap_or(defaults.metadata_size),
+        keyslots_size: a.luks2_keyslots_size,
+        data_offset: match a.offset {
+            Some(s) => Some(s.checked_mul(512).context("--offset is too large")?),
+            None => None,
+        },
+        ..defaults
     };
 
     // Build the whole header area in memory first: every validation and KDF error happens
