@@ -43,7 +43,14 @@ mod tests {
 
     #[test]
     fn bulk_random_is_not_constant_and_differs_between_calls() {
-        for len in [0usize, 1, 100, DIRECT_LIMIT, DIRECT_LIMIT + 1, (1 << 20) + 123] {
+        for len in [
+            0usize,
+            1,
+            100,
+            DIRECT_LIMIT,
+            DIRECT_LIMIT + 1,
+            (1 << 20) + 123,
+        ] {
             let mut a = vec![0u8; len];
             let mut b = vec![0u8; len];
             fill_bulk(&mut a).unwrap();
@@ -59,7 +66,10 @@ mod tests {
                 // Roughly half the bits set.
                 let ones: u64 = a.iter().map(|x| x.count_ones() as u64).sum();
                 let bits = len as u64 * 8;
-                assert!(ones * 10 > bits * 4 && ones * 10 < bits * 6, "{ones} of {bits} bits set");
+                assert!(
+                    ones * 10 > bits * 4 && ones * 10 < bits * 6,
+                    "{ones} of {bits} bits set"
+                );
             }
         }
     }
