@@ -40,17 +40,19 @@ and the kernel's dm-verity accept them.";
 
 /// dm-verity hash trees (like `veritysetup`), verified reads and signed root hashes.
 #[derive(Debug, Subcommand)]
-#[command(after_long_help = EXAMPLES)]
 pub enum VerityCommand {
     /// Build the hash tree of DATA into HASH and print the root hash (`veritysetup format`).
+    #[command(after_long_help = EXAMPLES)]
     Format(FormatArgs),
     /// Check every block of DATA against HASH and ROOT (`veritysetup verify`): exit 0 when it
     /// verifies, 1 naming the first bad block (every one with --all), 2 on errors. With
     /// --signature and --public-key, the root hash and parameters must be signed first.
+    #[command(after_long_help = EXAMPLES)]
     Verify(VerifyArgs),
     /// Print the superblock of a hash device (`veritysetup dump`).
     Dump(DumpArgs),
     /// Sign the root hash together with the tree parameters (ed25519, detached).
+    #[command(after_long_help = EXAMPLES)]
     Sign(SignArgs),
     /// Make an ed25519 key pair: PKCS#8 PEM private key (mode 0600) and SPKI PEM public key.
     Keygen(KeygenArgs),
