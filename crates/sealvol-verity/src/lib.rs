@@ -62,7 +62,9 @@ pub use reader::{VerityReader, DEFAULT_CACHE_BLOCKS};
 pub use signature::{signed_message, SigningKey, VerifyingKey, MESSAGE_HEADER, SIGNATURE_SIZE};
 pub use source::BlockSource;
 pub use superblock::{Superblock, Uuid, SIGNATURE, VERSION};
-pub use tree::{format, read_superblock, verify, Failure, HashTree, Progress, Report};
+pub use tree::{
+    format, read_superblock, root_matches_tree, verify, Failure, HashTree, Progress, Report,
+};
 
 /// Parses a root hash given in hex.
 ///

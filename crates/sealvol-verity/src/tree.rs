@@ -571,6 +571,40 @@ pub(crate) fn slot_in_block(params: &Params, parent: &[u8], index: u64) -> Diges
     Digest::from_slice(&parent[at..at + params.digest_size()])
 }
 
+/// Whether `root` is the digest of the tree's top hash block: a cheap check, reading one
+/// hash block and no data, that a root hash belongs to this hash device (`sealvol verity sign`
+/// refuses to sign one that does not). `None` for a one-block image, whose root hash is the
+/// digest of the data block itself.
+///
+/// # Errors
+/// [`Error::RootHashLength`], [`Error::HashTooShort`], [`Error::HashOffset`], [`Error::Io`].
+pub fn root_matches_tree<H: Read + Seek>(
+    hash: &mut H,
+    params: &Params,
+    area: HashArea,
+    root: &[u8],
+) -> Result<Option<bool>> {
+    check_root(params, root)?;
+    area.check()?;
+    let needed = area.end(params)?;
+    if params.geometry().levels.is_empty() {
+        return Ok(None);
+    }
+    let available = stream_len(hash, "measuring the hash device")?;
+    if available < needed {
+        return Err(Error::HashTooShort { needed, available });
+    }
+    // The top level is stored first: its one block starts the tree.
+    let mut top = vec![0u8; params.hash_block_size() as usize];
+    hash.seek(SeekFrom::Start(area.tree_offset(params.hash_block_size())))
+        .map_err(Error::io("seeking the hash device"))?;
+    hash.read_exact(&mut top)
+        .map_err(Error::io("reading the top hash block"))?;
+    Ok(Some(
+        BlockHasher::new(params).digest(&top).as_slice() == root,
+    ))
+}
+
 /// Reads a hash area's superblock at `offset` of `hash`.
 ///
 /// # Errors

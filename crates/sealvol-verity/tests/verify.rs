@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use sealvol_verity::{
-    format, verify, Error, Failure, HashAlgorithm, HashArea, HashTree, HashType, Params, Report,
-    Salt, VerityReader,
+    format, root_matches_tree, verify, Error, Failure, HashAlgorithm, HashArea, HashTree, HashType,
+    Params, Report, Salt, VerityReader,
 };
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -182,6 +182,33 @@ fn wrong_root_hash_is_refused() {
         &mut |_| {}
     )
     .is_err());
+}
+
+#[test]
+fn root_matches_tree_reads_only_the_top_block() {
+    let img = image(300, 4096, 4096);
+    let mut hash = Cursor::new(&img.hash);
+    assert_eq!(
+        root_matches_tree(&mut hash, &img.params, img.area, &img.root).unwrap(),
+        Some(true)
+    );
+    let mut wrong = img.root.clone();
+    wrong[0] ^= 1;
+    assert_eq!(
+        root_matches_tree(&mut hash, &img.params, img.area, &wrong).unwrap(),
+        Some(false)
+    );
+    let one = image(1, 4096, 4096);
+    assert_eq!(
+        root_matches_tree(
+            &mut Cursor::new(&one.hash),
+            &one.params,
+            one.area,
+            &one.root
+        )
+        .unwrap(),
+        None
+    );
 }
 
 #[test]

@@ -635,6 +635,14 @@ fn sign(a: SignArgs, out: &Output) -> Result<()> {
     let mut hash = open_read(&a.hash_device)?;
     let (params, _) = load_params(&a.hash_device, &mut hash, None, &a.tree)?;
     let root = root_hash(&params, a.root.as_deref(), a.root_hash_file.as_deref())?;
+    if verity::root_matches_tree(&mut hash, &params, area(&a.tree), &root)? == Some(false) {
+        bail!(
+            "root hash {} is not the root of the tree on {}: refusing to sign it (check the \
+             root hash and --hash-offset)",
+            hex::encode(&root),
+            a.hash_device.display()
+        );
+    }
     let key_bytes = Zeroizing::new(
         std::fs::read(&a.private_key)
             .with_context(|| format!("cannot read the private key {}", a.private_key.display()))?,

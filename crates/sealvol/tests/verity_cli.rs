@@ -363,6 +363,24 @@ fn openssl_signature_interop_and_tampering() {
     ])
     .ok();
     assert_eq!(fs::metadata(&sig).unwrap().len(), 64);
+    // A root hash that is not this tree's is not signed.
+    let mut wrong = f.root.clone().into_bytes();
+    wrong[5] = if wrong[5] == b'a' { b'b' } else { b'a' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let nosig = d.join("nosig");
+    sv([
+        "verity",
+        "sign",
+        &s(&f.hash),
+        &wrong,
+        "--private-key",
+        &s(&key),
+        "--signature-out",
+        &s(&nosig),
+    ])
+    .code(2)
+    .stderr_mentions("refusing to sign");
+    assert!(!nosig.exists());
     // openssl checks sealvol's signature over the documented message.
     let text = fs::read_to_string(&msg).unwrap();
     assert!(
