@@ -17,8 +17,7 @@
 //! - [`af`]: the LUKS anti-forensic splitter (split and merge).
 //!
 //! Unsafe code is confined to one private module (`ffi`: the aws-lc binding and
-//! `mlock`), with a `// SAFETY:` justification on every block, and to [`sha256x2`]'s x86
-//! intrinsics (two interleaved SHA-NI streams, for dm-verity's block hashing).
+//! `mlock`), with a `// SAFETY:` justification on every block.
 //!
 //! Features: `aws-lc` (default) builds the aws-lc backend; without it (`--no-default-features`)
 //! the crate is pure Rust and [`Backend::AwsLc`] returns an error.
@@ -43,7 +42,6 @@ pub mod hash;
 pub mod kdf;
 pub mod random;
 mod secret;
-pub mod sha256x2;
 mod xts;
 
 pub use error::{Error, Result};

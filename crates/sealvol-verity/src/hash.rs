@@ -49,11 +49,6 @@ pub(crate) struct BlockHasher {
     prefix: Prefix,
     /// The salt to append (format 0); empty in format 1, whose salt is in `prefix`.
     suffix: Vec<u8>,
-    /// The salt to prepend (format 1), for the two-stream SHA-256 path.
-    salt_before: Vec<u8>,
-    /// SHA-256 on a CPU with SHA-NI: hash blocks two at a time on interleaved streams
-    /// (`sealvol_crypto::sha256x2`), about 1.35× one stream's throughput.
-    pairs: bool,
     digest_size: usize,
 }
 
@@ -104,13 +99,9 @@ impl BlockHasher {
             HashAlgorithm::Sha384 => Prefix::Sha384(sha2::Sha384::new_with_prefix(pre)),
             HashAlgorithm::Sha512 => Prefix::Sha512(sha2::Sha512::new_with_prefix(pre)),
         };
-        let pairs = params.algorithm() == HashAlgorithm::Sha256
-            && sealvol_crypto::sha256x2::shani_available();
         BlockHasher {
             prefix,
-            salt_before: pre.to_vec(),
             suffix,
-            pairs,
             digest_size: params.digest_size(),
         }
     }
@@ -136,22 +127,6 @@ impl BlockHasher {
     /// (`digest_size` bytes each), on the calling thread.
     pub(crate) fn digest_serial(&self, blocks: &[u8], block_size: usize, out: &mut [u8]) {
         debug_assert_eq!(out.len(), blocks.len() / block_size * self.digest_size);
-        if self.pairs {
-            let mut blocks = blocks.chunks_exact(2 * block_size);
-            let mut outs = out.chunks_exact_mut(64);
-            for (two, o) in (&mut blocks).zip(&mut outs) {
-                let (a, b) = two.split_at(block_size);
-                let [da, db] =
-                    sealvol_crypto::sha256x2::sha256_pair(&self.salt_before, [a, b], &self.suffix);
-                o[..32].copy_from_slice(&da);
-                o[32..].copy_from_slice(&db);
-            }
-            let (rest, o) = (blocks.remainder(), outs.into_remainder());
-            if !rest.is_empty() {
-                o.copy_from_slice(self.digest(rest).as_slice());
-            }
-            return;
-        }
         let s = &self.suffix;
         let pairs = blocks
             .chunks_exact(block_size)
@@ -169,15 +144,6 @@ impl BlockHasher {
     pub(crate) fn digest_many(&self, blocks: &[u8], block_size: usize, out: &mut [u8]) {
         debug_assert_eq!(blocks.len() % block_size, 0);
         debug_assert_eq!(out.len(), blocks.len() / block_size * self.digest_size);
-        if self.pairs {
-            let n = blocks.len() / block_size;
-            let per_task = MIN_BLOCKS_PER_TASK.max(n.div_ceil(4 * rayon::current_num_threads()));
-            blocks
-                .par_chunks(per_task * block_size)
-                .zip(out.par_chunks_mut(per_task * self.digest_size))
-                .for_each(|(b, o)| self.digest_serial(b, block_size, o));
-            return;
-        }
         let (s, d) = (&self.suffix, self.digest_size);
         match &self.prefix {
             Prefix::Sha1(p) => many(p, s, blocks, block_size, d, out),
