@@ -51,6 +51,23 @@ pub enum Error {
     /// Bad input, with what to do about it.
     #[error("{0}")]
     Invalid(String),
+    /// A step of a volume operation failed; what was done before it has been undone (or,
+    /// for `destroy`, will be finished by the next run or `sweep`).
+    #[error("{verb} of volume {id} failed at step `{step}`: {reason}{after}")]
+    Step {
+        /// `create`, `open`, `destroy` ...
+        verb: &'static str,
+        /// The workload id.
+        id: String,
+        /// The step that failed.
+        step: &'static str,
+        /// Why (never a key).
+        reason: String,
+        /// What happened after: the rollback's outcome.
+        after: String,
+        /// The failure was a key that opens no keyslot (a clean "no").
+        wrong_key: bool,
+    },
 }
 
 impl Error {

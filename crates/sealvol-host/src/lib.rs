@@ -12,6 +12,9 @@
 //! - [`lock::VolumeLock`]: an exclusive `flock` per volume, held for as long as it is served,
 //!   so a volume is never served twice.
 //! - [`process`]: signals, liveness, and marking an export process as an I/O flusher.
+//! - [`volume`]: workload volumes over a state directory (`/var/lib/sealvol`): create, open,
+//!   close, destroy with crypto-erase, and the sweep that repairs what crashes left; a journal
+//!   per id, a lock per id and a global one.
 //!
 //! What it does not do: no formats and no crypto (those are `sealvol-luks`, `sealvol-block`),
 //! no serving (that is `sealvol-export`).
@@ -34,5 +37,6 @@ pub mod loopdev;
 pub mod mount;
 pub mod process;
 pub mod state;
+pub mod volume;
 
 pub use error::{Error, Result};

@@ -29,6 +29,13 @@ pub fn terminate(pid: u32, timeout: Duration) -> bool {
     wait_gone(pid, timeout)
 }
 
+/// Sends SIGKILL to `pid` (best effort).
+pub fn kill(pid: u32) {
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, Signal::KILL);
+    }
+}
+
 /// Waits up to `timeout` for `pid` to exit.
 pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let start = Instant::now();

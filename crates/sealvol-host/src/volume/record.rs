@@ -1,0 +1,214 @@
+//! Volume ids and the per-id record (the journal of what exists).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Longest id, in bytes.
+pub const MAX_ID_LEN: usize = 63;
+
+/// A workload id: `[a-z0-9][a-z0-9_.-]{0,62}` without `..`. It names files and directories
+/// in the state directory, so nothing else is accepted (no `/`, no leading dot, no spaces,
+/// no upper case that would collide on case-insensitive tooling).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VolumeId(String);
+
+impl VolumeId {
+    /// Checks `s` against the id rules.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] saying which rule `s` breaks.
+    pub fn parse(s: &str) -> Result<Self> {
+        let rule = "ids are 1 to 63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit, without '..'";
+        let bad = |why: String| Error::Invalid(format!("invalid volume id {s:?}: {why}; {rule}"));
+        if s.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        if s.len() > MAX_ID_LEN {
+            return Err(bad(format!("it is {} bytes long", s.len())));
+        }
+        let first = s.as_bytes()[0];
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+            return Err(bad(format!("it starts with {:?}", first as char)));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(*c)))
+        {
+            return Err(bad(format!("it contains {c:?}")));
+        }
+        if s.contains("..") {
+            return Err(bad("it contains \"..\"".into()));
+        }
+        Ok(VolumeId(s.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for VolumeId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        VolumeId::parse(&s)
+    }
+}
+
+impl From<VolumeId> for String {
+    fn from(id: VolumeId) -> String {
+        id.0
+    }
+}
+
+/// What a volume was created with; a second `create` of the id must match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// Data area size in bytes.
+    pub size: u64,
+    /// File system type (`ext4` ...).
+    pub fs: String,
+    /// The LUKS header lives in its own file (`header.img`), not on the image.
+    pub detached_header: bool,
+}
+
+/// Where a volume is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// `create` is under way (or crashed): a sweep undoes it.
+    Creating,
+    /// Usable.
+    Ready,
+    /// `destroy` is under way (or crashed): a sweep finishes it.
+    Destroying,
+}
+
+impl Phase {
+    /// The phase's name in records and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Creating => "creating",
+            Phase::Ready => "ready",
+            Phase::Destroying => "destroying",
+        }
+    }
+}
+
+/// The record of one id: `<state>/records/<id>.json`. Holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The id.
+    pub id: VolumeId,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// What it was created with.
+    pub params: Params,
+    /// Steps of the current operation that completed, in order (the journal).
+    pub steps: Vec<String>,
+    /// The LUKS UUID, once formatted.
+    pub uuid: Option<String>,
+    /// Bytes at the start of the image that hold the LUKS header and keyslots (attached
+    /// header), once formatted: what `destroy` wipes.
+    pub header_area: Option<u64>,
+    /// Seconds since the epoch when `create` started.
+    pub created: u64,
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file in the same directory,
+/// fsync, rename over `path`, fsync the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
+    let mut f = File::create(&tmp).map_err(io)?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(dir)
+}
+
+/// fsyncs a directory, so that creations, renames and removals in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_documented_rules() {
+        for good in ["a", "web-1", "0abc", "a.b_c-d", &"x".repeat(63)] {
+            assert!(VolumeId::parse(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("../etc", "starts with '.'"),
+            ("a/b", "contains '/'"),
+            ("a..b", "\"..\""),
+            ("Web", "starts with 'W'"),
+            ("-x", "starts with '-'"),
+            ("a b", "contains ' '"),
+            ("a\0", "contains '\\0'"),
+            (&"x".repeat(64), "64 bytes"),
+        ] {
+            let err = VolumeId::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(err.contains("ids are 1 to 63 characters"), "{err}");
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_bad_ids() {
+        let r = Record {
+            id: VolumeId::parse("w1").unwrap(),
+            phase: Phase::Creating,
+            params: Params {
+                size: 1 << 26,
+                fs: "ext4".into(),
+                detached_header: false,
+            },
+            steps: vec!["image".into()],
+            uuid: None,
+            header_area: None,
+            created: 1,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"creating\""), "{text}");
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
+        let evil = text.replace("\"w1\"", "\"../x\"");
+        assert!(serde_json::from_str::<Record>(&evil).is_err());
+    }
+
+    #[test]
+    fn atomic_writes_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
