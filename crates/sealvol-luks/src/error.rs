@@ -37,10 +37,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Neither header copy carries the LUKS magic.
-    #[error("no LUKS header found: neither the primary (offset 0) nor any secondary copy has the LUKS2 magic; is this the right device or header file?")]
+    #[error("no LUKS header found: neither offset 0 nor any LUKS2 secondary header offset has the LUKS magic; is this the right device or header file?")]
     NotLuks,
     /// A LUKS header of a version this crate does not handle (LUKS1 is `1`).
-    #[error("unsupported LUKS version {0}; this crate reads LUKS2 (version 2) headers")]
+    #[error("unsupported LUKS version {0}; sealvol reads LUKS1 and LUKS2 headers")]
     UnsupportedVersion(u16),
     /// Metadata that violates the LUKS2 format rules (found in a header, a backup, or a
     /// request such as [`FormatOptions`](crate::FormatOptions)).

@@ -1,5 +1,5 @@
-//! The LUKS2 on-disk format: parse, validate and encode headers, unlock and manage keyslots,
-//! tokens, and the data segment's cipher parameters.
+//! The LUKS1 and LUKS2 on-disk formats: parse, validate and encode headers, unlock and
+//! manage keyslots, tokens (LUKS2), and the data segment's cipher parameters.
 //!
 //! This crate is pure: it works over byte slices and any [`Storage`] (`Read + Write + Seek`
 //! plus a durability barrier). It never opens a path, never spawns a process, never logs a
@@ -12,6 +12,8 @@
 //! - [`Header`]: the parsed header (binary header fields plus typed JSON [`Metadata`]).
 //! - [`DataSegment`]: where the ciphertext lives and how to decrypt it.
 //! - [`data`]: streaming plaintext into and out of a data segment.
+//! - [`luks1::Volume`]: a LUKS1 header (as cryptsetup and qemu's `luks` driver write it).
+//! - [`AnyVolume`]: either version behind one front, chosen by the header's version field.
 //!
 //! ```
 //! use std::io::Cursor;
@@ -28,11 +30,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod any;
 pub mod data;
 mod error;
+pub mod luks1;
 pub mod luks2;
 mod storage;
 
+pub use any::AnyVolume;
 pub use error::{Error, Result};
 pub use luks2::{
     parse_header_bytes, Copy as HeaderCopy, DataSegment, FormatOptions, Header, KdfParams,

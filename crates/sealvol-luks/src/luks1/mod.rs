@@ -1,0 +1,23 @@
+//! LUKS1 (the "LUKS1 On-Disk Format Specification", version 1.2.3), as written by
+//! `cryptsetup luksFormat --type luks1` and by qemu's `luks` block driver.
+//!
+//! A LUKS1 device is a 592-byte binary header ([`Header`]), eight key material areas (the
+//! volume key AF-split into 4000 stripes and encrypted with the volume cipher under a
+//! PBKDF2-derived key, 512-byte sectors with IVs from 0 at each area's start), then the
+//! payload at `payload-offset` sectors: `aes-xts-plain64`, 512-byte sectors, IV 0 at the
+//! payload's first sector. The header may be detached (payload offset 0 on its own device).
+//!
+//! sealvol reads and writes `aes` / `xts-plain64` with sha1, sha256 or sha512 only and
+//! refuses everything cryptsetup refuses on load (`LUKS_check_keyslots`).
+
+mod header;
+mod volume;
+
+pub use header::{
+    material_sectors, Header, Keyslot, KEY_DISABLED, KEY_ENABLED, MAGIC, NUM_KEYS, PHDR_LEN,
+    STRIPES,
+};
+pub use volume::{FormatOptions, Volume, MIN_ITERATIONS};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+use super::*;
+use crate::{AnyVolume, Error, KdfParams};
+use sealvol_crypto::{HashAlg, SecretBytes};
+use std::io::Cursor;
+
+fn fmt(opts: &FormatOptions, pass: &[u8]) -> (Volume<Cursor<Vec<u8>>>, SecretBytes) {
+    let vk = SecretBytes::random(opts.key_size_bits as usize / 8).unwrap();
+    let v = Volume::format(Cursor::new(Vec::new()), opts, &vk, pass).unwrap();
+    (v, vk)
+}
+
+fn bytes(v: Volume<Cursor<Vec<u8>>>) -> Vec<u8> {
+    v.into_storage().into_inner()
+}
+
+#[test]
+fn format_matches_cryptsetup_layout() {
+    let (v, _) = fmt(&FormatOptions::default(), b"pw");
+    let h = v.header();
+    // 64-byte key: 500 sectors of material, aligned to 8 sectors, from sector 8.
+    let offs: Vec<u32> = h.keyslots().iter().map(|k| k.key_material_offset).collect();
+    assert_eq!(offs, [8, 512, 1016, 1520, 2024, 2528, 3032, 3536]);
+    assert_eq!(h.payload_offset(), 4096);
+    assert_eq!(h.cipher(), "aes-xts-plain64");
+    assert_eq!(h.active_keyslots(), [0]);
+    let b = bytes(v);
+    assert_eq!(&b[..8], b"LUKS\xba\xbe\x00\x01");
+    assert_eq!(b.len(), 4096 * 512);
+    // AES-128-XTS (32-byte key): 250 sectors → 256.
+    let (v, _) = fmt(
+        &FormatOptions {
+            key_size_bits: 256,
+            ..Default::default()
+        },
+        b"pw",
+    );
+    assert_eq!(v.header().keyslots()[1].key_material_offset, 264);
+    assert_eq!(v.header().payload_offset(), 4096);
+}
+
+#[test]
+fn encode_decode_round_trip_and_unlock() {
+    let (mut v, vk) = fmt(&FormatOptions::default(), b"first");
+    let h = Header::decode(&v.header().encode()).unwrap();
+    assert_eq!(&h, v.header());
+    let u = v.unlock(b"first", None).unwrap();
+    assert!(u.volume_key.ct_eq(vk.expose()));
+    assert!(matches!(v.unlock(b"wrong", None), Err(Error::WrongKey)));
+    let b = bytes(v);
+    let mut again = Volume::open(Cursor::new(b)).unwrap();
+    assert_eq!(again.unlock(b"first", Some(0)).unwrap().keyslot, 0);
+    assert!(matches!(
+        again.unlock(b"first", Some(1)),
+        Err(Error::NoSuchKeyslot(1))
+    ));
+}
+
+#[test]
+fn keyslots_add_change_remove_erase() {
+    let (mut v, vk) = fmt(
+        &FormatOptions {
+            hash: HashAlg::Sha1,
+            ..Default::default()
+        },
+        b"a",
+    );
+    assert_eq!(v.add_keyslot(&vk, b"b", 1000, None).unwrap(), 1);
+    assert!(matches!(
+        v.add_keyslot(&vk, b"c", 1000, Some(1)),
+        Err(Error::KeyslotInUse(1))
+    ));
+    let wrong = SecretBytes::random(64).unwrap();
+    assert!(matches!(
+        v.add_keyslot(&wrong, b"c", 1000, None),
+        Err(Error::WrongKey)
+    ));
+    let new = v.change_key(b"a", b"a2", None, None).unwrap();
+    assert_eq!(new, 2);
+    assert!(matches!(v.unlock(b"a", None), Err(Error::WrongKey)));
+    assert_eq!(v.unlock(b"a2", None).unwrap().keyslot, 2);
+    v.remove_keyslot(1).unwrap();
+    assert!(matches!(v.remove_keyslot(2), Err(Error::LastKeyslot(2))));
+    assert_eq!(v.header().active_keyslots(), [2]);
+    let k = &v.header().keyslots()[0];
+    assert!(!k.active && k.iterations == 0 && k.salt == [0; 32]);
+    v.erase().unwrap();
+    assert!(v.header().active_keyslots().is_empty());
+    let mut re = Volume::open(Cursor::new(bytes(v))).unwrap();
+    assert!(matches!(re.unlock(b"a2", None), Err(Error::WrongKey)));
+}
+
+#[test]
+fn any_volume_dispatches_by_version_and_refuses_argon2_on_luks1() {
+    let (v, vk) = fmt(&FormatOptions::default(), b"pw");
+    let mut any = AnyVolume::open(Cursor::new(bytes(v))).unwrap();
+    assert_eq!(any.version(), 1);
+    let seg = any.data_segment().unwrap();
+    assert_eq!(
+        (seg.offset, seg.sector_size.bytes(), seg.key_size),
+        (4096 * 512, 512, 64)
+    );
+    let argon = KdfParams::Argon2 {
+        variant: sealvol_crypto::kdf::Argon2Variant::Argon2id,
+        time: 4,
+        memory_kib: 32,
+        parallel: 1,
+    };
+    assert!(any.add_keyslot(&vk, b"x", &argon, None).is_err());
+    let sha512 = KdfParams::Pbkdf2 {
+        hash: HashAlg::Sha512,
+        iterations: 1000,
+    };
+    let e = any.add_keyslot(&vk, b"x", &sha512, None).unwrap_err();
+    assert!(e.to_string().contains("--hash sha256"), "{e}");
+    assert_eq!(
+        any.add_keyslot(&vk, b"x", &KdfParams::pbkdf2_min(), None)
+            .unwrap(),
+        1
+    );
+    assert!(any.luks2_mut("tokens").is_err());
+    let backup = any.header_backup().unwrap();
+    assert_eq!(backup.len() as u64, 3536 * 512 + 500 * 512);
+    let mut dev = any.into_storage().into_inner();
+    dev[..4096 * 512].fill(0);
+    let mut restored = AnyVolume::header_restore(Cursor::new(dev), &backup).unwrap();
+    assert_eq!(restored.unlock(b"x", None).unwrap().keyslot, 1);
+}
+
+fn valid_phdr() -> [u8; PHDR_LEN] {
+    fmt(&FormatOptions::default(), b"pw").0.header().encode()
+}
+
+fn refused(mut b: [u8; PHDR_LEN], edit: impl FnOnce(&mut [u8; PHDR_LEN])) -> Error {
+    edit(&mut b);
+    Header::decode(&b).unwrap_err()
+}
+
+fn put(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+const SLOT: usize = 208;
+
+#[test]
+fn refuses_what_cryptsetup_refuses() {
+    let ok = valid_phdr();
+    Header::decode(&ok).unwrap();
+    // Overlapping key material: slot 1 starts inside slot 0.
+    let e = refused(ok, |b| put(b, SLOT + 48 + 40, 100));
+    assert!(e.to_string().contains("overlap"), "{e}");
+    // Key material past the payload.
+    let e = refused(ok, |b| put(b, 104, 3600));
+    assert!(e.to_string().contains("past the payload"), "{e}");
+    // Stripes other than 4000.
+    let e = refused(ok, |b| put(b, SLOT + 44, 1));
+    assert!(e.to_string().contains("stripes"), "{e}");
+    // Payload offset inside the header.
+    let e = refused(ok, |b| put(b, 104, 1));
+    assert!(e.to_string().contains("inside the 592-byte header"), "{e}");
+    // Key material over the binary header.
+    let e = refused(ok, |b| put(b, SLOT + 40, 1));
+    assert!(e.to_string().contains("overlaps the binary header"), "{e}");
+    // cipher_null, unknown cipher, unknown hash, bad key size, bad slot state, version.
+    let e = refused(ok, |b| {
+        b[8..40].fill(0);
+        b[8..19].copy_from_slice(b"cipher_null");
+    });
+    assert!(matches!(e, Error::UnsupportedCipher(_)), "{e}");
+    let e = refused(ok, |b| b[40..43].copy_from_slice(b"cbc"));
+    assert!(matches!(e, Error::UnsupportedCipher(_)), "{e}");
+    let e = refused(ok, |b| b[72..78].copy_from_slice(b"md5\0\0\0"));
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    let e = refused(ok, |b| put(b, 108, 48));
+    assert!(matches!(e, Error::UnsupportedCipher(_)), "{e}");
+    let e = refused(ok, |b| put(b, SLOT + 48, 7));
+    assert!(e.to_string().contains("state"), "{e}");
+    let e = refused(ok, |b| b[7] = 3);
+    assert!(matches!(e, Error::UnsupportedVersion(3)), "{e}");
+    let e = refused(ok, |b| b[168..208].fill(b'a'));
+    assert!(e.to_string().contains("NUL"), "{e}");
+}
+
+#[test]
+fn detached_header_has_payload_zero_and_no_data() {
+    let (v, _) = fmt(
+        &FormatOptions {
+            detached: true,
+            ..Default::default()
+        },
+        b"pw",
+    );
+    assert_eq!(v.header().payload_offset(), 0);
+    assert_eq!(v.data_segment().unwrap().offset, 0);
+    assert_eq!(bytes(v).len() as u64, 4040 * 512);
+}
