@@ -439,7 +439,8 @@ fn sealvol_and_cryptsetup_refuse_the_same_broken_headers() {
     let bytes = std::fs::read(&good).unwrap();
     let slot = 208;
     let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("overlap", Box::new(move |b| put(b, slot + 48 + 40, 100))),
         ("past the payload", Box::new(|b| put(b, 104, 3600))),
         ("stripes", Box::new(move |b| put(b, slot + 44, 2))),
