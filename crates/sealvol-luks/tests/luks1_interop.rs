@@ -438,7 +438,9 @@ fn sealvol_and_cryptsetup_refuse_the_same_broken_headers() {
     sealvol_volume(&good, None, b"pw", &plaintext(4096));
     let bytes = std::fs::read(&good).unwrap();
     let slot = 208;
-    let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    fn put(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
     type Edit = Box<dyn Fn(&mut Vec<u8>)>;
     let cases: Vec<(&str, Edit)> = vec![
         ("overlap", Box::new(move |b| put(b, slot + 48 + 40, 100))),
