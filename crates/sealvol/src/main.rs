@@ -7,6 +7,7 @@ mod keys;
 mod open;
 mod output;
 mod verity;
+mod volume;
 
 use std::process::ExitCode;
 

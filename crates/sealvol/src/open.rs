@@ -25,12 +25,13 @@ use sealvol_export::nbd::{NbdOptions, Server};
 use sealvol_host::lock::VolumeLock;
 use sealvol_host::loopdev::{self, LoopOptions};
 use sealvol_host::state::{volume_id, Entry, StateDir};
+use sealvol_host::volume::served::{self, Busy};
 use sealvol_host::{mount, process};
 use sealvol_luks::DataSegment;
 use serde_json::{json, Value};
 
 use crate::cli::{KeyArgs, VolumeArgs};
-use crate::commands::{open_volume, refuse_read_only, unlock};
+use crate::commands::{open_volume, refuse_read_only, unlock, unlock_with};
 use crate::keys::KeySource;
 use crate::output::Output;
 
@@ -162,8 +163,25 @@ fn prepare(
     read_only: bool,
     state: &StateDir,
 ) -> Result<(Plan, SecretBytes)> {
+    let header = volume_args.header.as_deref();
+    prepare_with(volume_path, header, KeyIn::Args(key), read_only, state)
+}
+
+/// Where `prepare` gets the key: the command line's key options, or bytes read already.
+enum KeyIn<'a> {
+    Args(&'a KeyArgs),
+    Bytes(&'a SecretBytes),
+}
+
+fn prepare_with(
+    volume_path: &Path,
+    header: Option<&Path>,
+    key: KeyIn<'_>,
+    read_only: bool,
+    state: &StateDir,
+) -> Result<(Plan, SecretBytes)> {
     let volume = canonical(volume_path, "volume")?;
-    let header = match &volume_args.header {
+    let header = match header {
         Some(h) => Some(canonical(h, "header file")?),
         None => None,
     };
@@ -182,7 +200,10 @@ fn prepare(
     segment
         .data_len(len)
         .context("the data segment does not fit the volume file")?;
-    let unlocked = unlock(&mut vol, &KeySource::from_args(key), None)?;
+    let unlocked = match key {
+        KeyIn::Args(a) => unlock(&mut vol, &KeySource::from_args(a), None)?,
+        KeyIn::Bytes(k) => unlock_with(&mut vol, k.expose(), None)?,
+    };
     Ok((
         Plan {
             volume,
@@ -289,6 +310,36 @@ fn start(
     if foreground {
         return run_export(state, plan, key, mount_dir, mkfs, &mut |r| report(out, r));
     }
+    let reply = spawn_export(state, plan, key, mount_dir, mkfs)?;
+    print_opened(out, &reply)
+}
+
+/// Opens the LUKS volume `image` (header in `header`, when detached) with `key` and mounts
+/// it on `mount_dir` through a background export (after `mkfs` of that type, when given).
+/// Returns the export's report. A wrong key is a [`crate::CleanNo`]; nothing is started then.
+pub(crate) fn open_with_key(
+    state: &StateDir,
+    image: &Path,
+    header: Option<&Path>,
+    key: &SecretBytes,
+    mount_dir: &Path,
+    mkfs: Option<&str>,
+) -> Result<Value> {
+    let mount_dir = canonical(mount_dir, "mount point")?;
+    mount::check_mount_point(&mount_dir)?;
+    let (plan, volume_key) = prepare_with(image, header, KeyIn::Bytes(key), false, state)?;
+    spawn_export(state, plan, Some(volume_key), &mount_dir, mkfs)
+}
+
+/// Starts the background `__export` process of `plan`, hands it the key on its stdin, and
+/// returns its report once the file system is mounted.
+fn spawn_export(
+    state: &StateDir,
+    plan: Plan,
+    key: Option<SecretBytes>,
+    mount_dir: &Path,
+    mkfs: Option<&str>,
+) -> Result<Value> {
     let log = state.runtime_dir(&plan.id)?.join("export.log");
     let log_file = std::fs::File::create(&log)
         .with_context(|| format!("cannot create the export log {}", log.display()))?;
@@ -344,8 +395,7 @@ fn start(
         json!({"ok": false, "error": format!("the export process stopped: {}", tail.trim())})
     });
     if reply["ok"] == Value::Bool(true) {
-        print_opened(out, &reply)?;
-        Ok(())
+        Ok(reply)
     } else {
         let _ = child.wait();
         let msg = reply["error"]
@@ -651,37 +701,8 @@ pub fn close(a: CloseArgs, out: &Output) -> Result<()> {
         return Ok(());
     };
 
-    let export_alive = process::alive(entry.pid) && VolumeLock::is_held(&state, &entry.id);
-    // 1. The file system: a busy one stops everything here, with nothing changed.
-    if let Some(dir) = &entry.mount_point {
-        mount::umount(dir, !export_alive).with_context(|| {
-            format!(
-                "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and run close again",
-                dir.display(),
-                dir.display()
-            )
-        })?;
-    }
-    // 2. The loop device.
-    if let Some(dev) = &entry.loop_device {
-        loopdev::detach(dev, entry.fuse_file.as_deref())?;
-    }
-    // 3. The export: it unmounts its FUSE file, wipes the key and exits.
-    if export_alive {
-        if !process::terminate(entry.pid, STOP_TIMEOUT) {
-            bail!(
-                "the export process {} of {} did not stop within {} s; see {}",
-                entry.pid,
-                entry.volume.display(),
-                STOP_TIMEOUT.as_secs(),
-                state.root().join(&entry.id).join("export.log").display()
-            );
-        }
-    } else if let Some(f) = &entry.fuse_file {
-        // The export died (killed): its FUSE mount is dead; take it away.
-        let _ = mount::umount(f, true);
-    }
-    state.remove(&entry.id);
+    let stopped = served::stop(&state, &entry, Busy::Fail, STOP_TIMEOUT)?;
+    let export_alive = stopped.export_was_running;
     let where_ = entry
         .mount_point
         .as_ref()

@@ -1,0 +1,452 @@
+//! `sealvol volume …`: the provider's verbs over workload volumes (create, open, close,
+//! status, list, destroy, sweep, bind-args). The state machine, journal, locks and sweep are
+//! `sealvol_host::volume::Manager`; this module reads the key, provides the two steps that
+//! need it (format, open through the same export as `sealvol open`) and prints results.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand};
+use sealvol_crypto::SecretBytes;
+use sealvol_host::state::StateDir;
+use sealvol_host::volume::{
+    self, CreateOptions, Formatted, Keyed, KeyedError, Manager, Params, Status, VolumeId,
+};
+use sealvol_luks::{FormatOptions, Volume};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::cli::{parse_size, KdfArgs, KeyArgs, KeyProfile};
+use crate::keys::KeySource;
+use crate::output::Output;
+use crate::CleanNo;
+
+/// The configuration file read when it exists (`--config` names another).
+pub const DEFAULT_CONFIG: &str = "/etc/sealvol/config.json";
+
+#[derive(Debug, Args)]
+pub struct VolumeCmd {
+    /// State directory holding the volumes (default: from the config file, else
+    /// /var/lib/sealvol).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Configuration file: JSON, {"state_dir": "/path"} (default /etc/sealvol/config.json,
+    /// when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub verb: VolumeVerb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeVerb {
+    /// Create a workload's volume: sparse LUKS2 image (machine-key profile), file system,
+    /// and with --mount, mounted under the state directory. Any failure undoes every step;
+    /// the same id with the same parameters again is a no-op.
+    Create(CreateArgs),
+    /// Mount a volume on its mount point (idempotent). A wrong key: exit 1, nothing changed.
+    Open(OpenArgs),
+    /// Unmount a volume and stop its export, wiping the key from memory (idempotent).
+    Close(IdArgs),
+    /// Show a volume: phase, parameters, mount path, export process.
+    Status(IdArgs),
+    /// List every volume of the state directory.
+    List,
+    /// Destroy a volume: unmount, stop the export, wipe every keyslot and both header copies
+    /// (and the detached header), delete its files. Destroying an absent id succeeds.
+    Destroy(IdArgs),
+    /// Repair what crashes left behind: undo interrupted creates, finish interrupted
+    /// destroys, stop exports and unmount mounts that have no record or no live export.
+    Sweep,
+    /// Print the container runtime arguments that bind a mounted volume at --target.
+    BindArgs(BindArgsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Workload id: 1 to 63 of a-z 0-9 _ . - (starting with a letter or digit, no "..").
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+    /// Data size (K, M, G, T: powers of 1024), at least 16M for ext4.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: u64,
+    /// File system to make (ext4, ext3, ext2, xfs, btrfs).
+    #[arg(long, default_value = "ext4", value_name = "TYPE")]
+    pub fs: String,
+    /// Keep the LUKS header in its own file (volumes/ID/header.img), not on the image.
+    #[arg(long)]
+    pub detached_header: bool,
+    /// Leave the volume mounted (at STATE_DIR/mnt/ID).
+    #[arg(long)]
+    pub mount: bool,
+    /// Allow a sparse volume larger than the free space.
+    #[arg(long)]
+    pub sparse_ok: bool,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BindArgsArgs {
+    /// Path inside the container.
+    #[arg(long, value_name = "PATH")]
+    pub target: PathBuf,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    state_dir: Option<PathBuf>,
+}
+
+/// The state directory: `--state-dir`, else the config file's, else the default.
+fn state_dir(c: &VolumeCmd) -> Result<PathBuf> {
+    if let Some(d) = &c.state_dir {
+        return Ok(d.clone());
+    }
+    let (path, required) = match &c.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let cfg: Config = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the config file {} is not valid (expected JSON like {{\"state_dir\": \"/var/lib/sealvol\"}})",
+                path.display()
+            )
+        })?,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    Ok(cfg
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from(volume::DEFAULT_STATE_DIR)))
+}
+
+/// The key-holding steps, for the manager.
+struct CliKeyed<'a> {
+    key: SecretBytes,
+    kdf: Option<&'a KdfArgs>,
+    run: StateDir,
+    out: &'a Output,
+}
+
+fn keyed_err(e: anyhow::Error) -> KeyedError {
+    KeyedError {
+        wrong_key: crate::exit_code(&e) == 1,
+        message: format!("{e:#}"),
+    }
+}
+
+impl Keyed for CliKeyed<'_> {
+    fn format(
+        &mut self,
+        image: &Path,
+        header: Option<&Path>,
+        data_size: u64,
+    ) -> std::result::Result<Formatted, KeyedError> {
+        self.format_inner(image, header, data_size)
+            .map_err(keyed_err)
+    }
+
+    fn open(
+        &mut self,
+        image: &Path,
+        header: Option<&Path>,
+        mount: &Path,
+        mkfs: Option<&str>,
+    ) -> std::result::Result<(), KeyedError> {
+        crate::open::open_with_key(&self.run, image, header, &self.key, mount, mkfs)
+            .map(|_| ())
+            .map_err(keyed_err)
+    }
+}
+
+impl CliKeyed<'_> {
+    fn format_inner(
+        &mut self,
+        image: &Path,
+        header: Option<&Path>,
+        data_size: u64,
+    ) -> Result<Formatted> {
+        let machine = KdfArgs {
+            pbkdf: None,
+            pbkdf_force_iterations: None,
+            iter_time: None,
+            pbkdf_memory: None,
+            pbkdf_parallel: None,
+            hash: "sha256".into(),
+            key_profile: KeyProfile::Auto,
+        };
+        let kdf = crate::commands::kdf_params(self.kdf.unwrap_or(&machine), &self.key, self.out)?;
+        let opts = FormatOptions {
+            detached: header.is_some(),
+            kdf,
+            ..FormatOptions::default()
+        };
+        // The whole header in memory first, as `sealvol format` does.
+        let volume_key = SecretBytes::random(opts.key_size_bits as usize / 8)?;
+        let vol = Volume::format(
+            Cursor::new(Vec::new()),
+            &opts,
+            &volume_key,
+            self.key.expose(),
+        )
+        .context("cannot build the LUKS2 header")?;
+        drop(volume_key);
+        let uuid = vol.header().uuid().to_string();
+        let data_offset = vol.data_segment()?.offset;
+        let bytes = vol.into_storage().into_inner();
+        let data = std::fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .with_context(|| format!("cannot open {}", image.display()))?;
+        let len = data_offset
+            .checked_add(data_size)
+            .context("the size is too large")?;
+        data.set_len(len)
+            .with_context(|| format!("cannot size {} to {len} bytes", image.display()))?;
+        let write = |path: &Path, create: bool| -> Result<()> {
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(create)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            f.write_all_at(&bytes, 0)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("cannot write the LUKS2 header to {}", path.display()))
+        };
+        match header {
+            Some(h) => write(h, true)?,
+            None => write(image, false)?,
+        }
+        data.sync_all()
+            .with_context(|| format!("cannot sync {}", image.display()))?;
+        tracing::info!(uuid = %uuid, kdf = %crate::commands::kdf_human(&kdf), "formatted");
+        Ok(Formatted {
+            uuid,
+            header_area: if header.is_some() { 0 } else { data_offset },
+        })
+    }
+}
+
+/// A host error as the CLI's: a wrong key stays a clean "no" (exit 1).
+fn host(e: sealvol_host::Error) -> anyhow::Error {
+    match e {
+        sealvol_host::Error::Step {
+            wrong_key: true, ..
+        } => anyhow!(CleanNo(e.to_string())),
+        e => anyhow!(e),
+    }
+}
+
+fn status_json(s: &Status) -> Value {
+    serde_json::to_value(s).expect("status serialises")
+}
+
+fn status_human(s: &Status) -> String {
+    format!(
+        "volume:      {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}",
+        s.id,
+        s.phase.as_str(),
+        volume::human_size(s.params.size),
+        s.params.fs,
+        s.header
+            .as_ref()
+            .map_or("attached".to_string(), |h| format!("detached ({})", h.display())),
+        s.uuid.as_deref().unwrap_or("-"),
+        s.image.display(),
+        s.mount_path.display(),
+        match (s.mounted, s.export_pid) {
+            (true, Some(pid)) => format!("yes (export process {pid})"),
+            _ => "no".to_string(),
+        }
+    )
+}
+
+pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
+    let root = state_dir(&c)?;
+    let m = Manager::new(root, StateDir::from_env());
+    let id = |s: &str| VolumeId::parse(s).map_err(host);
+    match c.verb {
+        VolumeVerb::Create(a) => {
+            let id = id(&a.id)?;
+            let params = Params {
+                size: a.size,
+                fs: a.fs.clone(),
+                detached_header: a.detached_header,
+            };
+            let key = KeySource::from_args(&a.key).read()?;
+            let mut keyed = CliKeyed {
+                key,
+                kdf: Some(&a.kdf),
+                run: StateDir::from_env(),
+                out,
+            };
+            let opts = CreateOptions {
+                mount: a.mount,
+                sparse_ok: a.sparse_ok,
+            };
+            let r = m.create(&id, &params, opts, &mut keyed).map_err(host)?;
+            for s in &r.swept {
+                out.note(&format!("sealvol: sweep: {}: {}", s.id, s.action));
+            }
+            let where_ = if r.status.mounted {
+                format!("mounted on {}", r.status.mount_path.display())
+            } else {
+                "not mounted".to_string()
+            };
+            let human = if r.already_existed {
+                format!(
+                    "Volume {id} already exists with these parameters; nothing to do ({where_})."
+                )
+            } else {
+                format!(
+                    "Created volume {id}: {} {}, {where_}.",
+                    volume::human_size(params.size),
+                    params.fs
+                )
+            };
+            let mut v = status_json(&r.status);
+            v["created"] = json!(!r.already_existed);
+            v["already_existed"] = json!(r.already_existed);
+            v["swept"] = json!(r.swept);
+            out.result(&human, v)?;
+        }
+        VolumeVerb::Open(a) => {
+            let id = id(&a.id)?;
+            let key = KeySource::from_args(&a.key).read()?;
+            let mut keyed = CliKeyed {
+                key,
+                kdf: None,
+                run: StateDir::from_env(),
+                out,
+            };
+            let (already, st) = m.open(&id, &mut keyed).map_err(host)?;
+            let human = if already {
+                format!(
+                    "Volume {id} is already open on {}; nothing to do.",
+                    st.mount_path.display()
+                )
+            } else {
+                format!("Opened volume {id} on {}.", st.mount_path.display())
+            };
+            let mut v = status_json(&st);
+            v["already_open"] = json!(already);
+            out.result(&human, v)?;
+        }
+        VolumeVerb::Close(a) => {
+            let id = id(&a.id)?;
+            let was_open = m.close(&id).map_err(host)?;
+            let human = if was_open {
+                format!("Closed volume {id}; its key is wiped from memory.")
+            } else {
+                format!("Volume {id} is not open; nothing to do.")
+            };
+            out.result(&human, json!({"id": id, "closed": was_open}))?;
+        }
+        VolumeVerb::Status(a) => {
+            let id = id(&a.id)?;
+            match m.status(&id).map_err(host)? {
+                Some(s) => out.result(&status_human(&s), status_json(&s))?,
+                None => {
+                    return Err(anyhow!(CleanNo(format!(
+                        "there is no volume {id} in {}",
+                        m.root().display()
+                    ))))
+                }
+            }
+        }
+        VolumeVerb::List => {
+            let all = m.list().map_err(host)?;
+            let mut human = String::new();
+            for s in &all {
+                human.push_str(&format!(
+                    "{:<24} {:<10} {:>9} {:<5} {}\n",
+                    s.id.as_str(),
+                    s.phase.as_str(),
+                    volume::human_size(s.params.size),
+                    s.params.fs,
+                    if s.mounted {
+                        s.mount_path.display().to_string()
+                    } else {
+                        "-".into()
+                    }
+                ));
+            }
+            if all.is_empty() {
+                human = format!("No volumes in {}.", m.root().display());
+            }
+            let v: Vec<Value> = all.iter().map(status_json).collect();
+            out.result(human.trim_end(), json!(v))?;
+        }
+        VolumeVerb::Destroy(a) => {
+            let id = id(&a.id)?;
+            let d = m.destroy(&id).map_err(host)?;
+            let human = if d.already_absent {
+                format!("Volume {id} is already absent; nothing to do.")
+            } else {
+                format!(
+                    "Destroyed volume {id}: keyslots and both header copies wiped{}, files deleted.",
+                    if d.lazy_unmount {
+                        " (the busy mount was detached lazily)"
+                    } else {
+                        ""
+                    }
+                )
+            };
+            let wiped: Vec<Value> = d
+                .wiped
+                .iter()
+                .map(|(p, n)| json!({"file": p, "bytes": n}))
+                .collect();
+            out.result(
+                &human,
+                json!({"id": id, "destroyed": !d.already_absent, "already_absent": d.already_absent, "lazy_unmount": d.lazy_unmount, "wiped": wiped}),
+            )?;
+        }
+        VolumeVerb::Sweep => {
+            let actions = m.sweep().map_err(host)?;
+            let human = if actions.is_empty() {
+                "Nothing to repair.".to_string()
+            } else {
+                actions
+                    .iter()
+                    .map(|a| format!("{}: {}", a.id, a.action))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            out.result(&human, json!({"actions": actions}))?;
+        }
+        VolumeVerb::BindArgs(a) => {
+            let id = id(&a.id)?;
+            let b = m.bind_args(&id, &a.target).map_err(host)?;
+            out.result(
+                &format!("--mount {}\n-v {}", b.mount, b.volume),
+                serde_json::to_value(&b)?,
+            )?;
+        }
+    }
+    Ok(())
+}
