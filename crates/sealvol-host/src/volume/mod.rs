@@ -741,6 +741,7 @@ impl Manager {
     /// [`Error::Invalid`] when the id does not exist or is not ready; [`Error::Step`] (with
     /// `wrong_key` for a key that opens nothing: then nothing changed).
     pub fn open(&self, id: &VolumeId, keyed: &mut dyn Keyed) -> Result<(bool, Status)> {
+        self.ready(id)?; // before the locks make any directory
         let _locks = self.lock(id)?;
         let r = self.ready(id)?;
         let st = self.status_of(&r);
@@ -795,6 +796,7 @@ impl Manager {
     /// [`Error::Invalid`] when the id does not exist or the file system is busy (nothing
     /// changed then).
     pub fn close(&self, id: &VolumeId) -> Result<bool> {
+        self.ready(id)?;
         let _locks = self.lock(id)?;
         self.ready(id)?;
         self.stop_exports(id, Busy::Fail)
@@ -833,6 +835,14 @@ impl Manager {
     /// [`Error::Step`] when a step fails; the record stays `destroying` and the next
     /// `destroy` or `sweep` finishes it.
     pub fn destroy(&self, id: &VolumeId) -> Result<Destroyed> {
+        if !self.root.exists() {
+            return Ok(Destroyed {
+                id: id.clone(),
+                already_absent: true,
+                lazy_unmount: false,
+                wiped: Vec::new(),
+            });
+        }
         let _locks = self.lock(id)?;
         let rec = match self.load(id)? {
             Some(r) => r,
@@ -882,7 +892,9 @@ impl Manager {
     /// Undoes or finishes: records `destroying`, then stops, wipes, deletes, unrecords.
     fn teardown(&self, rec: &Record) -> Result<Destroyed> {
         let id = &rec.id;
-        if rec.phase != Phase::Destroying {
+        // A `creating` record already means "undo" to a sweep, and on a full disk there may
+        // be no room to write another: only a ready volume's record is rewritten.
+        if rec.phase == Phase::Ready {
             let mut r = rec.clone();
             r.phase = Phase::Destroying;
             r.steps.clear();
