@@ -84,13 +84,11 @@ impl<S: Storage> AnyVolume<S> {
     /// The LUKS2 volume, or an error naming `what` as LUKS2-only.
     ///
     /// # Errors
-    /// [`Error::Invalid`] on a LUKS1 volume.
+    /// [`Error::Luks2Only`] on a LUKS1 volume.
     pub fn luks2_mut(&mut self, what: &str) -> Result<&mut luks2::Volume<S>> {
         match self {
             AnyVolume::Luks2(v) => Ok(v),
-            AnyVolume::Luks1(_) => Err(Error::Invalid(format!(
-                "{what} exist only in LUKS2; this is a LUKS1 volume"
-            ))),
+            AnyVolume::Luks1(_) => Err(Error::Luks2Only(what.to_string())),
         }
     }
 

@@ -44,8 +44,11 @@ pub enum Error {
     UnsupportedVersion(u16),
     /// Metadata that violates the LUKS2 format rules (found in a header, a backup, or a
     /// request such as [`FormatOptions`](crate::FormatOptions)).
-    #[error("invalid LUKS2 metadata: {0}")]
+    #[error("invalid LUKS metadata: {0}")]
     Invalid(String),
+    /// A LUKS2-only feature (tokens, labels) asked of a LUKS1 volume.
+    #[error("{0} exist only in LUKS2 and this is a LUKS1 volume; `cryptsetup convert --type luks2` converts it")]
+    Luks2Only(String),
     /// A header copy that is damaged (bad checksum, bad magic, bad offsets).
     #[error("corrupt LUKS2 {copy} header: {reason}")]
     Corrupt {

@@ -105,9 +105,6 @@ pub enum Command {
     /// Serve a volume's plaintext to qemu and other clients.
     #[command(subcommand)]
     Serve(crate::open::ServeCommand),
-    /// Workload volumes under a state directory: create, open, close, status, list, destroy
-    /// (crypto-erase), sweep, bind-args. Crash-safe and idempotent.
-    Volume(crate::volume::VolumeCmd),
     /// (internal) the background export started by `open`; reads the volume key on stdin.
     #[command(name = "__export", hide = true)]
     InternalExport(crate::open::InternalArgs),
@@ -195,7 +192,8 @@ pub struct FormatArgs {
     pub key: KeyArgs,
     #[command(flatten)]
     pub kdf: KdfArgs,
-    /// On-disk format (only luks2 in this version).
+    /// On-disk format: luks2, or luks1 (what qemu's `luks` block driver reads; 512-byte
+    /// sectors, PBKDF2 keyslots, no tokens or labels).
     #[arg(
         long = "type",
         short = 'M',
@@ -209,9 +207,9 @@ pub struct FormatArgs {
     /// Key size in bits (512 = AES-256-XTS, 256 = AES-128-XTS).
     #[arg(long, short = 's', default_value_t = 512)]
     pub key_size: u32,
-    /// Encryption sector size in bytes (512, 1024, 2048, 4096).
-    #[arg(long, default_value_t = 4096)]
-    pub sector_size: u64,
+    /// Encryption sector size in bytes (512, 1024, 2048, 4096; default 4096, LUKS1 512 only).
+    #[arg(long)]
+    pub sector_size: Option<u64>,
     /// Keyslot to use for the first key.
     #[arg(long, short = 'S', value_name = "N")]
     pub key_slot: Option<u32>,

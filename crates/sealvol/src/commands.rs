@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use sealvol_crypto::kdf::{self, Argon2Variant};
 use sealvol_crypto::{HashAlg, SecretBytes, SectorSize};
-use sealvol_luks::{FormatOptions, KdfParams, Volume};
+use sealvol_luks::{luks1, FormatOptions, KdfParams};
+
+/// A LUKS1 or LUKS2 volume: every verb works on both (tokens only on LUKS2).
+pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
 use serde_json::json;
 
 use crate::cli::*;
@@ -44,7 +47,6 @@ pub fn run(command: Command, out: &Output) -> Result<()> {
         Command::Close(a) => crate::open::close(a, out),
         Command::Serve(c) => crate::open::serve(c, out),
         Command::InternalExport(a) => crate::open::internal_export(a, out),
-        Command::Volume(c) => crate::volume::run(c, out),
     }
 }
 
@@ -78,7 +80,7 @@ pub(crate) fn open_volume(volume: &Path, args: &VolumeArgs, write: bool) -> Resu
         } else {
             ""
         };
-        format!("{} is not a usable LUKS2 header{hint}", path.display())
+        format!("{} is not a usable LUKS header{hint}", path.display())
     })?;
     report_load(&vol, path);
     Ok(vol)
@@ -86,7 +88,9 @@ pub(crate) fn open_volume(volume: &Path, args: &VolumeArgs, write: bool) -> Resu
 
 /// Warns when one header copy was damaged and the other one is in use.
 fn report_load(vol: &Volume<File>, path: &Path) {
-    let report = vol.load_report();
+    let Some(report) = vol.load_report() else {
+        return; // LUKS1: one header copy
+    };
     if report.needs_repair {
         let bad = match (&report.primary, &report.secondary) {
             (Err(e), _) => format!("the primary header copy is damaged ({e})"),
@@ -115,16 +119,7 @@ pub(crate) fn unlock(
     slot: Option<u32>,
 ) -> Result<sealvol_luks::Unlocked> {
     let key = source.read()?;
-    unlock_with(vol, key.expose(), slot)
-}
-
-/// Unlocks with `key`; a wrong key becomes a clean "no" (exit 1).
-pub(crate) fn unlock_with(
-    vol: &mut Volume<File>,
-    key: &[u8],
-    slot: Option<u32>,
-) -> Result<sealvol_luks::Unlocked> {
-    match vol.unlock(key, slot) {
+    match vol.unlock(key.expose(), slot) {
         Ok(u) => Ok(u),
         Err(sealvol_luks::Error::WrongKey) => Err(anyhow!(CleanNo(match slot {
             Some(s) => format!("the key does not open keyslot {s}"),
@@ -138,14 +133,44 @@ pub(crate) fn unlock_with(
 // KDF choice
 
 /// Picks the KDF for a new keyslot protecting `key`.
-pub(crate) fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfParams> {
-    let hash: HashAlg = args.hash.parse().context("--hash")?;
+fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfParams> {
+    kdf_params_for(args, key, out, None)
+}
+
+/// The KDF for a new keyslot of `vol`: LUKS1 keyslots are PBKDF2 with the header's hash.
+fn kdf_params_of(
+    args: &KdfArgs,
+    key: &SecretBytes,
+    out: &Output,
+    vol: &Volume<File>,
+) -> Result<KdfParams> {
+    match vol {
+        Volume::Luks1(v) => kdf_params_for(args, key, out, Some(v.header().hash())),
+        Volume::Luks2(_) => kdf_params(args, key, out),
+    }
+}
+
+/// `luks1_hash`: the keyslot is LUKS1, whose PBKDF2 hash is the header's: `--pbkdf`
+/// must be pbkdf2 (the default there) and `--hash` is replaced by the header's.
+fn kdf_params_for(
+    args: &KdfArgs,
+    key: &SecretBytes,
+    out: &Output,
+    luks1_hash: Option<HashAlg>,
+) -> Result<KdfParams> {
+    let hash: HashAlg = match luks1_hash {
+        Some(h) => h,
+        None => args.hash.parse().context("--hash")?,
+    };
+    if luks1_hash.is_some() && matches!(args.pbkdf, Some(Pbkdf::Argon2i | Pbkdf::Argon2id)) {
+        bail!("LUKS1 keyslots use PBKDF2 only; drop --pbkdf or use a LUKS2 volume for Argon2");
+    }
     let machine = match args.key_profile {
         KeyProfile::Machine => true,
         KeyProfile::Passphrase => false,
         KeyProfile::Auto => looks_like_machine_key(key.expose()),
     };
-    let pbkdf = args.pbkdf.unwrap_or(if machine {
+    let pbkdf = args.pbkdf.unwrap_or(if machine || luks1_hash.is_some() {
         Pbkdf::Pbkdf2
     } else {
         Pbkdf::Argon2id
@@ -198,7 +223,7 @@ pub(crate) fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Res
     Ok(params)
 }
 
-pub(crate) fn kdf_json(k: &KdfParams) -> serde_json::Value {
+fn kdf_json(k: &KdfParams) -> serde_json::Value {
     match k {
         KdfParams::Pbkdf2 { hash, iterations } => {
             json!({"type": "pbkdf2", "hash": hash.as_str(), "iterations": iterations})
@@ -215,7 +240,7 @@ pub(crate) fn kdf_json(k: &KdfParams) -> serde_json::Value {
     }
 }
 
-pub(crate) fn kdf_human(k: &KdfParams) -> String {
+fn kdf_human(k: &KdfParams) -> String {
     match k {
         KdfParams::Pbkdf2 { hash, iterations } => format!("pbkdf2-{hash}, {iterations} iterations"),
         KdfParams::Argon2 {
@@ -245,12 +270,11 @@ fn has_luks_magic(path: &Path) -> bool {
 }
 
 fn format(a: FormatArgs, out: &Output) -> Result<()> {
-    if a.luks_type != "luks2" {
-        bail!(
-            "--type {} is not supported by this version; use --type luks2",
-            a.luks_type
-        );
-    }
+    let luks1 = match a.luks_type.as_str() {
+        "luks2" => false,
+        "luks1" => true,
+        other => bail!("--type {other} is not supported; use --type luks2 (default) or luks1"),
+    };
     if a.cipher != "aes-xts-plain64" {
         bail!(
             "cipher {} is not supported; sealvol writes aes-xts-plain64",
@@ -263,7 +287,23 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
             a.key_size
         );
     }
-    let sector_size = SectorSize::try_from(a.sector_size).context("--sector-size")?;
+    let sector_size = match (luks1, a.sector_size) {
+        (true, None | Some(512)) => SectorSize::S512,
+        (true, Some(s)) => bail!("--sector-size {s}: LUKS1 encrypts 512-byte sectors only"),
+        (false, s) => SectorSize::try_from(s.unwrap_or(4096)).context("--sector-size")?,
+    };
+    if luks1 {
+        for (set, opt) in [
+            (a.label.is_some(), "--label"),
+            (a.subsystem.is_some(), "--subsystem"),
+            (a.luks2_metadata_size.is_some(), "--luks2-metadata-size"),
+            (a.luks2_keyslots_size.is_some(), "--luks2-keyslots-size"),
+        ] {
+            if set {
+                bail!("{opt} exists only in LUKS2; drop it or use --type luks2");
+            }
+        }
+    }
     let detached = a.volume.header.is_some();
     let header_file = header_path(&a.volume_path, &a.volume).to_path_buf();
 
@@ -277,7 +317,12 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
     }
 
     let key = KeySource::from_args(&a.key).read()?;
-    let kdf = kdf_params(&a.kdf, &key, out)?;
+    let luks1_hash = if luks1 {
+        Some(a.kdf.hash.parse::<HashAlg>().context("--hash")?)
+    } else {
+        None
+    };
+    let kdf = kdf_params_for(&a.kdf, &key, out, luks1_hash)?;
     let defaults = FormatOptions::default();
     let opts = FormatOptions {
         cipher: a.cipher.clone(),
@@ -302,16 +347,42 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
     // before a byte reaches the disk.
     let volume_key = SecretBytes::random(a.key_size as usize / 8)?;
     let started = Instant::now();
-    let vol = Volume::format(
-        std::io::Cursor::new(Vec::new()),
-        &opts,
-        &volume_key,
-        key.expose(),
-    )
-    .context("cannot build the LUKS2 header")?;
-    let uuid = vol.header().uuid().to_string();
-    let segment = vol.data_segment()?;
-    let header_bytes = vol.into_storage().into_inner();
+    let (uuid, segment, header_bytes) = match (luks1_hash, kdf) {
+        (Some(hash), KdfParams::Pbkdf2 { iterations, .. }) => {
+            let opts = luks1::FormatOptions {
+                key_size_bits: a.key_size,
+                hash,
+                iterations,
+                detached,
+                payload_offset: a.offset,
+                uuid: a.uuid.clone(),
+                keyslot: a.key_slot,
+                ..Default::default()
+            };
+            let vol = luks1::Volume::format(
+                std::io::Cursor::new(Vec::new()),
+                &opts,
+                &volume_key,
+                key.expose(),
+            )
+            .context("cannot build the LUKS1 header")?;
+            let uuid = vol.header().uuid().to_string();
+            let segment = vol.data_segment()?;
+            (uuid, segment, vol.into_storage().into_inner())
+        }
+        _ => {
+            let vol = sealvol_luks::Volume::format(
+                std::io::Cursor::new(Vec::new()),
+                &opts,
+                &volume_key,
+                key.expose(),
+            )
+            .context("cannot build the LUKS2 header")?;
+            let uuid = vol.header().uuid().to_string();
+            let segment = vol.data_segment()?;
+            (uuid, segment, vol.into_storage().into_inner())
+        }
+    };
 
     // Sizes: the data area must exist and hold at least one sector.
     let data_offset = segment.offset;
@@ -393,8 +464,9 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
     let data_len = final_len - data_offset;
     out.result(
         &format!(
-            "{uuid}\nFormatted {} as LUKS2 ({} sectors of {} bytes, {}), keyslot {} ({}).",
+            "{uuid}\nFormatted {} as LUKS{} ({} sectors of {} bytes, {}), keyslot {} ({}).",
             a.volume_path.display(),
+            if luks1 { 1 } else { 2 },
             data_len / sector_size.bytes() as u64,
             sector_size.bytes(),
             if detached {
@@ -407,6 +479,7 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
         ),
         json!({
             "uuid": uuid,
+            "type": a.luks_type,
             "volume": a.volume_path,
             "header": a.volume.header,
             "keyslot": a.key_slot.unwrap_or(0),
@@ -460,11 +533,11 @@ fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
     refuse_read_only(&vol)?;
     let unlocked = unlock(&mut vol, &old_src, None)?;
     let new_key = new_src.read()?;
-    let kdf = kdf_params(&a.kdf, &new_key, out)?;
+    let kdf = kdf_params_of(&a.kdf, &new_key, out, &vol)?;
     let slot = vol
         .add_keyslot(&unlocked.volume_key, new_key.expose(), &kdf, a.key_slot)
         .context("cannot add the keyslot")?;
-    tracing::info!(uuid = vol.header().uuid(), keyslot = slot, "keyslot added");
+    tracing::info!(uuid = vol.uuid(), keyslot = slot, "keyslot added");
     out.result(
         &format!("Added keyslot {slot} ({}).", kdf_human(&kdf)),
         json!({"keyslot": slot, "kdf": kdf_json(&kdf)}),
@@ -479,7 +552,7 @@ fn remove_key(a: RemoveKeyArgs, out: &Output) -> Result<()> {
     vol.remove_keyslot(unlocked.keyslot)
         .context("cannot remove the keyslot")?;
     tracing::info!(
-        uuid = vol.header().uuid(),
+        uuid = vol.uuid(),
         keyslot = unlocked.keyslot,
         "keyslot removed"
     );
@@ -498,7 +571,7 @@ fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
     refuse_read_only(&vol)?;
     let old_key = old_src.read()?;
     let new_key = new_src.read()?;
-    let kdf = kdf_params(&a.kdf, &new_key, out)?;
+    let kdf = kdf_params_of(&a.kdf, &new_key, out, &vol)?;
     let slot = match vol.change_key(old_key.expose(), new_key.expose(), Some(&kdf), a.key_slot) {
         Ok(s) => s,
         Err(sealvol_luks::Error::WrongKey) => {
@@ -546,9 +619,9 @@ fn erase(a: EraseArgs, out: &Output) -> Result<()> {
             a.volume_path.display()
         ),
     )?;
-    let slots: Vec<u32> = vol.header().metadata().keyslots.keys().copied().collect();
+    let slots: Vec<u32> = vol.keyslots();
     vol.erase().context("cannot erase the keyslots")?;
-    tracing::info!(uuid = vol.header().uuid(), "keyslots erased");
+    tracing::info!(uuid = vol.uuid(), "keyslots erased");
     out.note(&format!("sealvol: warning: {BACKUP_WARNING}"));
     out.result(
         &format!("Wiped {} keyslot(s): {:?}.", slots.len(), slots),
@@ -607,11 +680,11 @@ fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
     // Validate the backup fully before asking or writing anything.
     let parsed = Volume::open(std::io::Cursor::new(backup.clone())).with_context(|| {
         format!(
-            "{} is not a valid LUKS2 header backup",
+            "{} is not a valid LUKS header backup",
             a.header_backup_file.display()
         )
     })?;
-    let uuid = parsed.header().uuid().to_string();
+    let uuid = parsed.uuid().to_string();
     let path = header_path(&a.volume_path, &a.volume).to_path_buf();
     confirm(
         a.batch_mode,
@@ -662,6 +735,7 @@ fn token_add(a: TokenAddArgs, out: &Output) -> Result<()> {
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
     let id = vol
+        .luks2_mut("tokens")?
         .add_token(token, a.token_id)
         .context("cannot add the token")?;
     out.result(&format!("Added token {id}."), json!({"token_id": id}))?;
@@ -671,7 +745,8 @@ fn token_add(a: TokenAddArgs, out: &Output) -> Result<()> {
 fn token_remove(a: TokenIdArgs, out: &Output) -> Result<()> {
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
-    vol.remove_token(a.token_id)
+    vol.luks2_mut("tokens")?
+        .remove_token(a.token_id)
         .context("cannot remove the token")?;
     out.result(
         &format!("Removed token {}.", a.token_id),
@@ -681,8 +756,9 @@ fn token_remove(a: TokenIdArgs, out: &Output) -> Result<()> {
 }
 
 fn token_export(a: TokenIdArgs, out: &Output) -> Result<()> {
-    let vol = open_volume(&a.volume_path, &a.volume, false)?;
+    let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
     let token = vol
+        .luks2_mut("tokens")?
         .header()
         .metadata()
         .tokens

@@ -9,7 +9,7 @@ use std::fs::File;
 use anyhow::Result;
 use serde_json::{json, Map, Value};
 
-use sealvol_luks::Volume;
+use sealvol_luks::{luks1, AnyVolume, Volume};
 
 fn copy_state(r: &Result<u64, String>) -> Value {
     match r {
@@ -18,8 +18,81 @@ fn copy_state(r: &Result<u64, String>) -> Value {
     }
 }
 
-/// `dump --json`: binary-header fields, both copies' state, and the JSON metadata verbatim.
-pub fn json(vol: &Volume<File>) -> Result<Value> {
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `dump --json` of a LUKS1 header: every binary field (salts and digest as hex).
+fn luks1_json(h: &luks1::Header) -> Value {
+    let slots: Vec<Value> = h
+        .keyslots()
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            json!({
+                "id": i,
+                "active": k.active,
+                "iterations": k.iterations,
+                "salt": hex(&k.salt),
+                "key_material_offset": k.key_material_offset,
+                "stripes": k.stripes,
+            })
+        })
+        .collect();
+    json!({
+        "version": 1,
+        "uuid": h.uuid(),
+        "cipher": h.cipher(),
+        "hash": h.hash().as_str(),
+        "payload_offset": h.payload_offset(),
+        "key_bytes": h.key_bytes(),
+        "mk_digest_iterations": h.mk_digest_iter(),
+        "keyslots": slots,
+    })
+}
+
+/// luksDump's LUKS1 layout.
+fn luks1_human(h: &luks1::Header) -> Result<String> {
+    let mut o = String::new();
+    writeln!(o, "LUKS header information")?;
+    writeln!(o, "Version:       \t1")?;
+    writeln!(o, "Cipher:        \t{}", h.cipher())?;
+    writeln!(o, "Hash spec:     \t{}", h.hash().as_str())?;
+    writeln!(o, "Payload offset:\t{}", h.payload_offset())?;
+    writeln!(o, "MK bits:       \t{}", h.key_bytes() * 8)?;
+    writeln!(o, "MK iterations: \t{}", h.mk_digest_iter())?;
+    writeln!(o, "UUID:          \t{}", h.uuid())?;
+    for (i, k) in h.keyslots().iter().enumerate() {
+        if k.active {
+            writeln!(o, "\nKey Slot {i}: ENABLED")?;
+            writeln!(o, "\tIterations:         \t{}", k.iterations)?;
+            writeln!(o, "\tKey material offset:\t{}", k.key_material_offset)?;
+            writeln!(o, "\tAF stripes:         \t{}", k.stripes)?;
+        } else {
+            writeln!(o, "Key Slot {i}: DISABLED")?;
+        }
+    }
+    Ok(o.trim_end().to_string())
+}
+
+/// `dump --json`: binary-header fields, both copies' state, and the JSON metadata verbatim
+/// (LUKS2); every binary field (LUKS1).
+pub fn json(vol: &AnyVolume<File>) -> Result<Value> {
+    match vol {
+        AnyVolume::Luks1(v) => Ok(luks1_json(v.header())),
+        AnyVolume::Luks2(v) => luks2_json(v),
+    }
+}
+
+/// Human dump in luksDump's layout.
+pub fn human(vol: &AnyVolume<File>) -> Result<String> {
+    match vol {
+        AnyVolume::Luks1(v) => luks1_human(v.header()),
+        AnyVolume::Luks2(v) => luks2_human(v),
+    }
+}
+
+fn luks2_json(vol: &Volume<File>) -> Result<Value> {
     let h = vol.header();
     let report = vol.load_report();
     Ok(json!({
@@ -80,8 +153,7 @@ fn entries(v: &Value, key: &str) -> Vec<(String, Value)> {
     items
 }
 
-/// Human dump in luksDump's layout.
-pub fn human(vol: &Volume<File>) -> Result<String> {
+fn luks2_human(vol: &Volume<File>) -> Result<String> {
     let h = vol.header();
     let meta = serde_json::to_value(h.metadata())?;
     let mut o = String::new();
