@@ -37,6 +37,7 @@ pub mod loopdev;
 pub mod mount;
 pub mod process;
 pub mod state;
+pub mod vm;
 pub mod volume;
 
 pub use error::{Error, Result};

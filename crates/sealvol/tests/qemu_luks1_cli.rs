@@ -34,7 +34,10 @@ fn qemu_img_plaintext(dir: &Path, vol: &Path, key: &Path) -> Vec<u8> {
 
 /// 32 random bytes as 64 hex digits (sealvol treats it as a machine key).
 fn hex_machine_key(dir: &Path) -> std::path::PathBuf {
-    let hex: String = random_bytes(32).iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = random_bytes(32)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     write_secret(dir, "key", hex.as_bytes())
 }
 
