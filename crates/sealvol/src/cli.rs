@@ -105,6 +105,9 @@ pub enum Command {
     /// Serve a volume's plaintext to qemu and other clients.
     #[command(subcommand)]
     Serve(crate::open::ServeCommand),
+    /// Workload volumes under a state directory: create, open, close, status, list, destroy
+    /// (crypto-erase), sweep, bind-args. Crash-safe and idempotent.
+    Volume(crate::volume::VolumeCmd),
     /// (internal) the background export started by `open`; reads the volume key on stdin.
     #[command(name = "__export", hide = true)]
     InternalExport(crate::open::InternalArgs),

@@ -47,6 +47,7 @@ pub fn run(command: Command, out: &Output) -> Result<()> {
         Command::Close(a) => crate::open::close(a, out),
         Command::Serve(c) => crate::open::serve(c, out),
         Command::InternalExport(a) => crate::open::internal_export(a, out),
+        Command::Volume(c) => crate::volume::run(c, out),
     }
 }
 
@@ -119,7 +120,16 @@ pub(crate) fn unlock(
     slot: Option<u32>,
 ) -> Result<sealvol_luks::Unlocked> {
     let key = source.read()?;
-    match vol.unlock(key.expose(), slot) {
+    unlock_with(vol, key.expose(), slot)
+}
+
+/// Unlocks with `key`; a wrong key becomes a clean "no" (exit 1).
+pub(crate) fn unlock_with(
+    vol: &mut Volume<File>,
+    key: &[u8],
+    slot: Option<u32>,
+) -> Result<sealvol_luks::Unlocked> {
+    match vol.unlock(key, slot) {
         Ok(u) => Ok(u),
         Err(sealvol_luks::Error::WrongKey) => Err(anyhow!(CleanNo(match slot {
             Some(s) => format!("the key does not open keyslot {s}"),
@@ -133,7 +143,7 @@ pub(crate) fn unlock(
 // KDF choice
 
 /// Picks the KDF for a new keyslot protecting `key`.
-fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfParams> {
+pub(crate) fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfParams> {
     kdf_params_for(args, key, out, None)
 }
 
@@ -223,7 +233,7 @@ fn kdf_params_for(
     Ok(params)
 }
 
-fn kdf_json(k: &KdfParams) -> serde_json::Value {
+pub(crate) fn kdf_json(k: &KdfParams) -> serde_json::Value {
     match k {
         KdfParams::Pbkdf2 { hash, iterations } => {
             json!({"type": "pbkdf2", "hash": hash.as_str(), "iterations": iterations})
@@ -240,7 +250,7 @@ fn kdf_json(k: &KdfParams) -> serde_json::Value {
     }
 }
 
-fn kdf_human(k: &KdfParams) -> String {
+pub(crate) fn kdf_human(k: &KdfParams) -> String {
     match k {
         KdfParams::Pbkdf2 { hash, iterations } => format!("pbkdf2-{hash}, {iterations} iterations"),
         KdfParams::Argon2 {
