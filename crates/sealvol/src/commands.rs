@@ -16,6 +16,7 @@ pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
 use serde_json::json;
 
 use crate::cli::*;
+use crate::headerdev::HeaderDev;
 use crate::keys::{looks_like_machine_key, KeySource};
 use crate::output::Output;
 use crate::CleanNo;
@@ -72,10 +73,14 @@ fn open_file(path: &Path, write: bool) -> Result<File> {
 }
 
 /// Opens the LUKS header of a volume, read-only or read-write.
-pub(crate) fn open_volume(volume: &Path, args: &VolumeArgs, write: bool) -> Result<Volume<File>> {
+pub(crate) fn open_volume(
+    volume: &Path,
+    args: &VolumeArgs,
+    write: bool,
+) -> Result<Volume<HeaderDev>> {
     let path = header_path(volume, args);
     let file = open_file(path, write)?;
-    let vol = Volume::open(file).with_context(|| {
+    let vol = Volume::open(HeaderDev::new(file)).with_context(|| {
         let hint = if args.header.is_none() {
             " (if the header is detached, pass --header FILE)"
         } else {
@@ -88,7 +93,7 @@ pub(crate) fn open_volume(volume: &Path, args: &VolumeArgs, write: bool) -> Resu
 }
 
 /// Warns when one header copy was damaged and the other one is in use.
-fn report_load(vol: &Volume<File>, path: &Path) {
+fn report_load(vol: &Volume<HeaderDev>, path: &Path) {
     let Some(report) = vol.load_report() else {
         return; // LUKS1: one header copy
     };
@@ -106,7 +111,7 @@ fn report_load(vol: &Volume<File>, path: &Path) {
     }
 }
 
-pub(crate) fn refuse_read_only(vol: &Volume<File>) -> Result<()> {
+pub(crate) fn refuse_read_only(vol: &Volume<HeaderDev>) -> Result<()> {
     if let Some(reason) = vol.read_only() {
         bail!("this volume can only be read: {reason}");
     }
@@ -115,7 +120,7 @@ pub(crate) fn refuse_read_only(vol: &Volume<File>) -> Result<()> {
 
 /// Unlocks with a key from `source`; a wrong key becomes a clean "no" (exit 1).
 pub(crate) fn unlock(
-    vol: &mut Volume<File>,
+    vol: &mut Volume<HeaderDev>,
     source: &KeySource,
     slot: Option<u32>,
 ) -> Result<sealvol_luks::Unlocked> {
@@ -125,7 +130,7 @@ pub(crate) fn unlock(
 
 /// Unlocks with `key`; a wrong key becomes a clean "no" (exit 1).
 pub(crate) fn unlock_with(
-    vol: &mut Volume<File>,
+    vol: &mut Volume<HeaderDev>,
     key: &[u8],
     slot: Option<u32>,
 ) -> Result<sealvol_luks::Unlocked> {
@@ -152,7 +157,7 @@ fn kdf_params_of(
     args: &KdfArgs,
     key: &SecretBytes,
     out: &Output,
-    vol: &Volume<File>,
+    vol: &Volume<HeaderDev>,
 ) -> Result<KdfParams> {
     match vol {
         Volume::Luks1(v) => kdf_params_for(args, key, out, Some(v.header().hash())),
@@ -704,7 +709,7 @@ fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
         ),
     )?;
     let file = open_file(&path, true)?;
-    Volume::header_restore(file, &backup).context("cannot restore the header")?;
+    Volume::header_restore(HeaderDev::new(file), &backup).context("cannot restore the header")?;
     out.result(
         &format!("Restored the header of {} (UUID {uuid}).", path.display()),
         json!({"restored": path, "uuid": uuid}),

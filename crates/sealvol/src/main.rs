@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod dump;
+mod headerdev;
 mod keys;
 mod open;
 mod output;
