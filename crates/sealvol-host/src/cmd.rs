@@ -13,6 +13,8 @@ fn package_of(program: &str) -> &'static str {
         "mkfs.btrfs" => "btrfs-progs",
         "mkfs.vfat" | "mkfs.fat" => "dosfstools",
         "fusermount3" => "fuse3",
+        "qemu-img" => "qemu-utils",
+        "genisoimage" => "genisoimage",
         _ => "?",
     }
 }

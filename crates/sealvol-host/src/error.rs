@@ -68,6 +68,23 @@ pub enum Error {
         /// The failure was a key that opens no keyslot (a clean "no").
         wrong_key: bool,
     },
+    /// A step of a VM operation failed; what was done before it has been undone (or will
+    /// be finished by the next run or `sealvol vm sweep`).
+    #[error("vm {verb} of {id} failed at step `{step}`: {reason}{after}")]
+    VmStep {
+        /// `create`, `start`, `destroy` ...
+        verb: &'static str,
+        /// The VM id.
+        id: String,
+        /// The step that failed.
+        step: &'static str,
+        /// Why (never a key).
+        reason: String,
+        /// What happened after: the rollback's outcome.
+        after: String,
+        /// The failure was a key that opens no keyslot (a clean "no").
+        wrong_key: bool,
+    },
 }
 
 impl Error {

@@ -23,6 +23,8 @@ use serde_json::json;
 
 use crate::{process, Error, Result};
 
+pub mod manager;
+
 /// The qemu binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -412,6 +414,8 @@ pub fn start(spec: &VmSpec) -> Result<std::process::Child> {
     let line = crate::cmd::describe(&cmd);
     tracing::info!(command = %line, "starting VM");
     let _ = std::fs::remove_file(&spec.qmp_socket);
+    // Its own process group: a Ctrl-C meant for the caller does not reach the guest.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -108,6 +108,10 @@ pub enum Command {
     /// Workload volumes under a state directory: create, open, close, status, list, destroy
     /// (crypto-erase), sweep, bind-args. Crash-safe and idempotent.
     Volume(crate::volume::VolumeCmd),
+    /// Workload VMs under the state directory: create (qcow2 overlay, cloud-init seed),
+    /// start (encrypted data disk through qemu's LUKS driver or sealvol's NBD export), stop,
+    /// destroy, status, list, console-log, sweep.
+    Vm(crate::vm::VmCmd),
     /// (internal) the background export started by `open`; reads the volume key on stdin.
     #[command(name = "__export", hide = true)]
     InternalExport(crate::open::InternalArgs),

@@ -49,6 +49,7 @@ pub fn run(command: Command, out: &Output) -> Result<()> {
         Command::Serve(c) => crate::open::serve(c, out),
         Command::InternalExport(a) => crate::open::internal_export(a, out),
         Command::Volume(c) => crate::volume::run(c, out),
+        Command::Vm(c) => crate::vm::run(c, out),
     }
 }
 

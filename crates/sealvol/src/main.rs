@@ -8,6 +8,7 @@ mod keys;
 mod open;
 mod output;
 mod verity;
+mod vm;
 mod volume;
 
 use std::process::ExitCode;

@@ -119,7 +119,7 @@ struct Config {
 }
 
 /// The state directory: `--state-dir`, else the config file's, else the default.
-fn state_dir(c: &VolumeCmd) -> Result<PathBuf> {
+pub(crate) fn state_dir(c: &VolumeCmd) -> Result<PathBuf> {
     if let Some(d) = &c.state_dir {
         return Ok(d.clone());
     }

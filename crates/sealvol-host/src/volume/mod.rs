@@ -67,7 +67,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::FlockOperation;
 use serde::Serialize;
 
-use record::{sync_dir, write_atomic};
+pub(crate) use record::{sync_dir, write_atomic};
 pub use record::{Params, Phase, Record, VolumeId, MAX_ID_LEN};
 use served::Busy;
 
@@ -362,7 +362,7 @@ fn wipe(path: &Path, len: Option<u64>) -> Result<Option<u64>> {
     Ok(Some(end))
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -372,6 +372,31 @@ fn now() -> u64 {
 #[derive(Debug)]
 pub struct Held {
     _file: File,
+}
+
+/// Takes the exclusive lock file `path`, waiting for whoever holds it. An owner that
+/// removes the lock file while holding it (a destroy) leaves a waiter holding a lock on a
+/// removed file: the waiter sees that the path no longer names it and tries again.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<Held> {
+    loop {
+        let file = Manager::flock(path, FlockOperation::LockExclusive)?;
+        let held = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+        match std::fs::metadata(path) {
+            Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
+                return Ok(Held { _file: file })
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Takes the lock file `path` shared, waiting for an exclusive holder.
+pub(crate) fn lock_shared(path: &Path) -> Result<Held> {
+    Ok(Held {
+        _file: Manager::flock(path, FlockOperation::LockShared)?,
+    })
 }
 
 /// The volume manager over one state directory.
@@ -467,19 +492,7 @@ impl Manager {
     /// file while holding it; a waiter that then gets the lock on the removed file sees that
     /// the path no longer names it and tries again.
     fn lock_id(&self, id: &VolumeId) -> Result<Held> {
-        let path = self.dir("locks").join(format!("{id}.lock"));
-        loop {
-            let file = Self::flock(&path, FlockOperation::LockExclusive)?;
-            let held = file
-                .metadata()
-                .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
-            match std::fs::metadata(&path) {
-                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
-                    return Ok(Held { _file: file })
-                }
-                _ => continue,
-            }
-        }
+        lock_exclusive(&self.dir("locks").join(format!("{id}.lock")))
     }
 
     fn unlink_lock(&self, id: &VolumeId) {

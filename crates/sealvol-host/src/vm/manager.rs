@@ -1,0 +1,1263 @@
+//! Workload VMs: one qemu VM per workload id, with a qcow2 overlay on a shared base image, a
+//! cloud-init NoCloud seed ISO, port forwards, and optionally an encrypted data disk that is a
+//! workload volume of the [`volume`](crate::volume) manager.
+//!
+//! The design mirrors the volume manager's, and reuses its id rules, atomic records and locks:
+//!
+//! ```text
+//! vm/records/<id>.json  the record: phase, parameters, the running qemu (pid, accelerator)
+//! vm/dirs/<id>/         overlay.qcow2, seed.iso, user-data, meta-data (0600), console.log,
+//!                       qmp.sock, qemu.pid, data.nbd.sock, nbd.log
+//! vm/locks/<id>.lock    flock per id; vm/sweep.lock: the global lock
+//! vm/accel.json         the accelerator probe's verdict for this host boot
+//! ```
+//!
+//! Keys never pass through this module: the steps that need the data volume's key (the qemu
+//! secret file, the NBD export) are a [`DataKey`] implementation the caller provides. The
+//! qemu secret file lives only while qemu starts: it is deleted as soon as qemu answers on
+//! its QMP socket (qemu reads it while creating its objects).
+//!
+//! This module does not make or open workload volumes itself: a data volume is created with
+//! `sealvol volume create` and handed over by id.
+
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{probe_accel, Accel, AccelChoice, DataDisk, Stopped, VmSpec};
+use crate::state::StateDir;
+use crate::volume::served::{self, Busy};
+use crate::volume::{self, lock_exclusive, now, sync_dir, write_atomic, Held, KeyedError, Phase};
+use crate::{cmd, process, Error, Result};
+
+/// A VM id: the same rules as a volume id (`[a-z0-9][a-z0-9_.-]{0,62}`, no `..`).
+pub type VmId = volume::VolumeId;
+
+/// How long the accelerator probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long an NBD export gets to stop on SIGTERM.
+const EXPORT_STOP: Duration = Duration::from_secs(10);
+/// Largest public key file accepted for the seed.
+const MAX_SSH_KEY: u64 = 16 << 10;
+
+/// How the data volume reaches the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataVia {
+    /// qemu's own LUKS driver (LUKS1 volumes; the key as a qemu secret from a 0600 file).
+    Luks,
+    /// sealvol's NBD export on a unix socket in the VM directory.
+    Nbd,
+}
+
+impl DataVia {
+    /// `luks` or `nbd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataVia::Luks => "luks",
+            DataVia::Nbd => "nbd",
+        }
+    }
+}
+
+/// A host-to-guest TCP port forward (`host:guest/tcp`), bound on 127.0.0.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// Host port.
+    pub host: u16,
+    /// Guest port.
+    pub guest: u16,
+}
+
+impl Forward {
+    /// Parses `HOST:GUEST` or `HOST:GUEST/tcp`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the expected form.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Invalid(format!(
+                "--forward {s:?} is not HOST:GUEST/tcp (ports 1 to 65535, for example 2222:22/tcp)"
+            ))
+        };
+        let ports = match s.split_once('/') {
+            Some((p, "tcp")) => p,
+            Some(_) => return Err(bad()),
+            None => s,
+        };
+        let (h, g) = ports.split_once(':').ok_or_else(bad)?;
+        let port = |p: &str| p.parse::<u16>().ok().filter(|&n| n != 0).ok_or_else(bad);
+        Ok(Forward {
+            host: port(h)?,
+            guest: port(g)?,
+        })
+    }
+}
+
+/// Direct kernel boot (instead of booting the base image's boot loader).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelBoot {
+    /// The kernel (vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// The initrd.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
+}
+
+/// What a VM is created with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmParams {
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Size of the root disk (the overlay's virtual size) in bytes.
+    pub disk_size: u64,
+    /// The read-only base image (canonical path).
+    pub base: PathBuf,
+    /// The workload volume attached as the data disk.
+    pub data_volume: Option<VmId>,
+    /// How the data disk is attached.
+    pub data_via: DataVia,
+    /// Port forwards.
+    pub forwards: Vec<Forward>,
+    /// `kvm`, `tcg` or `auto`.
+    pub accel: String,
+    /// Direct kernel boot.
+    pub kernel: Option<KernelBoot>,
+}
+
+/// The running qemu of a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    /// qemu's pid.
+    pub qemu_pid: u32,
+    /// The accelerator in use.
+    pub accel: Accel,
+    /// Why that accelerator.
+    pub accel_reason: String,
+    /// The NBD export serving the data disk, when attached through NBD.
+    pub nbd_pid: Option<u32>,
+    /// Seconds since the epoch when it started.
+    pub started: u64,
+}
+
+/// The record of one VM: `vm/records/<id>.json`. Holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The id.
+    pub id: VmId,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// What it was created with.
+    pub params: VmParams,
+    /// The base image's format (`raw`, `qcow2` ...), from `qemu-img info`.
+    pub base_format: Option<String>,
+    /// The seed carries an ssh key.
+    pub ssh_key: bool,
+    /// Steps of the current operation that completed.
+    pub steps: Vec<String>,
+    /// The running qemu, if started.
+    pub running: Option<Running>,
+    /// Seconds since the epoch when `create` started.
+    pub created: u64,
+}
+
+/// What `vm status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmStatus {
+    /// The id.
+    pub id: VmId,
+    /// Its phase.
+    pub phase: Phase,
+    /// Whether qemu runs now.
+    pub running: bool,
+    /// qemu's pid, when running.
+    pub qemu_pid: Option<u32>,
+    /// The accelerator, when running.
+    pub accel: Option<Accel>,
+    /// Why that accelerator.
+    pub accel_reason: Option<String>,
+    /// The NBD export's pid, when running with an NBD data disk.
+    pub nbd_pid: Option<u32>,
+    /// Created with.
+    pub params: VmParams,
+    /// The VM's directory.
+    pub dir: PathBuf,
+    /// The root disk overlay.
+    pub overlay: PathBuf,
+    /// The cloud-init seed.
+    pub seed_iso: PathBuf,
+    /// The serial console log.
+    pub console_log: PathBuf,
+    /// The data volume's image, when there is one.
+    pub data_image: Option<PathBuf>,
+}
+
+/// What [`VmManager::stop`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct StopReport {
+    /// The id.
+    pub id: VmId,
+    /// It was running.
+    pub was_running: bool,
+    /// `acpi` (the guest powered off), `killed` (SIGKILL after the wait), or `not-running`.
+    pub how: String,
+    /// An NBD export was stopped.
+    pub stopped_nbd: bool,
+}
+
+/// What [`VmManager::destroy`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmDestroyed {
+    /// The id.
+    pub id: VmId,
+    /// There was nothing to destroy.
+    pub already_absent: bool,
+    /// How qemu was stopped.
+    pub stop: Option<StopReport>,
+    /// The data volume was destroyed (crypto-erased) too.
+    pub data_destroyed: Option<volume::Destroyed>,
+}
+
+/// The steps that need the data volume's key, provided by the caller, which holds the key.
+pub trait DataKey {
+    /// Checks that the key opens the LUKS1 volume `image`, then writes what qemu's `secret`
+    /// object reads (the passphrase, which must be UTF-8) to a new 0600 `secret_file`.
+    ///
+    /// # Errors
+    /// A wrong key (with `wrong_key`) or any failure, described without key material.
+    fn write_qemu_secret(
+        &mut self,
+        image: &Path,
+        secret_file: &Path,
+    ) -> std::result::Result<(), KeyedError>;
+
+    /// Starts sealvol's NBD export of `image` (header in `header` when detached) on the unix
+    /// socket `socket`, in the background, logging to `log`; returns its pid once the socket
+    /// accepts connections.
+    ///
+    /// # Errors
+    /// A wrong key (with `wrong_key`) or any failure, described without key material.
+    fn start_nbd(
+        &mut self,
+        image: &Path,
+        header: Option<&Path>,
+        socket: &Path,
+        log: &Path,
+    ) -> std::result::Result<u32, KeyedError>;
+}
+
+/// What [`VmManager::create`] is asked for, beyond the parameters.
+#[derive(Clone, Debug, Default)]
+pub struct CreateInput {
+    /// A public ssh key file for the seed (read here; its content is never logged).
+    pub ssh_key_file: Option<PathBuf>,
+}
+
+/// Whether `pid` is alive and its command line names `needle` (a guard against pid reuse:
+/// every qemu and NBD export of a VM names a file in the VM's directory).
+fn cmdline_names(pid: u32, needle: &Path) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = needle.to_string_lossy();
+    process::alive(pid)
+        && raw
+            .split(|&b| b == 0)
+            .any(|a| String::from_utf8_lossy(a).contains(needle.as_ref()))
+}
+
+/// Whether the file starts with a LUKS1 binary header (magic, version 1).
+fn is_luks1(image: &Path) -> Result<bool> {
+    let mut f = std::fs::File::open(image)
+        .map_err(|e| Error::io(format!("cannot open {}", image.display()), e))?;
+    let mut b = [0u8; 8];
+    if f.read_exact(&mut b).is_err() {
+        return Ok(false);
+    }
+    Ok(&b[..6] == b"LUKS\xba\xbe" && u16::from_be_bytes([b[6], b[7]]) == 1)
+}
+
+/// Reads and checks a public ssh key file: one line, a known key type, at most 16 KiB.
+fn read_ssh_key(path: &Path) -> Result<String> {
+    let f = std::fs::File::open(path).map_err(|e| {
+        Error::io(
+            format!("cannot read the ssh key file {}", path.display()),
+            e,
+        )
+    })?;
+    let mut text = String::new();
+    f.take(MAX_SSH_KEY + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let key = text.trim();
+    let known = ["ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-"];
+    if text.len() as u64 > MAX_SSH_KEY
+        || key.lines().count() != 1
+        || !known.iter().any(|k| key.starts_with(k))
+        || key.contains("PRIVATE KEY")
+    {
+        return Err(Error::Invalid(format!(
+            "{} is not one public ssh key (expected one line like `ssh-ed25519 AAAA... user`); give the .pub file",
+            path.display()
+        )));
+    }
+    Ok(key.to_string())
+}
+
+/// Writes `bytes` to a new file with mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)
+}
+
+/// The VM manager over `<state>/vm`, next to the volume manager of the same state directory.
+#[derive(Clone, Debug)]
+pub struct VmManager {
+    root: PathBuf,
+    volumes: volume::Manager,
+    run: StateDir,
+}
+
+impl VmManager {
+    /// The VM manager of the state directory of `volumes` (VMs live in its `vm/`), whose
+    /// exports keep their runtime records in `run`.
+    pub fn new(volumes: volume::Manager, run: StateDir) -> Self {
+        VmManager {
+            root: volumes.root().join("vm"),
+            volumes,
+            run,
+        }
+    }
+
+    /// `<state>/vm`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn sub(&self, s: &str) -> PathBuf {
+        self.root.join(s)
+    }
+
+    /// The record file of `id`.
+    pub fn record_path(&self, id: &VmId) -> PathBuf {
+        self.sub("records").join(format!("{id}.json"))
+    }
+
+    /// The directory of `id`'s files.
+    pub fn vm_dir(&self, id: &VmId) -> PathBuf {
+        self.sub("dirs").join(id.as_str())
+    }
+
+    fn file(&self, id: &VmId, name: &str) -> PathBuf {
+        self.vm_dir(id).join(name)
+    }
+
+    /// The serial console log of `id`.
+    pub fn console_log(&self, id: &VmId) -> PathBuf {
+        self.file(id, "console.log")
+    }
+
+    fn ensure_dirs(&self) -> Result<()> {
+        for d in ["", "records", "dirs", "locks"] {
+            let p = self.sub(d);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+        }
+        Ok(())
+    }
+
+    fn lock_global(&self, exclusive: bool) -> Result<Held> {
+        self.ensure_dirs()?;
+        if exclusive {
+            lock_exclusive(&self.sub("sweep.lock"))
+        } else {
+            volume::lock_shared(&self.sub("sweep.lock"))
+        }
+    }
+
+    fn lock(&self, id: &VmId) -> Result<(Held, Held)> {
+        let g = self.lock_global(false)?;
+        let l = lock_exclusive(&self.sub("locks").join(format!("{id}.lock")))?;
+        Ok((g, l))
+    }
+
+    fn unlink_lock(&self, id: &VmId) {
+        let _ = std::fs::remove_file(self.sub("locks").join(format!("{id}.lock")));
+    }
+
+    /// The record of `id`, if any.
+    ///
+    /// # Errors
+    /// A damaged or unreadable record.
+    pub fn load(&self, id: &VmId) -> Result<Option<VmRecord>> {
+        let path = self.record_path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        let r: VmRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Invalid(format!(
+                "the VM record {} is damaged ({e}); move it away and run `sealvol vm sweep`",
+                path.display()
+            ))
+        })?;
+        if r.id != *id {
+            return Err(Error::Invalid(format!(
+                "the VM record {} names id {}, not {id}",
+                path.display(),
+                r.id
+            )));
+        }
+        Ok(Some(r))
+    }
+
+    fn save(&self, r: &VmRecord) -> Result<()> {
+        let json = serde_json::to_vec_pretty(r).expect("records serialise");
+        write_atomic(&self.record_path(&r.id), &json)
+    }
+
+    fn remove_record(&self, id: &VmId) -> Result<()> {
+        let p = self.record_path(id);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("cannot remove {}", p.display()), e)),
+        }
+        sync_dir(&self.sub("records"))
+    }
+
+    fn ready(&self, id: &VmId) -> Result<VmRecord> {
+        match self.load(id)? {
+            Some(r) if r.phase == Phase::Ready => Ok(r),
+            Some(r) => Err(Error::Invalid(format!(
+                "VM {id} is {} (an interrupted operation); run `sealvol vm sweep` to finish it",
+                r.phase.as_str()
+            ))),
+            None => Err(Error::Invalid(format!(
+                "there is no VM {id} in {}; create it with `sealvol vm create {id} ...`",
+                self.root.display()
+            ))),
+        }
+    }
+
+    /// The data volume `vol` as a ready volume: its image and detached header.
+    fn data_volume(&self, vol: &VmId) -> Result<(PathBuf, Option<PathBuf>)> {
+        match self.volumes.status(vol)? {
+            Some(s) if s.phase == Phase::Ready => Ok((s.image, s.header)),
+            Some(s) => Err(Error::Invalid(format!(
+                "data volume {vol} is {}; run `sealvol volume sweep` first",
+                s.phase.as_str()
+            ))),
+            None => Err(Error::Invalid(format!(
+                "there is no data volume {vol} in {}; create it with `sealvol volume create {vol} --size ...`",
+                self.volumes.root().display()
+            ))),
+        }
+    }
+
+    /// Checks the data volume suits `via` (qemu 7.2's LUKS driver: LUKS1, attached header).
+    fn check_data(&self, vol: &VmId, via: DataVia) -> Result<(PathBuf, Option<PathBuf>)> {
+        let (image, header) = self.data_volume(vol)?;
+        if via == DataVia::Luks {
+            if header.is_some() {
+                return Err(Error::Invalid(format!(
+                    "data volume {vol} has a detached header, which qemu's LUKS driver (qemu 7.2) cannot read; use --data-via nbd"
+                )));
+            }
+            if !is_luks1(&image)? {
+                return Err(Error::Invalid(format!(
+                    "data volume {vol} is not LUKS1, and qemu's LUKS driver reads LUKS1 only; use --data-via nbd (any LUKS version), or a LUKS1 volume"
+                )));
+            }
+        }
+        Ok((image, header))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // create
+
+    /// Creates VM `id`: the qcow2 overlay on the base image and the cloud-init seed. Bad
+    /// input changes nothing; a failed step undoes the ones before it.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for bad input or an existing id; [`Error::VmStep`] naming the
+    /// failed step.
+    pub fn create(&self, id: &VmId, params: &VmParams, input: &CreateInput) -> Result<VmStatus> {
+        let mut params = params.clone();
+        // Bad input first, before anything is locked or made.
+        if !(1..=64).contains(&params.cpus) {
+            return Err(Error::Invalid(format!(
+                "--cpus {} is out of range; give 1 to 64",
+                params.cpus
+            )));
+        }
+        if !(16..=1 << 20).contains(&params.memory_mib) {
+            return Err(Error::Invalid(format!(
+                "--memory {} MiB is out of range; give 16M to 1T",
+                params.memory_mib
+            )));
+        }
+        if params.disk_size == 0 || params.disk_size % 512 != 0 {
+            return Err(Error::Invalid(format!(
+                "--disk-size {} is not a positive multiple of 512 bytes",
+                params.disk_size
+            )));
+        }
+        if !["kvm", "tcg", "auto"].contains(&params.accel.as_str()) {
+            return Err(Error::Invalid(format!(
+                "--accel {} is not kvm, tcg or auto",
+                params.accel
+            )));
+        }
+        let canon = |p: &Path, what: &str| {
+            std::fs::canonicalize(p).map_err(|_| {
+                Error::Invalid(format!(
+                    "the {what} {} does not exist; check the path",
+                    p.display()
+                ))
+            })
+        };
+        params.base = canon(&params.base, "base image")?;
+        if let Some(k) = &mut params.kernel {
+            k.kernel = canon(&k.kernel, "kernel")?;
+            k.initrd = canon(&k.initrd, "initrd")?;
+        }
+        let mut hosts: Vec<u16> = params.forwards.iter().map(|f| f.host).collect();
+        hosts.sort_unstable();
+        if hosts.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Invalid(
+                "two --forward options use the same host port; give each its own".into(),
+            ));
+        }
+        if let Some(v) = &params.data_volume {
+            self.check_data(v, params.data_via)?;
+        }
+        let ssh_key = input
+            .ssh_key_file
+            .as_deref()
+            .map(read_ssh_key)
+            .transpose()?;
+
+        let _locks = self.lock(id)?;
+        self.sweep_id(id)?;
+        if self.load(id)?.is_some() {
+            return Err(Error::Invalid(format!(
+                "VM {id} exists already; destroy it first with `sealvol vm destroy {id}`"
+            )));
+        }
+        let mut rec = VmRecord {
+            id: id.clone(),
+            phase: Phase::Creating,
+            params,
+            base_format: None,
+            ssh_key: ssh_key.is_some(),
+            steps: Vec::new(),
+            running: None,
+            created: now(),
+        };
+        self.save(&rec)?;
+        match self.create_steps(&mut rec, ssh_key.as_deref()) {
+            Ok(()) => {
+                tracing::info!(id = %id, "VM created");
+                Ok(self.status_of(&rec))
+            }
+            Err((step, e)) => {
+                let after = match self.teardown(&rec, false) {
+                    Ok(_) => {
+                        self.unlink_lock(id);
+                        "; everything done before it was undone".to_string()
+                    }
+                    Err(u) => {
+                        format!("; undoing it also failed ({u}): `sealvol vm sweep` finishes it")
+                    }
+                };
+                Err(Error::VmStep {
+                    verb: "create",
+                    id: id.to_string(),
+                    step,
+                    reason: e,
+                    after,
+                    wrong_key: false,
+                })
+            }
+        }
+    }
+
+    fn create_steps(
+        &self,
+        rec: &mut VmRecord,
+        ssh_key: Option<&str>,
+    ) -> std::result::Result<(), (&'static str, String)> {
+        let id = rec.id.clone();
+        let dir = self.vm_dir(&id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| ("dir", format!("cannot create {}: {e}", dir.display())))?;
+
+        // overlay: qcow2 on the base, which qemu opens read-only.
+        let info = cmd::run(
+            Command::new("qemu-img")
+                .args(["info", "--output=json", "-U"])
+                .arg(&rec.params.base),
+        )
+        .map_err(|e| ("overlay", e.to_string()))?;
+        let fmt = serde_json::from_str::<serde_json::Value>(&info)
+            .ok()
+            .and_then(|v| v["format"].as_str().map(str::to_string))
+            .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric()))
+            .ok_or_else(|| {
+                (
+                    "overlay",
+                    format!(
+                        "qemu-img cannot tell the format of the base image {}",
+                        rec.params.base.display()
+                    ),
+                )
+            })?;
+        rec.base_format = Some(fmt.clone());
+        let overlay = self.file(&id, "overlay.qcow2");
+        cmd::run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-b"])
+                .arg(&rec.params.base)
+                .args(["-F", &fmt])
+                .arg(&overlay)
+                .arg(rec.params.disk_size.to_string()),
+        )
+        .map_err(|e| ("overlay", e.to_string()))?;
+        rec.steps.push("overlay".into());
+        self.save(rec).map_err(|e| ("overlay", e.to_string()))?;
+
+        // seed: NoCloud user-data and meta-data (JSON is YAML), 0600, then the ISO.
+        let mut user = json!({"hostname": id.as_str()});
+        if let Some(k) = ssh_key {
+            user["ssh_authorized_keys"] = json!([k]);
+        }
+        let user = format!(
+            "#cloud-config\n{}\n",
+            serde_json::to_string_pretty(&user).expect("json")
+        );
+        let meta = serde_json::to_string_pretty(
+            &json!({"instance-id": format!("sealvol-{id}"), "local-hostname": id.as_str()}),
+        )
+        .expect("json");
+        (|| -> Result<()> {
+            write_private(&self.file(&id, "user-data"), user.as_bytes())?;
+            write_private(&self.file(&id, "meta-data"), meta.as_bytes())?;
+            cmd::run(
+                Command::new("genisoimage")
+                    .current_dir(&dir)
+                    .args(["-quiet", "-output", "seed.iso", "-volid", "cidata"])
+                    .args(["-joliet", "-rock", "user-data", "meta-data"]),
+            )?;
+            std::fs::set_permissions(
+                self.file(&id, "seed.iso"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .map_err(|e| Error::io("cannot restrict seed.iso", e))?;
+            sync_dir(&dir)
+        })()
+        .map_err(|e| ("seed", e.to_string()))?;
+
+        rec.phase = Phase::Ready;
+        rec.steps.clear();
+        self.save(rec).map_err(|e| ("ready", e.to_string()))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // start / stop
+
+    /// Whether `r`'s recorded qemu is alive (and is the qemu of this VM).
+    fn qemu_alive(&self, r: &VmRecord) -> bool {
+        r.running
+            .as_ref()
+            .is_some_and(|run| cmdline_names(run.qemu_pid, &self.vm_dir(&r.id)))
+    }
+
+    /// Starts VM `id` (a no-op when it runs). Returns whether it ran already, and the status.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a VM or data volume that is not usable; [`Error::VmStep`]
+    /// (with `wrong_key` for a key that opens nothing) after undoing what was started.
+    pub fn start(&self, id: &VmId, key: &mut dyn DataKey) -> Result<(bool, VmStatus)> {
+        self.ready(id)?;
+        let _locks = self.lock(id)?;
+        let mut r = self.ready(id)?;
+        if self.qemu_alive(&r) {
+            return Ok((true, self.status_of(&r)));
+        }
+        if r.running.is_some() {
+            self.stop_locked(&mut r, Duration::from_secs(1))?;
+        }
+        let fail = |step: &'static str, reason: String, wrong_key: bool| Error::VmStep {
+            verb: "start",
+            id: id.to_string(),
+            step,
+            reason,
+            after: "; nothing is left running".into(),
+            wrong_key,
+        };
+        let choice = match r.params.accel.as_str() {
+            "kvm" => AccelChoice::Kvm,
+            "tcg" => AccelChoice::Tcg,
+            _ => AccelChoice::Auto,
+        };
+        let verdict = probe_accel(&self.root, choice, PROBE_TIMEOUT)?;
+        let dir = self.vm_dir(id);
+        let secret = self.file(id, "data.secret");
+        let socket = self.file(id, "data.nbd.sock");
+        let _ = std::fs::remove_file(&secret);
+        let mut nbd_pid = None;
+        let data = match &r.params.data_volume {
+            None => None,
+            Some(vol) => {
+                let (image, header) = self.check_data(vol, r.params.data_via)?;
+                if let Some(e) = served::find(&self.run, &image) {
+                    return Err(Error::Invalid(format!(
+                        "data volume {vol} is in use (served by process {}{}); close it first (`sealvol volume close {vol}`, or stop the VM using it)",
+                        e.pid,
+                        e.nbd.map(|n| format!(" over NBD at {n}")).unwrap_or_default()
+                    )));
+                }
+                match r.params.data_via {
+                    DataVia::Luks => {
+                        key.write_qemu_secret(&image, &secret)
+                            .map_err(|e| fail("data-key", e.message, e.wrong_key))?;
+                        Some(DataDisk::Luks {
+                            volume: image,
+                            secret_file: secret.clone(),
+                        })
+                    }
+                    DataVia::Nbd => {
+                        let _ = std::fs::remove_file(&socket);
+                        let pid = key
+                            .start_nbd(
+                                &image,
+                                header.as_deref(),
+                                &socket,
+                                &self.file(id, "nbd.log"),
+                            )
+                            .map_err(|e| fail("nbd-export", e.message, e.wrong_key))?;
+                        nbd_pid = Some(pid);
+                        Some(DataDisk::Nbd {
+                            socket: socket.clone(),
+                        })
+                    }
+                }
+            }
+        };
+        let spec = VmSpec {
+            accel: verdict.accel,
+            cpus: r.params.cpus,
+            memory_mib: r.params.memory_mib,
+            kernel: r
+                .params
+                .kernel
+                .as_ref()
+                .map(|k| (k.kernel.clone(), k.initrd.clone(), k.append.clone())),
+            root_disk: Some(self.file(id, "overlay.qcow2")),
+            seed_iso: Some(self.file(id, "seed.iso")),
+            data,
+            qmp_socket: self.file(id, "qmp.sock"),
+            console_log: self.console_log(id),
+            forwards: r
+                .params
+                .forwards
+                .iter()
+                .map(|f| (f.host, f.guest))
+                .collect(),
+        };
+        let started = super::start(&spec);
+        // qemu has read the secret (or failed): it goes now, either way.
+        let _ = std::fs::remove_file(&secret);
+        let _ = sync_dir(&dir);
+        let child = match started {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(pid) = nbd_pid {
+                    self.stop_nbd(pid, &socket);
+                }
+                return Err(fail("qemu", e.to_string(), false));
+            }
+        };
+        let mut child = child;
+        let pid = child.id();
+        if let Ok(Some(status)) = child.try_wait() {
+            if let Some(pid) = nbd_pid {
+                self.stop_nbd(pid, &socket);
+            }
+            return Err(fail(
+                "qemu",
+                format!(
+                    "qemu exited right after it started ({status}); see {}",
+                    self.console_log(id).display()
+                ),
+                false,
+            ));
+        }
+        drop(child); // qemu runs on; it is reaped by whoever inherits it
+        r.running = Some(Running {
+            qemu_pid: pid,
+            accel: verdict.accel,
+            accel_reason: verdict.reason.clone(),
+            nbd_pid,
+            started: now(),
+        });
+        let saved = self
+            .save(&r)
+            .and_then(|()| write_atomic(&self.file(id, "qemu.pid"), pid.to_string().as_bytes()));
+        if let Err(e) = saved {
+            let _ = self.stop_locked(&mut r, Duration::from_secs(1));
+            return Err(fail("record", e.to_string(), false));
+        }
+        tracing::info!(id = %id, pid, accel = verdict.accel.as_str(), "VM started");
+        Ok((false, self.status_of(&r)))
+    }
+
+    /// Stops the NBD export `pid` serving on `socket`: its record and the process.
+    /// Returns whether it was running.
+    fn stop_nbd(&self, pid: u32, socket: &Path) -> bool {
+        let sock = socket.to_string_lossy();
+        let entry =
+            self.run.list().into_iter().find(|e| {
+                e.kind == "nbd" && (e.pid == pid || e.nbd.as_deref() == Some(sock.as_ref()))
+            });
+        let mut was = false;
+        if let Some(e) = entry {
+            was = served::alive(&self.run, &e);
+            if let Err(err) = served::stop(&self.run, &e, Busy::Fail, EXPORT_STOP) {
+                tracing::warn!(error = %err, "stopping the NBD export failed");
+            }
+        }
+        if cmdline_names(pid, socket) {
+            was = true;
+            if !process::terminate(pid, EXPORT_STOP) {
+                process::kill(pid);
+                process::wait_gone(pid, Duration::from_secs(5));
+            }
+        }
+        let _ = std::fs::remove_file(socket);
+        was
+    }
+
+    /// Stops VM `id`: ACPI power-off over QMP, SIGKILL after `timeout`, then its NBD export.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the VM does not exist.
+    pub fn stop(&self, id: &VmId, timeout: Duration) -> Result<StopReport> {
+        self.ready(id)?;
+        let _locks = self.lock(id)?;
+        let mut r = self.ready(id)?;
+        self.stop_locked(&mut r, timeout)
+    }
+
+    fn stop_locked(&self, r: &mut VmRecord, timeout: Duration) -> Result<StopReport> {
+        let id = r.id.clone();
+        let mut report = StopReport {
+            id: id.clone(),
+            was_running: false,
+            how: "not-running".into(),
+            stopped_nbd: false,
+        };
+        if let Some(run) = r.running.clone() {
+            if cmdline_names(run.qemu_pid, &self.vm_dir(&id)) {
+                report.was_running = true;
+                report.how =
+                    match super::stop(run.qemu_pid, &self.file(&id, "qmp.sock"), timeout) {
+                        Stopped::NotRunning => "not-running",
+                        Stopped::Acpi => "acpi",
+                        Stopped::Killed => "killed",
+                    }
+                    .into();
+            }
+            if let Some(pid) = run.nbd_pid {
+                report.stopped_nbd = self.stop_nbd(pid, &self.file(&id, "data.nbd.sock"));
+            }
+        }
+        r.running = None;
+        self.save(r)?;
+        for f in ["qemu.pid", "qmp.sock", "data.secret"] {
+            let _ = std::fs::remove_file(self.file(&id, f));
+        }
+        tracing::info!(id = %id, how = %report.how, "VM stopped");
+        Ok(report)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // destroy
+
+    /// Destroys VM `id`: stops it, with `destroy_data` destroys its data volume through the
+    /// volume manager (crypto-erase), then deletes its files and record. An absent id is a
+    /// success that says so.
+    ///
+    /// # Errors
+    /// [`Error::VmStep`] when a step fails; the record stays `destroying` and the next
+    /// `destroy` or `sweep` finishes it.
+    pub fn destroy(&self, id: &VmId, destroy_data: bool) -> Result<VmDestroyed> {
+        if !self.root.exists() {
+            return Ok(VmDestroyed {
+                id: id.clone(),
+                already_absent: true,
+                stop: None,
+                data_destroyed: None,
+            });
+        }
+        let _locks = self.lock(id)?;
+        let Some(rec) = self.load(id)? else {
+            let leftovers = self.vm_dir(id).exists();
+            if leftovers {
+                self.remove_leftovers(id)?;
+            }
+            self.unlink_lock(id);
+            return Ok(VmDestroyed {
+                id: id.clone(),
+                already_absent: !leftovers,
+                stop: None,
+                data_destroyed: None,
+            });
+        };
+        let d = self
+            .teardown(&rec, destroy_data)
+            .map_err(|e| Error::VmStep {
+                verb: "destroy",
+                id: id.to_string(),
+                step: "teardown",
+                reason: e.to_string(),
+                after: "; run `sealvol vm destroy` again or `sealvol vm sweep` to finish it".into(),
+                wrong_key: false,
+            })?;
+        self.unlink_lock(id);
+        tracing::info!(id = %id, "VM destroyed");
+        Ok(d)
+    }
+
+    /// Undoes or finishes: records `destroying`, stops, destroys the data volume when asked,
+    /// deletes the files, unrecords.
+    fn teardown(&self, rec: &VmRecord, destroy_data: bool) -> Result<VmDestroyed> {
+        let mut r = rec.clone();
+        if r.phase == Phase::Ready {
+            r.phase = Phase::Destroying;
+            self.save(&r)?;
+        }
+        let stop = self.stop_locked(&mut r, Duration::from_secs(5))?;
+        let data_destroyed = match (&r.params.data_volume, destroy_data) {
+            (Some(v), true) => Some(self.volumes.destroy(v)?),
+            _ => None,
+        };
+        self.remove_leftovers(&r.id)?;
+        self.remove_record(&r.id)?;
+        Ok(VmDestroyed {
+            id: r.id.clone(),
+            already_absent: false,
+            stop: Some(stop),
+            data_destroyed,
+        })
+    }
+
+    /// Kills any qemu and NBD export of `id`'s directory and removes the directory.
+    fn remove_leftovers(&self, id: &VmId) -> Result<()> {
+        let dir = self.vm_dir(id);
+        for pid in qemus_naming(&dir) {
+            process::kill(pid);
+            process::wait_gone(pid, Duration::from_secs(5));
+        }
+        let sock = self.file(id, "data.nbd.sock");
+        if let Some(e) = self
+            .run
+            .list()
+            .into_iter()
+            .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
+        {
+            self.stop_nbd(e.pid, &sock);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("cannot remove {}", dir.display()), e)),
+        }
+        sync_dir(&self.sub("dirs"))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // status, list, sweep
+
+    fn status_of(&self, r: &VmRecord) -> VmStatus {
+        let live = self.qemu_alive(r);
+        let run = r.running.as_ref().filter(|_| live);
+        VmStatus {
+            id: r.id.clone(),
+            phase: r.phase,
+            running: live,
+            qemu_pid: run.map(|x| x.qemu_pid),
+            accel: run.map(|x| x.accel),
+            accel_reason: run.map(|x| x.accel_reason.clone()),
+            nbd_pid: run.and_then(|x| x.nbd_pid),
+            params: r.params.clone(),
+            dir: self.vm_dir(&r.id),
+            overlay: self.file(&r.id, "overlay.qcow2"),
+            seed_iso: self.file(&r.id, "seed.iso"),
+            console_log: self.console_log(&r.id),
+            data_image: r.params.data_volume.as_ref().map(|v| self.volumes.image(v)),
+        }
+    }
+
+    /// The status of `id`, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// A damaged record.
+    pub fn status(&self, id: &VmId) -> Result<Option<VmStatus>> {
+        Ok(self.load(id)?.map(|r| self.status_of(&r)))
+    }
+
+    fn ids_in(&self, sub: &str) -> Vec<VmId> {
+        let Ok(entries) = std::fs::read_dir(self.sub(sub)) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<VmId> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let name = match sub {
+                    "records" => name.strip_suffix(".json")?.to_string(),
+                    "locks" => name.strip_suffix(".lock")?.to_string(),
+                    _ => name,
+                };
+                VmId::parse(&name).ok()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Every VM with a record, by id.
+    ///
+    /// # Errors
+    /// A damaged record.
+    pub fn list(&self) -> Result<Vec<VmStatus>> {
+        let mut out = Vec::new();
+        for id in self.ids_in("records") {
+            if let Some(r) = self.load(&id)? {
+                out.push(self.status_of(&r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Repairs what crashes left behind, under the global lock: interrupted creates (undone),
+    /// interrupted destroys (finished, without touching the data volume), records of VMs
+    /// whose qemu died (their NBD export stopped, pid file removed), directories, qemu
+    /// processes and NBD exports of VMs without a record (stopped and removed).
+    ///
+    /// # Errors
+    /// The first repair that fails.
+    pub fn sweep(&self) -> Result<Vec<volume::Action>> {
+        let _global = self.lock_global(true)?;
+        let mut ids = Vec::new();
+        for sub in ["records", "dirs", "locks"] {
+            ids.extend(self.ids_in(sub));
+        }
+        // qemu processes and NBD exports naming a VM directory.
+        let dirs = self.sub("dirs");
+        for pid in qemus_naming(&dirs) {
+            if let Some(id) = id_in_cmdline(pid, &dirs) {
+                ids.push(id);
+            }
+        }
+        for e in self.run.list() {
+            if let Some(id) = e
+                .nbd
+                .as_deref()
+                .and_then(|n| Path::new(n).strip_prefix(&dirs).ok())
+                .and_then(|rest| rest.iter().next())
+                .and_then(|c| VmId::parse(&c.to_string_lossy()).ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let mut actions = Vec::new();
+        for id in ids {
+            let _l = lock_exclusive(&self.sub("locks").join(format!("{id}.lock")))?;
+            actions.extend(self.sweep_id(&id)?);
+            if self.load(&id)?.is_none() {
+                self.unlink_lock(&id);
+            }
+        }
+        Ok(actions)
+    }
+
+    fn sweep_id(&self, id: &VmId) -> Result<Vec<volume::Action>> {
+        let act = |what: String| {
+            tracing::warn!(id = %id, action = %what, "vm sweep");
+            volume::Action {
+                id: id.to_string(),
+                action: what,
+            }
+        };
+        let mut out = Vec::new();
+        match self.load(id)? {
+            Some(r) if r.phase == Phase::Creating => {
+                self.teardown(&r, false)?;
+                out.push(act("undid an interrupted create".into()));
+            }
+            Some(r) if r.phase == Phase::Destroying => {
+                self.teardown(&r, false)?;
+                out.push(act(
+                    "finished an interrupted destroy (the data volume, if any, was left alone)"
+                        .into(),
+                ));
+            }
+            Some(mut r) => {
+                let dir = self.vm_dir(id);
+                let ours = r.running.as_ref().map(|x| x.qemu_pid);
+                for pid in qemus_naming(&dir) {
+                    if Some(pid) != ours {
+                        process::kill(pid);
+                        process::wait_gone(pid, Duration::from_secs(5));
+                        out.push(act(format!(
+                            "killed qemu {pid} that the record does not name"
+                        )));
+                    }
+                }
+                if r.running.is_some() && !self.qemu_alive(&r) {
+                    self.stop_locked(&mut r, Duration::from_secs(1))?;
+                    out.push(act(
+                        "cleared a VM whose qemu had died (its NBD export stopped, pid file removed)"
+                            .into(),
+                    ));
+                } else if r.running.is_none() {
+                    let sock = self.file(id, "data.nbd.sock");
+                    if let Some(e) = self
+                        .run
+                        .list()
+                        .into_iter()
+                        .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
+                    {
+                        self.stop_nbd(e.pid, &sock);
+                        out.push(act(format!("stopped NBD export {} of a stopped VM", e.pid)));
+                    }
+                    if self.file(id, "qemu.pid").exists() {
+                        let _ = std::fs::remove_file(self.file(id, "qemu.pid"));
+                        out.push(act("removed a stale pid file".into()));
+                    }
+                }
+            }
+            None => {
+                let dir = self.vm_dir(id);
+                let sock = self.file(id, "data.nbd.sock");
+                let exports = self
+                    .run
+                    .list()
+                    .into_iter()
+                    .any(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()));
+                if dir.exists() || !qemus_naming(&dir).is_empty() || exports {
+                    self.remove_leftovers(id)?;
+                    out.push(act(
+                        "removed the qemu, NBD export and files of a VM without a record".into(),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Pids of qemu processes whose command line names a path under `dir`.
+fn qemus_naming(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let needle = format!("{}/", dir.display());
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let mut args = raw.split(|&b| b == 0);
+            let prog = args.next().map(String::from_utf8_lossy).unwrap_or_default();
+            prog.contains("qemu-system")
+                && args.any(|a| String::from_utf8_lossy(a).contains(&needle))
+                && process::alive(pid)
+        })
+        .collect()
+}
+
+/// The VM id a qemu's command line names under `dirs`.
+fn id_in_cmdline(pid: u32, dirs: &Path) -> Option<VmId> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = format!("{}/", dirs.display());
+    raw.split(|&b| b == 0).find_map(|a| {
+        let a = String::from_utf8_lossy(a);
+        let at = a.find(&needle)?;
+        let rest = &a[at + needle.len()..];
+        let name: String = rest.chars().take_while(|&c| c != '/').collect();
+        VmId::parse(&name).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse_with_clear_errors() {
+        assert_eq!(
+            Forward::parse("2222:22/tcp").unwrap(),
+            Forward {
+                host: 2222,
+                guest: 22
+            }
+        );
+        assert_eq!(Forward::parse("80:8080").unwrap().guest, 8080);
+        for bad in ["22", "0:22", "a:b", "1:2/udp", "70000:1"] {
+            let e = Forward::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("HOST:GUEST/tcp"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ssh_keys_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k.pub");
+        std::fs::write(&p, "ssh-ed25519 AAAAC3Nza user@host\n").unwrap();
+        assert_eq!(read_ssh_key(&p).unwrap(), "ssh-ed25519 AAAAC3Nza user@host");
+        std::fs::write(&p, "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n").unwrap();
+        assert!(read_ssh_key(&p).unwrap_err().to_string().contains(".pub"));
+    }
+
+    #[test]
+    fn absent_vms_destroy_as_already_absent() {
+        let d = tempfile::tempdir().unwrap();
+        let run = StateDir::new(d.path().join("run"));
+        let m = VmManager::new(volume::Manager::new(d.path().join("s"), run.clone()), run);
+        let id = VmId::parse("gone").unwrap();
+        assert!(m.destroy(&id, true).unwrap().already_absent);
+        assert!(m.list().unwrap().is_empty());
+        assert!(m.sweep().unwrap().is_empty());
+        let e = m.stop(&id, Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(e.contains("no VM gone"), "{e}");
+    }
+}

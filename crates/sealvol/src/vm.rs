@@ -1,0 +1,497 @@
+//! `sealvol vm …`: workload VMs (create, start, stop, destroy, status, list, console-log,
+//! sweep). The records, locks, qemu wiring and sweep are `sealvol_host::vm::manager`; this
+//! module reads the data volume's key, provides the two steps that need it (the qemu secret
+//! file, the NBD export through `sealvol serve nbd`) and prints results.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use sealvol_crypto::SecretBytes;
+use sealvol_host::state::StateDir;
+use sealvol_host::vm::manager::{
+    CreateInput, DataKey, DataVia, Forward, KernelBoot, VmId, VmManager, VmParams, VmStatus,
+};
+use sealvol_host::volume::{self, KeyedError, Manager};
+use serde_json::{json, Value};
+
+use crate::cli::{parse_size, KeyArgs, VolumeArgs};
+use crate::keys::KeySource;
+use crate::output::Output;
+use crate::CleanNo;
+
+#[derive(Debug, Args)]
+pub struct VmCmd {
+    /// State directory (shared with `sealvol volume`; default: from the config file, else
+    /// /var/lib/sealvol). VMs live in its vm/ subdirectory.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Configuration file: JSON, {"state_dir": "/path"} (default /etc/sealvol/config.json,
+    /// when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub verb: VmVerb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmVerb {
+    /// Create a VM: a qcow2 overlay on the base image and a cloud-init seed ISO (with the
+    /// ssh key from --ssh-key). A failure undoes every step.
+    Create(CreateArgs),
+    /// Start a VM (idempotent). The data volume's key comes from --key-file, --key-fd or
+    /// stdin; a wrong key: exit 1, nothing started.
+    Start(StartArgs),
+    /// Stop a VM: ACPI power-off, then SIGKILL after --timeout; then its NBD export.
+    Stop(StopArgs),
+    /// Destroy a VM: stop it, delete its overlay, seed and record; with --destroy-data also
+    /// crypto-erase its data volume. Destroying an absent id succeeds.
+    Destroy(DestroyArgs),
+    /// Show a VM: phase, qemu process, accelerator, files.
+    Status(IdArgs),
+    /// List every VM of the state directory.
+    List,
+    /// Print the VM's serial console log (of its current or last boot).
+    ConsoleLog(IdArgs),
+    /// Repair what crashes left behind: interrupted creates and destroys, qemu processes
+    /// without records, stale pid files, NBD exports of VMs that are gone.
+    Sweep,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// VM id: 1 to 63 of a-z 0-9 _ . - (starting with a letter or digit, no "..").
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Via {
+    /// qemu's own LUKS driver (LUKS1 volumes, text keys).
+    Luks,
+    /// sealvol's NBD export (any LUKS volume, any key).
+    Nbd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AccelArg {
+    Kvm,
+    Tcg,
+    Auto,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory (K, M, G: powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: u64,
+    /// Root disk size: the overlay's virtual size (K, M, G, T).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub disk_size: u64,
+    /// The read-only base image (any format qemu-img knows).
+    #[arg(long, value_name = "IMAGE")]
+    pub base: PathBuf,
+    /// A workload volume (`sealvol volume create`) to attach as the data disk.
+    #[arg(long, value_name = "VOLID")]
+    pub data_volume: Option<String>,
+    /// How the data disk reaches the guest.
+    #[arg(long, value_enum, default_value = "nbd", requires = "data_volume")]
+    pub data_via: Via,
+    /// Forward a host port (on 127.0.0.1) to a guest port: HOST:GUEST/tcp. Repeatable.
+    #[arg(long, value_name = "HOST:GUEST/tcp")]
+    pub forward: Vec<String>,
+    /// Public ssh key file to authorize in the guest (through the cloud-init seed).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+    /// Accelerator: kvm, tcg, or auto (probe KVM with a tiny guest, fall back to TCG).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelArg,
+    /// Boot this kernel directly (with --initrd and --append).
+    #[arg(long, value_name = "VMLINUX", requires_all = ["initrd"])]
+    pub kernel: Option<PathBuf>,
+    /// The initrd for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line for --kernel.
+    #[arg(
+        long,
+        value_name = "ARGS",
+        requires = "kernel",
+        default_value = "console=ttyS0"
+    )]
+    pub append: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait for the guest to power off before killing qemu.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub timeout: u64,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Also destroy the data volume (crypto-erase through `sealvol volume destroy`).
+    #[arg(long)]
+    pub destroy_data: bool,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+/// The key-holding steps, for the manager.
+struct CliDataKey {
+    key: SecretBytes,
+}
+
+fn keyed_err(e: anyhow::Error) -> KeyedError {
+    KeyedError {
+        wrong_key: crate::exit_code(&e) == 1,
+        message: format!("{e:#}"),
+    }
+}
+
+impl DataKey for CliDataKey {
+    fn write_qemu_secret(
+        &mut self,
+        image: &Path,
+        secret_file: &Path,
+    ) -> std::result::Result<(), KeyedError> {
+        (|| -> Result<()> {
+            let mut vol = crate::commands::open_volume(image, &VolumeArgs { header: None }, false)?;
+            crate::commands::unlock_with(&mut vol, self.key.expose(), None)?;
+            if std::str::from_utf8(self.key.expose()).is_err() {
+                anyhow::bail!(
+                    "qemu's LUKS driver takes text (UTF-8) secrets only and this key is binary; add a keyslot for the key as hex text (`sealvol add-key`) and start with that, or use --data-via nbd"
+                );
+            }
+            sealvol_host::vm::write_secret_file(secret_file, self.key.expose())?;
+            Ok(())
+        })()
+        .map_err(keyed_err)
+    }
+
+    fn start_nbd(
+        &mut self,
+        image: &Path,
+        header: Option<&Path>,
+        socket: &Path,
+        log: &Path,
+    ) -> std::result::Result<u32, KeyedError> {
+        self.start_nbd_inner(image, header, socket, log)
+            .map_err(keyed_err)
+    }
+}
+
+impl CliDataKey {
+    /// `sealvol serve nbd --socket S IMAGE` in the background, the key on its stdin.
+    fn start_nbd_inner(
+        &self,
+        image: &Path,
+        header: Option<&Path>,
+        socket: &Path,
+        log: &Path,
+    ) -> Result<u32> {
+        let exe = std::env::current_exe().context("cannot find the sealvol binary")?;
+        let logf = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "nbd", "--key-file", "-", "--socket"])
+            .arg(socket);
+        if let Some(h) = header {
+            cmd.arg("--header").arg(h);
+        }
+        cmd.arg(image)
+            .stdin(Stdio::piped())
+            .stdout(logf.try_clone().context("log file")?)
+            .stderr(logf)
+            .process_group(0);
+        let mut child = cmd.spawn().context("cannot start `sealvol serve nbd`")?;
+        {
+            let mut stdin = child.stdin.take().context("no stdin for the export")?;
+            stdin
+                .write_all(self.key.expose())
+                .context("cannot hand the key to the NBD export")?;
+        } // closed: the export reads to end of file
+        let t = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for the NBD export")? {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let last = text.lines().last().unwrap_or("no message").to_string();
+                if status.code() == Some(1) {
+                    return Err(anyhow!(CleanNo(format!(
+                        "the key does not open the data volume ({last})"
+                    ))));
+                }
+                anyhow::bail!("the NBD export exited ({status}): {last}");
+            }
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Ok(child.id());
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!(
+                    "the NBD export did not open {} within 15 s; see {}",
+                    socket.display(),
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A host error as the CLI's: a wrong key stays a clean "no" (exit 1).
+fn host(e: sealvol_host::Error) -> anyhow::Error {
+    match e {
+        sealvol_host::Error::VmStep {
+            wrong_key: true, ..
+        } => anyhow!(CleanNo(e.to_string())),
+        e => anyhow!(e),
+    }
+}
+
+fn status_json(s: &VmStatus) -> Value {
+    serde_json::to_value(s).expect("status serialises")
+}
+
+fn status_human(s: &VmStatus) -> String {
+    format!(
+        "vm:          {}\nphase:       {}\nrunning:     {}\naccel:       {}\ncpus:        {}\nmemory:      {} MiB\ndisk:        {} ({})\nbase:        {}\ndata volume: {}\nconsole log: {}",
+        s.id,
+        s.phase.as_str(),
+        match s.qemu_pid {
+            Some(p) => format!("yes (qemu {p})"),
+            None => "no".into(),
+        },
+        match (&s.accel, &s.accel_reason) {
+            (Some(a), Some(r)) => format!("{} ({r})", a.as_str()),
+            _ => s.params.accel.clone(),
+        },
+        s.params.cpus,
+        s.params.memory_mib,
+        volume::human_size(s.params.disk_size),
+        s.overlay.display(),
+        s.params.base.display(),
+        match &s.params.data_volume {
+            Some(v) => format!("{v} via {}", s.params.data_via.as_str()),
+            None => "-".into(),
+        },
+        s.console_log.display()
+    )
+}
+
+pub fn run(c: VmCmd, out: &Output) -> Result<()> {
+    let root = crate::volume::state_dir(&crate::volume::VolumeCmd {
+        state_dir: c.state_dir.clone(),
+        config: c.config.clone(),
+        verb: crate::volume::VolumeVerb::List,
+    })?;
+    let run = StateDir::from_env();
+    let m = VmManager::new(Manager::new(root, run.clone()), run);
+    let id = |s: &str| VmId::parse(s).map_err(host);
+    match c.verb {
+        VmVerb::Create(a) => {
+            let id = id(&a.id)?;
+            let forwards = a
+                .forward
+                .iter()
+                .map(|f| Forward::parse(f))
+                .collect::<sealvol_host::Result<Vec<_>>>()
+                .map_err(host)?;
+            let data_volume = a
+                .data_volume
+                .as_deref()
+                .map(volume::VolumeId::parse)
+                .transpose()
+                .map_err(host)?;
+            let params = VmParams {
+                cpus: a.cpus,
+                memory_mib: a.memory >> 20,
+                disk_size: a.disk_size,
+                base: a.base,
+                data_volume,
+                data_via: match a.data_via {
+                    Via::Luks => DataVia::Luks,
+                    Via::Nbd => DataVia::Nbd,
+                },
+                forwards,
+                accel: match a.accel {
+                    AccelArg::Kvm => "kvm",
+                    AccelArg::Tcg => "tcg",
+                    AccelArg::Auto => "auto",
+                }
+                .into(),
+                kernel: match (a.kernel, a.initrd) {
+                    (Some(kernel), Some(initrd)) => Some(KernelBoot {
+                        kernel,
+                        initrd,
+                        append: a.append,
+                    }),
+                    _ => None,
+                },
+            };
+            let input = CreateInput {
+                ssh_key_file: a.ssh_key,
+            };
+            let st = m.create(&id, &params, &input).map_err(host)?;
+            out.result(
+                &format!(
+                    "Created VM {id}: {} vCPU, {} MiB, {} disk on {}.",
+                    st.params.cpus,
+                    st.params.memory_mib,
+                    volume::human_size(st.params.disk_size),
+                    st.params.base.display()
+                ),
+                status_json(&st),
+            )?;
+        }
+        VmVerb::Start(a) => {
+            let id = id(&a.id)?;
+            let rec = m.status(&id).map_err(host)?;
+            // The key is read only when there is a data volume to open.
+            let key = match rec.as_ref().and_then(|s| s.params.data_volume.as_ref()) {
+                Some(_) => KeySource::from_args(&a.key).read()?,
+                None => SecretBytes::from_vec(vec![0]),
+            };
+            let mut keyed = CliDataKey { key };
+            let (already, st) = m.start(&id, &mut keyed).map_err(host)?;
+            let human = if already {
+                format!(
+                    "VM {id} is already running (qemu {}).",
+                    st.qemu_pid.unwrap_or(0)
+                )
+            } else {
+                format!(
+                    "Started VM {id} (qemu {}, {}: {}); console log: {}",
+                    st.qemu_pid.unwrap_or(0),
+                    st.accel.map_or("?", |a| a.as_str()),
+                    st.accel_reason.as_deref().unwrap_or(""),
+                    st.console_log.display()
+                )
+            };
+            let mut v = status_json(&st);
+            v["already_running"] = json!(already);
+            out.result(&human, v)?;
+        }
+        VmVerb::Stop(a) => {
+            let id = id(&a.id)?;
+            let r = m.stop(&id, Duration::from_secs(a.timeout)).map_err(host)?;
+            let human = match r.how.as_str() {
+                "acpi" => format!("Stopped VM {id} (the guest powered off)."),
+                "killed" => format!(
+                    "Stopped VM {id}: the guest did not power off within {} s and qemu was killed.",
+                    a.timeout
+                ),
+                _ => format!("VM {id} is not running; nothing to do."),
+            };
+            out.result(&human, serde_json::to_value(&r)?)?;
+        }
+        VmVerb::Destroy(a) => {
+            let id = id(&a.id)?;
+            let d = m.destroy(&id, a.destroy_data).map_err(host)?;
+            let human = if d.already_absent {
+                format!("VM {id} is already absent; nothing to do.")
+            } else {
+                format!(
+                    "Destroyed VM {id}: qemu stopped, overlay, seed and record deleted{}.",
+                    match &d.data_destroyed {
+                        Some(v) if !v.already_absent =>
+                            format!("; data volume {} crypto-erased and deleted", v.id),
+                        Some(v) => format!("; data volume {} was already absent", v.id),
+                        None => String::new(),
+                    }
+                )
+            };
+            out.result(&human, serde_json::to_value(&d)?)?;
+        }
+        VmVerb::Status(a) => {
+            let id = id(&a.id)?;
+            match m.status(&id).map_err(host)? {
+                Some(s) => out.result(&status_human(&s), status_json(&s))?,
+                None => {
+                    return Err(anyhow!(CleanNo(format!(
+                        "there is no VM {id} in {}",
+                        m.root().display()
+                    ))))
+                }
+            }
+        }
+        VmVerb::List => {
+            let all = m.list().map_err(host)?;
+            let mut human = String::new();
+            for s in &all {
+                human.push_str(&format!(
+                    "{:<24} {:<10} {:<8} {}\n",
+                    s.id.as_str(),
+                    s.phase.as_str(),
+                    if s.running { "running" } else { "stopped" },
+                    s.params
+                        .data_volume
+                        .as_ref()
+                        .map_or("-".to_string(), |v| format!(
+                            "{v} ({})",
+                            s.params.data_via.as_str()
+                        ))
+                ));
+            }
+            if all.is_empty() {
+                human = format!("No VMs in {}.", m.root().display());
+            }
+            let v: Vec<Value> = all.iter().map(status_json).collect();
+            out.result(human.trim_end(), json!(v))?;
+        }
+        VmVerb::ConsoleLog(a) => {
+            let id = id(&a.id)?;
+            if m.status(&id).map_err(host)?.is_none() {
+                return Err(anyhow!(CleanNo(format!(
+                    "there is no VM {id} in {}",
+                    m.root().display()
+                ))));
+            }
+            let path = m.console_log(&id);
+            let text = match std::fs::read(&path) {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            };
+            out.result(
+                text.trim_end(),
+                json!({"id": id, "path": path, "log": text}),
+            )?;
+        }
+        VmVerb::Sweep => {
+            let actions = m.sweep().map_err(host)?;
+            let human = if actions.is_empty() {
+                "Nothing to repair.".to_string()
+            } else {
+                actions
+                    .iter()
+                    .map(|a| format!("{}: {}", a.id, a.action))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            out.result(&human, json!({"actions": actions}))?;
+        }
+    }
+    Ok(())
+}

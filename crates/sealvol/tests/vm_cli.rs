@@ -1,0 +1,448 @@
+//! `sealvol vm …` end to end, booted for real under TCG: a workload volume from `sealvol
+//! volume create` becomes a VM's encrypted data disk (through qemu's LUKS driver, and through
+//! sealvol's NBD export); the guest mounts it and writes a file; after `vm stop` the host
+//! reads the file back through `sealvol volume open`; `vm destroy --destroy-data` leaves no
+//! qemu, no file and no volume. The seed ISO carries the ssh key; no key is in any qemu or
+//! export command line, log or state file.
+//!
+//! The "base image" is a small raw file the guest ignores; the Debian kernel with a busybox
+//! initramfs boots through --kernel/--initrd (common/guest.rs). Needs qemu-system-x86,
+//! qemu-utils, genisoimage, linux-image-amd64, busybox-static, cpio, kmod, fuse3, e2fsprogs:
+//! a missing one fails the test.
+
+mod common;
+#[path = "common/guest.rs"]
+mod guest;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const WROTE: &str = "GUEST-WROTE-IT-5d1e";
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBsealvolTestKey0123456789 tester@host";
+
+/// Finds the data disk by its size (16 MiB: 32768 sectors), mounts it, writes a file.
+const GUEST: &str = "D=''; for b in /sys/block/vd*; do [ \"$(cat $b/size)\" = 32768 ] && D=/dev/${b##*/}; done\n\
+     echo \"GUEST-DATA-DISK:$D\"; mkdir -p /data\n\
+     if mount -t ext4 $D /data && echo GUEST-WROTE-IT-5d1e > /data/hello.txt && sync && umount /data; \
+     then echo GUEST-DONE; else echo GUEST-FAILED; fi\nsleep 1000\n";
+
+/// A scratch state directory whose VMs, volumes and exports are torn down on drop.
+struct Host {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    state: PathBuf,
+    run: PathBuf,
+    vms: Vec<String>,
+    volumes: Vec<String>,
+}
+
+impl Host {
+    fn new() -> Self {
+        for t in ["qemu-img", "genisoimage", "qemu-system-x86_64", "mkfs.ext4"] {
+            need(t);
+        }
+        let tmp = tmpdir();
+        let dir = tmp.path().to_path_buf();
+        Host {
+            state: dir.join("state"),
+            run: dir.join("run"),
+            dir,
+            _tmp: tmp,
+            vms: Vec::new(),
+            volumes: Vec::new(),
+        }
+    }
+
+    /// `sealvol ARGS` with this host's run dir and state dir (`verb` is `vm` or `volume`).
+    fn sv(&self, verb: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut a: Vec<String> = vec![
+            format!("SEALVOL_RUN_DIR={}", self.run.display()),
+            SEALVOL.into(),
+            "--json".into(),
+            verb.into(),
+            "--state-dir".into(),
+            self.state.display().to_string(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        run("env", &a, stdin)
+    }
+
+    /// Every qemu whose command line names this host's directory.
+    fn qemus(&self) -> Vec<u32> {
+        let needle = self.dir.display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("qemu-system") && c.contains(&needle)
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for id in self.vms.clone() {
+            let _ = self.sv("vm", &["destroy", &id], None);
+        }
+        for id in self.volumes.clone() {
+            let _ = self.sv("volume", &["destroy", &id], None);
+        }
+        for pid in self.qemus() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn hex_key(dir: &Path) -> (PathBuf, String) {
+    let hex: String = random_bytes(32)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (write_secret(dir, "key", hex.as_bytes()), hex)
+}
+
+/// Every file under `dir`, recursively (sockets and such skipped).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                out.extend(files(&e.path()));
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_key_in(paths: &[PathBuf], key: &str, what: &str) {
+    for p in paths {
+        let b = std::fs::read(p).unwrap_or_default();
+        assert!(
+            !b.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the key is in {} ({what})",
+            p.display()
+        );
+    }
+}
+
+fn cmdline(pid: u64) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .replace('\0', " ")
+}
+
+fn vm_round_trip(via: &str) {
+    let mut h = Host::new();
+    let dir = h.dir.clone();
+    let (key, hex) = hex_key(&dir);
+    let keyf = key.to_str().unwrap();
+    let (vol, vm) = (format!("data-{via}"), format!("web-{via}"));
+    h.volumes.push(vol.clone());
+    h.vms.push(vm.clone());
+
+    h.sv(
+        "volume",
+        &["create", &vol, "--size", "16M", "--key-file", keyf],
+        None,
+    )
+    .ok();
+    let image = h.state.join("volumes").join(&vol).join("disk.img");
+    if via == "luks" {
+        // qemu 7.2's LUKS driver reads LUKS1 only, and `sealvol volume create` makes LUKS2:
+        // the same plaintext file system goes into a LUKS1 image in the volume's place.
+        let plain = dir.join("plain.ext4");
+        let luks1 = dir.join("luks1.img");
+        sv([
+            "export",
+            "--key-file",
+            keyf,
+            image.to_str().unwrap(),
+            plain.to_str().unwrap(),
+        ])
+        .ok();
+        sv([
+            "format",
+            "--type",
+            "luks1",
+            "--key-file",
+            keyf,
+            "--size",
+            "16M",
+            luks1.to_str().unwrap(),
+        ])
+        .ok();
+        sv([
+            "import",
+            "--key-file",
+            keyf,
+            plain.to_str().unwrap(),
+            luks1.to_str().unwrap(),
+        ])
+        .ok();
+        std::fs::rename(&luks1, &image).unwrap();
+        std::fs::remove_file(&plain).unwrap();
+    }
+
+    let base = dir.join("base.raw");
+    sparse_file(&base, 1 << 20);
+    // Each test its own host port: the tests run in parallel.
+    let fwd = format!("{}:22/tcp", if via == "luks" { 40022 } else { 40023 });
+    let ssh = dir.join("id.pub");
+    std::fs::write(&ssh, format!("{SSH_KEY}\n")).unwrap();
+    let (kernel, initrd) =
+        guest::kernel_and_initrd(&dir, &["virtio_pci", "virtio_blk", "ext4"], GUEST);
+    let created = h
+        .sv(
+            "vm",
+            &[
+                "create",
+                &vm,
+                "--cpus",
+                "1",
+                "--memory",
+                "256M",
+                "--disk-size",
+                "32M",
+                "--base",
+                base.to_str().unwrap(),
+                "--data-volume",
+                &vol,
+                "--data-via",
+                via,
+                "--forward",
+                &fwd,
+                "--ssh-key",
+                ssh.to_str().unwrap(),
+                "--accel",
+                "tcg",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--append",
+                "console=ttyS0 quiet panic=-1 rdinit=/init",
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(created["phase"], "ready");
+    let vmdir = h.state.join("vm/dirs").join(&vm);
+    let iso = std::fs::read(vmdir.join("seed.iso")).unwrap();
+    assert!(
+        iso.windows(SSH_KEY.len()).any(|w| w == SSH_KEY.as_bytes()),
+        "the seed ISO lacks the ssh key"
+    );
+
+    // A wrong key: exit 1, nothing running.
+    let wrong = write_secret(
+        &dir,
+        "wrong",
+        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    );
+    h.sv(
+        "vm",
+        &["start", &vm, "--key-file", wrong.to_str().unwrap()],
+        None,
+    )
+    .code(1);
+    assert!(h.qemus().is_empty());
+
+    let t = Instant::now();
+    let started = h
+        .sv(
+            "vm",
+            &["-v", "start", &vm, "--key-file", "-"],
+            Some(hex.as_bytes()),
+        )
+        .ok();
+    assert!(!started.err().contains(&hex) && !started.out().contains(&hex));
+    let st = started.json();
+    let qemu = st["qemu_pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no qemu pid: {st}\n{}", started.err()));
+    assert_eq!(st["accel"], "tcg");
+    assert!(
+        !vmdir.join("data.secret").exists(),
+        "the qemu secret file stayed"
+    );
+    let mut pids = vec![qemu];
+    if via == "nbd" {
+        pids.push(st["nbd_pid"].as_u64().expect("nbd pid"));
+    }
+    for p in &pids {
+        let c = cmdline(*p);
+        assert!(!c.is_empty() && !c.contains(&hex), "key or nothing in {c}");
+    }
+    // Idempotent start.
+    assert_eq!(
+        h.sv("vm", &["start", &vm, "--key-file", keyf], None)
+            .ok()
+            .json()["already_running"],
+        true
+    );
+
+    let log = loop {
+        let log = h.sv("vm", &["console-log", &vm], None).ok().json()["log"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if log.contains("GUEST-DONE") || log.contains("GUEST-FAILED") {
+            break log;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the guest did not finish in 30 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(log.contains("GUEST-DONE"), "the guest failed:\n{log}");
+    let listed = h.sv("vm", &["list"], None).ok().json();
+    assert_eq!(listed[0]["running"], true);
+
+    let stopped = h
+        .sv("vm", &["stop", &vm, "--timeout", "1"], None)
+        .ok()
+        .json();
+    assert!(
+        ["acpi", "killed"].contains(&stopped["how"].as_str().unwrap()),
+        "{stopped}"
+    );
+    assert!(h.qemus().is_empty(), "qemu still runs after stop");
+    for p in &pids {
+        assert!(cmdline(*p).is_empty(), "process {p} still runs after stop");
+    }
+    assert_eq!(
+        h.sv("vm", &["status", &vm], None).ok().json()["running"],
+        false
+    );
+
+    // The host reads the guest's file through the volume's own export.
+    let opened = h
+        .sv("volume", &["open", &vol, "--key-file", keyf], None)
+        .ok()
+        .json();
+    let mnt = PathBuf::from(opened["mount_path"].as_str().unwrap());
+    let text = std::fs::read_to_string(mnt.join("hello.txt")).unwrap();
+    assert_eq!(text.trim(), WROTE);
+    h.sv("volume", &["close", &vol], None).ok();
+    let raw = std::fs::read(&image).unwrap();
+    assert!(
+        !raw.windows(WROTE.len()).any(|w| w == WROTE.as_bytes()),
+        "plaintext on disk"
+    );
+
+    // No key anywhere sealvol wrote (records, logs, console, seed, state).
+    let mut all = files(&h.state);
+    all.extend(files(&h.run));
+    assert_no_key_in(&all, &hex, "state");
+
+    let d = h
+        .sv("vm", &["destroy", &vm, "--destroy-data"], None)
+        .ok()
+        .json();
+    assert_eq!(d["already_absent"], false);
+    assert_eq!(d["data_destroyed"]["already_absent"], false);
+    assert!(h.qemus().is_empty());
+    assert!(!vmdir.exists());
+    assert!(files(&h.state.join("vm/records")).is_empty());
+    assert!(
+        files(&h.state.join("volumes")).is_empty(),
+        "{:?}",
+        files(&h.state)
+    );
+    h.sv("volume", &["status", &vol], None).code(1);
+    assert_eq!(
+        h.sv("vm", &["list"], None).ok().json(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        h.sv("vm", &["sweep"], None).ok().json()["actions"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn vm_cli_data_disk_through_qemu_luks_driver() {
+    vm_round_trip("luks");
+}
+
+#[test]
+fn vm_cli_data_disk_through_sealvol_nbd_export() {
+    vm_round_trip("nbd");
+}
+
+/// Bad input names what was wrong and leaves nothing behind.
+#[test]
+fn vm_cli_bad_input_changes_nothing() {
+    let h = Host::new();
+    let base = h.dir.join("base.raw");
+    sparse_file(&base, 1 << 20);
+    let b = base.to_str().unwrap();
+    let create = |extra: &[&str]| {
+        let mut a = vec![
+            "create",
+            "w",
+            "--memory",
+            "128M",
+            "--disk-size",
+            "8M",
+            "--base",
+            b,
+        ];
+        a.extend_from_slice(extra);
+        h.sv("vm", &a, None).fails().err()
+    };
+    assert!(create(&["--data-volume", "nope"]).contains("no data volume nope"));
+    assert!(create(&["--forward", "22"]).contains("HOST:GUEST/tcp"));
+    assert!(create(&["--ssh-key", b]).contains("public ssh key"));
+    let e = h
+        .sv(
+            "vm",
+            &[
+                "create",
+                "w",
+                "--memory",
+                "128M",
+                "--disk-size",
+                "8M",
+                "--base",
+                "/nonexistent",
+            ],
+            None,
+        )
+        .fails()
+        .err();
+    assert!(e.contains("does not exist"), "{e}");
+    assert!(h
+        .sv(
+            "vm",
+            &[
+                "create",
+                "../x",
+                "--memory",
+                "1M",
+                "--disk-size",
+                "8M",
+                "--base",
+                b
+            ],
+            None
+        )
+        .fails()
+        .err()
+        .contains("invalid volume id"));
+    assert!(files(&h.state.join("vm/dirs")).is_empty());
+    assert!(files(&h.state.join("vm/records")).is_empty());
+    h.sv("vm", &["status", "w"], None).code(1);
+}
