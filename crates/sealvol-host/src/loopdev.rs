@@ -73,20 +73,25 @@ pub fn find_by_backing(file: &Path) -> Vec<PathBuf> {
 
 /// Detaches `dev` if it is attached (to `expected`, when given). Returns whether it did.
 ///
+/// A device that now serves another file is left alone and counts as already detached: our
+/// attachment is gone (someone detached it, and the kernel handed the free device to a new
+/// user), and detaching it would pull a disk from under someone else.
+///
 /// # Errors
-/// [`Error::Invalid`] when `dev` serves another file; [`Error::Command`] when losetup fails.
+/// [`Error::Command`] when losetup fails.
 pub fn detach(dev: &Path, expected: Option<&Path>) -> Result<bool> {
     let Some(backing) = backing_file(dev) else {
         return Ok(false);
     };
     if let Some(want) = expected {
         if backing != want {
-            return Err(Error::Invalid(format!(
-                "{} now serves {}, not {}; leaving it alone",
-                dev.display(),
-                backing.display(),
-                want.display()
-            )));
+            tracing::info!(
+                device = %dev.display(),
+                serves = %backing.display(),
+                expected = %want.display(),
+                "loop device was already detached and reused; leaving it alone"
+            );
+            return Ok(false);
         }
     }
     run(Command::new("losetup").arg("--detach").arg(dev))?;
