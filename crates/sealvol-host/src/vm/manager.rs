@@ -32,7 +32,10 @@ use serde_json::json;
 use super::{probe_accel, Accel, AccelChoice, DataDisk, Stopped, VmSpec};
 use crate::state::StateDir;
 use crate::volume::served::{self, Busy};
-use crate::volume::{self, lock_exclusive, now, sync_dir, write_atomic, Held, KeyedError, Phase};
+use crate::volume::{
+    self, lock_exclusive, now, read_record, remove_durably, sync_dir, write_atomic, Held,
+    KeyedError, Phase,
+};
 use crate::{cmd, process, Error, Result};
 
 /// A VM id: the same rules as a volume id (`[a-z0-9][a-z0-9_.-]{0,62}`, no `..`).
@@ -409,25 +412,15 @@ impl VmManager {
     /// A damaged or unreadable record.
     pub fn load(&self, id: &VmId) -> Result<Option<VmRecord>> {
         let path = self.record_path(id);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
-        };
-        let r: VmRecord = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Invalid(format!(
-                "the VM record {} is damaged ({e}); move it away and run `sealvol vm sweep`",
-                path.display()
-            ))
-        })?;
-        if r.id != *id {
+        let r: Option<VmRecord> = read_record(&path, "sealvol vm sweep")?;
+        if let Some(r) = r.as_ref().filter(|r| r.id != *id) {
             return Err(Error::Invalid(format!(
                 "the VM record {} names id {}, not {id}",
                 path.display(),
                 r.id
             )));
         }
-        Ok(Some(r))
+        Ok(r)
     }
 
     fn save(&self, r: &VmRecord) -> Result<()> {
@@ -436,13 +429,7 @@ impl VmManager {
     }
 
     fn remove_record(&self, id: &VmId) -> Result<()> {
-        let p = self.record_path(id);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {}", p.display()), e)),
-        }
-        sync_dir(&self.sub("records"))
+        remove_durably(&self.record_path(id))
     }
 
     fn ready(&self, id: &VmId) -> Result<VmRecord> {
@@ -1030,23 +1017,14 @@ impl VmManager {
     }
 
     fn ids_in(&self, sub: &str) -> Vec<VmId> {
-        let Ok(entries) = std::fs::read_dir(self.sub(sub)) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<VmId> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let name = match sub {
-                    "records" => name.strip_suffix(".json")?.to_string(),
-                    "locks" => name.strip_suffix(".lock")?.to_string(),
-                    _ => name,
-                };
-                VmId::parse(&name).ok()
-            })
-            .collect();
-        ids.sort();
-        ids
+        volume::ids_in(
+            &self.sub(sub),
+            match sub {
+                "records" => ".json",
+                "locks" => ".lock",
+                _ => "",
+            },
+        )
     }
 
     /// Every VM with a record, by id.

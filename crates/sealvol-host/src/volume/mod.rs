@@ -67,7 +67,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::FlockOperation;
 use serde::Serialize;
 
-pub(crate) use record::{sync_dir, write_atomic};
+pub(crate) use record::{ids_in, read_record, remove_durably, sync_dir, write_atomic};
 pub use record::{Params, Phase, Record, VolumeId, MAX_ID_LEN};
 use served::Busy;
 
@@ -513,25 +513,15 @@ impl Manager {
     /// writes are atomic); [`Error::Io`] when it cannot be read.
     pub fn load(&self, id: &VolumeId) -> Result<Option<Record>> {
         let path = self.record_path(id);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
-        };
-        let r: Record = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Invalid(format!(
-                "the record {} is damaged ({e}); move it away and run `sealvol volume sweep`",
-                path.display()
-            ))
-        })?;
-        if r.id != *id {
+        let r: Option<Record> = read_record(&path, "sealvol volume sweep")?;
+        if let Some(r) = r.as_ref().filter(|r| r.id != *id) {
             return Err(Error::Invalid(format!(
                 "the record {} names id {}, not {id}",
                 path.display(),
                 r.id
             )));
         }
-        Ok(Some(r))
+        Ok(r)
     }
 
     fn save(&self, r: &Record) -> Result<()> {
@@ -540,13 +530,7 @@ impl Manager {
     }
 
     fn remove_record(&self, id: &VolumeId) -> Result<()> {
-        let p = self.record_path(id);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {}", p.display()), e)),
-        }
-        sync_dir(&self.dir("records"))
+        remove_durably(&self.record_path(id))
     }
 
     fn status_of(&self, r: &Record) -> Status {
@@ -1013,23 +997,14 @@ impl Manager {
     /// The ids named by entries of `sub` (`records/<id>.json`, `volumes/<id>` ...); names
     /// that are not valid ids are not sealvol's and are ignored.
     fn ids_in(&self, sub: &str) -> Vec<VolumeId> {
-        let Ok(entries) = std::fs::read_dir(self.dir(sub)) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<VolumeId> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let name = match sub {
-                    "records" => name.strip_suffix(".json")?.to_string(),
-                    "locks" => name.strip_suffix(".lock")?.to_string(),
-                    _ => name,
-                };
-                VolumeId::parse(&name).ok()
-            })
-            .collect();
-        ids.sort();
-        ids
+        ids_in(
+            &self.dir(sub),
+            match sub {
+                "records" => ".json",
+                "locks" => ".lock",
+                _ => "",
+            },
+        )
     }
 
     /// Container-runtime arguments binding mounted volume `id` at `target`.

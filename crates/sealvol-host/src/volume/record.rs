@@ -147,6 +147,52 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Reads the JSON record at `path`: `None` when there is none. `sweep` names the command
+/// that repairs a damaged one.
+pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    sweep: &str,
+) -> Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Error::Invalid(format!(
+            "the record {} is damaged ({e}); move it away and run `{sweep}`",
+            path.display()
+        ))
+    })
+}
+
+/// Removes `path` (absent is fine) and makes the removal durable.
+pub(crate) fn remove_durably(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("cannot remove {}", path.display()), e)),
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The ids named by the entries of `dir` (`<id><suffix>`, or `<id>` for an empty suffix),
+/// sorted; names that are not valid ids are not sealvol's and are ignored.
+pub(crate) fn ids_in(dir: &Path, suffix: &str) -> Vec<VolumeId> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<VolumeId> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            VolumeId::parse(name.strip_suffix(suffix)?).ok()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// fsyncs a directory, so that creations, renames and removals in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
