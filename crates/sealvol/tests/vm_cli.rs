@@ -446,3 +446,53 @@ fn vm_cli_bad_input_changes_nothing() {
     assert!(files(&h.state.join("vm/records")).is_empty());
     h.sv("vm", &["status", "w"], None).code(1);
 }
+
+/// Sweep: a qemu whose record is gone is killed and its files removed; a record whose qemu
+/// died is cleared with its pid file.
+#[test]
+fn vm_cli_sweep_kills_orphans_and_clears_dead_vms() {
+    let h = Host::new();
+    let base = h.dir.join("base.raw");
+    sparse_file(&base, 1 << 20);
+    let b = base.to_str().unwrap();
+    for id in ["orphan", "dead"] {
+        let a = [
+            "create",
+            id,
+            "--memory",
+            "64M",
+            "--disk-size",
+            "8M",
+            "--base",
+            b,
+            "--accel",
+            "tcg",
+        ];
+        h.sv("vm", &a, None).ok();
+        h.sv("vm", &["start", id], None).ok();
+    }
+    assert_eq!(h.qemus().len(), 2);
+    let dead = h.sv("vm", &["status", "dead"], None).ok().json()["qemu_pid"]
+        .as_u64()
+        .unwrap();
+    std::fs::remove_file(h.state.join("vm/records/orphan.json")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &dead.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    while !cmdline(dead).is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let swept = h.sv("vm", &["sweep"], None).ok().json();
+    let text = swept["actions"].to_string();
+    assert!(text.contains("orphan") && text.contains("dead"), "{text}");
+    assert!(h.qemus().is_empty(), "an orphan qemu survived the sweep");
+    assert!(!h.state.join("vm/dirs/orphan").exists());
+    assert!(!h.state.join("vm/dirs/dead/qemu.pid").exists());
+    assert_eq!(
+        h.sv("vm", &["status", "dead"], None).ok().json()["running"],
+        false
+    );
+    h.sv("vm", &["destroy", "dead"], None).ok();
+}
