@@ -638,3 +638,65 @@ fn loop_lifecycle_keys_stay_out_of_argv_env_logs_and_state() {
     let raw = st.raw();
     assert!(!contains(&raw, &key_bytes) && !contains(&raw, hex_key.as_bytes()));
 }
+
+/// Kills a helper process when dropped, even if the test fails.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn loop_lifecycle_destroy_of_a_busy_mount_retries_then_detaches_lazily() {
+    let st = StateFs::new(256);
+    let keys = tmpdir();
+    let (key, _) = machine_key(keys.path(), "key");
+    let id = "busy-1";
+    let v = st.create(id, &key, &["--mount"]).ok().json();
+    let mnt = PathBuf::from(v["mount_path"].as_str().unwrap());
+    std::fs::write(mnt.join("held.txt"), MARKER).unwrap();
+    // A process with its working directory and an open file inside the mount keeps it busy.
+    let holder = Holder(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<held.txt; exec sleep 60")
+            .current_dir(&mnt)
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        pid_alive(u64::from(holder.0.id())),
+        "the holder did not start"
+    );
+
+    let started = std::time::Instant::now();
+    let d = st.verb("destroy", id).ok().json();
+    let took = started.elapsed();
+    assert_eq!(d["destroyed"], true, "{d}");
+    // The busy mount was retried for a bounded time, then detached lazily.
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "destroy did not wait for the busy mount ({took:?})"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "destroy waited {took:?}"
+    );
+    assert!(
+        !is_mounted(&mnt),
+        "the mount point is still mounted after destroy"
+    );
+    assert_gone(&st, id);
+    drop(holder);
+    // With the last user gone, nothing of the volume is left anywhere.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let raw = st.raw();
+    assert!(
+        !contains(&raw, b"LUKS\xba\xbe"),
+        "a LUKS header is left on the state disk"
+    );
+}
