@@ -168,7 +168,7 @@ fn kdf_params_of(
 
 /// `luks1_hash`: the keyslot is LUKS1, whose PBKDF2 hash is the header's: `--pbkdf`
 /// must be pbkdf2 (the default there) and `--hash` is replaced by the header's.
-fn kdf_params_for(
+pub(crate) fn kdf_params_for(
     args: &KdfArgs,
     key: &SecretBytes,
     out: &Output,

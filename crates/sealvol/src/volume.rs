@@ -6,14 +6,14 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use sealvol_crypto::SecretBytes;
 use sealvol_host::state::StateDir;
 use sealvol_host::volume::{
-    self, CreateOptions, Formatted, Keyed, KeyedError, Manager, Params, Status, VolumeId,
+    self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, VolumeId,
 };
-use sealvol_luks::{FormatOptions, Volume};
+use sealvol_luks::{luks1, FormatOptions, KdfParams, Volume};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -41,7 +41,7 @@ pub struct VolumeCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeVerb {
-    /// Create a workload's volume: sparse LUKS2 image (machine-key profile), file system,
+    /// Create a workload's volume: sparse LUKS2 (or --type luks1) image (machine-key profile), file system,
     /// and with --mount, mounted under the state directory. Any failure undoes every step;
     /// the same id with the same parameters again is a no-op.
     Create(CreateArgs),
@@ -82,9 +82,14 @@ pub struct CreateArgs {
     /// File system to make (ext4, ext3, ext2, xfs, btrfs).
     #[arg(long, default_value = "ext4", value_name = "TYPE")]
     pub fs: String,
-    /// Keep the LUKS header in its own file (volumes/ID/header.img), not on the image.
+    /// Keep the LUKS header in its own file (volumes/ID/header.img), not on the image
+    /// (LUKS2 only).
     #[arg(long)]
     pub detached_header: bool,
+    /// On-disk format: luks2, or luks1 (what qemu's `luks` block driver reads, for a VM's
+    /// data disk: 512-byte sectors, PBKDF2 keyslot, attached header).
+    #[arg(long = "type", default_value = "luks2", value_name = "TYPE", value_parser = parse_luks_type)]
+    pub luks_type: LuksType,
     /// Leave the volume mounted (at STATE_DIR/mnt/ID).
     #[arg(long)]
     pub mount: bool,
@@ -116,6 +121,16 @@ pub struct BindArgsArgs {
 #[serde(deny_unknown_fields)]
 struct Config {
     state_dir: Option<PathBuf>,
+}
+
+fn parse_luks_type(s: &str) -> std::result::Result<LuksType, String> {
+    match s {
+        "luks2" => Ok(LuksType::Luks2),
+        "luks1" => Ok(LuksType::Luks1),
+        other => Err(format!(
+            "{other} is not a volume type; use luks2 (default) or luks1"
+        )),
+    }
 }
 
 /// The state directory: `--state-dir`, else the config file's, else the default.
@@ -163,8 +178,9 @@ impl Keyed for CliKeyed<'_> {
         image: &Path,
         header: Option<&Path>,
         data_size: u64,
+        luks_type: LuksType,
     ) -> std::result::Result<Formatted, KeyedError> {
-        self.format_inner(image, header, data_size)
+        self.format_inner(image, header, data_size, luks_type)
             .map_err(keyed_err)
     }
 
@@ -187,6 +203,7 @@ impl CliKeyed<'_> {
         image: &Path,
         header: Option<&Path>,
         data_size: u64,
+        luks_type: LuksType,
     ) -> Result<Formatted> {
         let machine = KdfArgs {
             pbkdf: None,
@@ -197,25 +214,54 @@ impl CliKeyed<'_> {
             hash: "sha256".into(),
             key_profile: KeyProfile::Auto,
         };
-        let kdf = crate::commands::kdf_params(self.kdf.unwrap_or(&machine), &self.key, self.out)?;
-        let opts = FormatOptions {
-            detached: header.is_some(),
-            kdf,
-            ..FormatOptions::default()
-        };
+        let kdf_args = self.kdf.unwrap_or(&machine);
         // The whole header in memory first, as `sealvol format` does.
-        let volume_key = SecretBytes::random(opts.key_size_bits as usize / 8)?;
-        let vol = Volume::format(
-            Cursor::new(Vec::new()),
-            &opts,
-            &volume_key,
-            self.key.expose(),
-        )
-        .context("cannot build the LUKS2 header")?;
-        drop(volume_key);
-        let uuid = vol.header().uuid().to_string();
-        let data_offset = vol.data_segment()?.offset;
-        let bytes = vol.into_storage().into_inner();
+        let (uuid, data_offset, bytes, kdf) = match luks_type {
+            LuksType::Luks2 => {
+                let kdf = crate::commands::kdf_params(kdf_args, &self.key, self.out)?;
+                let opts = FormatOptions {
+                    detached: header.is_some(),
+                    kdf,
+                    ..FormatOptions::default()
+                };
+                let volume_key = SecretBytes::random(opts.key_size_bits as usize / 8)?;
+                let vol = Volume::format(
+                    Cursor::new(Vec::new()),
+                    &opts,
+                    &volume_key,
+                    self.key.expose(),
+                )
+                .context("cannot build the LUKS2 header")?;
+                let uuid = vol.header().uuid().to_string();
+                let data_offset = vol.data_segment()?.offset;
+                (uuid, data_offset, vol.into_storage().into_inner(), kdf)
+            }
+            LuksType::Luks1 => {
+                let hash = kdf_args.hash.parse().context("--hash")?;
+                let kdf =
+                    crate::commands::kdf_params_for(kdf_args, &self.key, self.out, Some(hash))?;
+                let KdfParams::Pbkdf2 { iterations, .. } = kdf else {
+                    bail!("LUKS1 keyslots use PBKDF2 only");
+                };
+                let opts = luks1::FormatOptions {
+                    hash,
+                    iterations,
+                    detached: header.is_some(),
+                    ..Default::default()
+                };
+                let volume_key = SecretBytes::random(opts.key_size_bits as usize / 8)?;
+                let vol = luks1::Volume::format(
+                    Cursor::new(Vec::new()),
+                    &opts,
+                    &volume_key,
+                    self.key.expose(),
+                )
+                .context("cannot build the LUKS1 header")?;
+                let uuid = vol.header().uuid().to_string();
+                let data_offset = vol.data_segment()?.offset;
+                (uuid, data_offset, vol.into_storage().into_inner(), kdf)
+            }
+        };
         let data = std::fs::OpenOptions::new()
             .write(true)
             .open(image)
@@ -235,7 +281,7 @@ impl CliKeyed<'_> {
                 .with_context(|| format!("cannot open {}", path.display()))?;
             f.write_all_at(&bytes, 0)
                 .and_then(|()| f.sync_all())
-                .with_context(|| format!("cannot write the LUKS2 header to {}", path.display()))
+                .with_context(|| format!("cannot write the LUKS header to {}", path.display()))
         };
         match header {
             Some(h) => write(h, true)?,
@@ -243,7 +289,7 @@ impl CliKeyed<'_> {
         }
         data.sync_all()
             .with_context(|| format!("cannot sync {}", image.display()))?;
-        tracing::info!(uuid = %uuid, kdf = %crate::commands::kdf_human(&kdf), "formatted");
+        tracing::info!(uuid = %uuid, r#type = luks_type.as_str(), kdf = %crate::commands::kdf_human(&kdf), "formatted");
         Ok(Formatted {
             uuid,
             header_area: if header.is_some() { 0 } else { data_offset },
@@ -267,8 +313,9 @@ fn status_json(s: &Status) -> Value {
 
 fn status_human(s: &Status) -> String {
     format!(
-        "volume:      {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}",
+        "volume:      {}\ntype:        {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}",
         s.id,
+        s.params.luks_type.as_str(),
         s.phase.as_str(),
         volume::human_size(s.params.size),
         s.params.fs,
@@ -296,6 +343,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 size: a.size,
                 fs: a.fs.clone(),
                 detached_header: a.detached_header,
+                luks_type: a.luks_type,
             };
             let key = KeySource::from_args(&a.key).read()?;
             let mut keyed = CliKeyed {

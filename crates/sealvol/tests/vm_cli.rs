@@ -1,5 +1,5 @@
 //! `sealvol vm …` end to end, booted for real under TCG: a workload volume from `sealvol
-//! volume create` becomes a VM's encrypted data disk (through qemu's LUKS driver, and through
+//! volume create` (`--type luks1` for qemu's LUKS driver) becomes a VM's encrypted data disk (through
 //! sealvol's NBD export); the guest mounts it and writes a file; after `vm stop` the host
 //! reads the file back through `sealvol volume open`; `vm destroy --destroy-data` leaves no
 //! qemu, no file and no volume. The seed ISO carries the ssh key; no key is in any qemu or
@@ -150,48 +150,27 @@ fn vm_round_trip(via: &str) {
     h.volumes.push(vol.clone());
     h.vms.push(vm.clone());
 
-    h.sv(
-        "volume",
-        &["create", &vol, "--size", "16M", "--key-file", keyf],
-        None,
-    )
-    .ok();
+    // qemu 7.2's LUKS driver reads LUKS1 only.
+    let luks_type = if via == "luks" { "luks1" } else { "luks2" };
+    let made = h
+        .sv(
+            "volume",
+            &[
+                "create",
+                &vol,
+                "--type",
+                luks_type,
+                "--size",
+                "16M",
+                "--key-file",
+                keyf,
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(made["params"]["type"], luks_type);
     let image = h.state.join("volumes").join(&vol).join("disk.img");
-    if via == "luks" {
-        // qemu 7.2's LUKS driver reads LUKS1 only, and `sealvol volume create` makes LUKS2:
-        // the same plaintext file system goes into a LUKS1 image in the volume's place.
-        let plain = dir.join("plain.ext4");
-        let luks1 = dir.join("luks1.img");
-        sv([
-            "export",
-            "--key-file",
-            keyf,
-            image.to_str().unwrap(),
-            plain.to_str().unwrap(),
-        ])
-        .ok();
-        sv([
-            "format",
-            "--type",
-            "luks1",
-            "--key-file",
-            keyf,
-            "--size",
-            "16M",
-            luks1.to_str().unwrap(),
-        ])
-        .ok();
-        sv([
-            "import",
-            "--key-file",
-            keyf,
-            plain.to_str().unwrap(),
-            luks1.to_str().unwrap(),
-        ])
-        .ok();
-        std::fs::rename(&luks1, &image).unwrap();
-        std::fs::remove_file(&plain).unwrap();
-    }
 
     let base = dir.join("base.raw");
     sparse_file(&base, 1 << 20);

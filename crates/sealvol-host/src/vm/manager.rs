@@ -472,7 +472,7 @@ impl VmManager {
             }
             if !is_luks1(&image)? {
                 return Err(Error::Invalid(format!(
-                    "data volume {vol} is not LUKS1, and qemu's LUKS driver reads LUKS1 only; use --data-via nbd (any LUKS version), or a LUKS1 volume"
+                    "data volume {vol} is not LUKS1, and qemu's LUKS driver reads LUKS1 only; use --data-via nbd (any LUKS version), or a LUKS1 volume (`sealvol volume create --type luks1`)"
                 )));
             }
         }

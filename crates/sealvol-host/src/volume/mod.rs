@@ -68,7 +68,7 @@ use rustix::fs::FlockOperation;
 use serde::Serialize;
 
 pub(crate) use record::{ids_in, read_record, remove_durably, sync_dir, write_atomic};
-pub use record::{Params, Phase, Record, VolumeId, MAX_ID_LEN};
+pub use record::{LuksType, Params, Phase, Record, VolumeId, MAX_ID_LEN};
 use served::Busy;
 
 use crate::state::StateDir;
@@ -137,8 +137,8 @@ pub struct Formatted {
 
 /// The steps that need the key, provided by the caller, which holds the key.
 pub trait Keyed {
-    /// Formats `image` as LUKS2 (header in `header` when given) with `data_size` bytes of
-    /// data, sizing the (sparse) image, and makes it durable.
+    /// Formats `image` as `luks_type` (header in `header` when given) with `data_size`
+    /// bytes of data, sizing the (sparse) image, and makes it durable.
     ///
     /// # Errors
     /// Any failure, described without key material.
@@ -147,6 +147,7 @@ pub trait Keyed {
         image: &Path,
         header: Option<&Path>,
         data_size: u64,
+        luks_type: LuksType,
     ) -> std::result::Result<Formatted, KeyedError>;
 
     /// Unlocks the volume and starts its export, mounted on `mount` (after `mkfs` of that
@@ -577,6 +578,11 @@ impl Manager {
                 params.fs
             )));
         }
+        if params.luks_type == LuksType::Luks1 && params.detached_header {
+            return Err(Error::Invalid(
+                "a LUKS1 volume keeps its header attached (what qemu's luks driver reads through the volume); drop --detached-header or use --type luks2".into(),
+            ));
+        }
         // Bad input is refused before anything is locked or made.
         let existing = self.load(id)?.filter(|r| r.phase == Phase::Ready);
         match existing {
@@ -647,11 +653,13 @@ impl Manager {
 
     fn param_mismatch(&self, r: &Record, want: &Params) -> Error {
         Error::Invalid(format!(
-            "volume {} exists with other parameters (size {}, fs {}, detached header {}; asked for size {}, fs {}, detached header {}); destroy it first or repeat its parameters",
+            "volume {} exists with other parameters (type {}, size {}, fs {}, detached header {}; asked for type {}, size {}, fs {}, detached header {}); destroy it first or repeat its parameters",
             r.id,
+            r.params.luks_type.as_str(),
             human_size(r.params.size),
             r.params.fs,
             r.params.detached_header,
+            want.luks_type.as_str(),
             human_size(want.size),
             want.fs,
             want.detached_header
@@ -693,7 +701,12 @@ impl Manager {
 
         // format: header and keyslot durable before anything depends on them.
         let f = keyed
-            .format(&image, header.as_deref(), rec.params.size)
+            .format(
+                &image,
+                header.as_deref(),
+                rec.params.size,
+                rec.params.luks_type,
+            )
             .map_err(|e| ("format", e))?;
         rec.uuid = Some(f.uuid);
         rec.header_area = Some(f.header_area);
@@ -859,6 +872,7 @@ impl Manager {
                     size: 0,
                     fs: String::new(),
                     detached_header: self.header(id).exists(),
+                    luks_type: LuksType::default(),
                 },
                 steps: Vec::new(),
                 uuid: None,
@@ -1142,6 +1156,7 @@ impl Manager {
                         size: 0,
                         fs: String::new(),
                         detached_header: self.header(id).exists(),
+                        luks_type: LuksType::default(),
                     },
                     steps: Vec::new(),
                     uuid: None,
@@ -1176,6 +1191,7 @@ mod tests {
             size,
             fs: "ext4".into(),
             detached_header: false,
+            luks_type: LuksType::Luks2,
         };
         let dir = Path::new("/x");
         let e = check_size(&p(1 << 20), u64::MAX, false, dir)

@@ -82,6 +82,31 @@ pub struct Params {
     pub fs: String,
     /// The LUKS header lives in its own file (`header.img`), not on the image.
     pub detached_header: bool,
+    /// The LUKS version (records written before it existed are LUKS2).
+    #[serde(default, rename = "type")]
+    pub luks_type: LuksType,
+}
+
+/// The LUKS version of a volume: LUKS2 (the default), or LUKS1 for qemu's `luks` block
+/// driver (512-byte sectors, PBKDF2 keyslots, attached header only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LuksType {
+    /// LUKS2.
+    #[default]
+    Luks2,
+    /// LUKS1.
+    Luks1,
+}
+
+impl LuksType {
+    /// The name in records, output and `--type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LuksType::Luks2 => "luks2",
+            LuksType::Luks1 => "luks1",
+        }
+    }
 }
 
 /// Where a volume is in its life.
@@ -235,6 +260,7 @@ mod tests {
                 size: 1 << 26,
                 fs: "ext4".into(),
                 detached_header: false,
+                luks_type: LuksType::Luks2,
             },
             steps: vec!["image".into()],
             uuid: None,
@@ -246,6 +272,13 @@ mod tests {
         assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
         let evil = text.replace("\"w1\"", "\"../x\"");
         assert!(serde_json::from_str::<Record>(&evil).is_err());
+        // Records from before LUKS1 volumes existed are LUKS2.
+        assert!(text.contains("\"type\":\"luks2\""), "{text}");
+        let old = text.replace(",\"type\":\"luks2\"", "");
+        assert_eq!(serde_json::from_str::<Record>(&old).unwrap(), r);
+        let v1 = text.replace("\"luks2\"", "\"luks1\"");
+        let v1 = serde_json::from_str::<Record>(&v1).unwrap();
+        assert_eq!(v1.params.luks_type, LuksType::Luks1);
     }
 
     #[test]
