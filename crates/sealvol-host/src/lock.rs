@@ -75,6 +75,23 @@ impl VolumeLock {
         }
     }
 
+    /// Lets the processes this one spawns from now on inherit the claim (the lock file's
+    /// descriptor loses close-on-exec): an `flock` lives as long as any descriptor of it, so
+    /// the claim then outlasts this process until the last inheritor exits. A VM's qemu
+    /// holds its data volume this way while it reads it through qemu's own LUKS driver.
+    /// Spawn nothing else in between.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the descriptor's flags cannot be changed.
+    pub fn inherit_by_children(&self) -> Result<()> {
+        rustix::io::fcntl_setfd(&self._file, rustix::io::FdFlags::empty()).map_err(|e| {
+            Error::io(
+                format!("cannot pass the claim {} on", self.path.display()),
+                e.into(),
+            )
+        })
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -98,5 +115,25 @@ mod tests {
         drop(first);
         assert!(!VolumeLock::is_held(&state, "vol-1"));
         VolumeLock::acquire(&state, "vol-1", vol).unwrap();
+    }
+
+    #[test]
+    fn an_inherited_claim_lasts_as_long_as_the_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let claim = VolumeLock::acquire(&state, "vol-2", Path::new("/v.img")).unwrap();
+        claim.inherit_by_children().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep (coreutils)");
+        drop(claim);
+        assert!(
+            VolumeLock::is_held(&state, "vol-2"),
+            "the child lost the claim"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!VolumeLock::is_held(&state, "vol-2"));
     }
 }

@@ -271,6 +271,42 @@ fn vm_round_trip(via: &str) {
         true
     );
 
+    if via == "luks" {
+        // qemu holds the volume's claim while it reads it: no export, no second VM.
+        h.sv("volume", &["open", &vol, "--key-file", keyf], None)
+            .code(2)
+            .stderr_mentions("in use");
+        let vm2 = format!("{vm}-b");
+        let args = [
+            "create",
+            &vm2,
+            "--cpus",
+            "1",
+            "--memory",
+            "128M",
+            "--disk-size",
+            "32M",
+            "--base",
+        ];
+        let mut args = args.to_vec();
+        let base_s = base.to_str().unwrap();
+        args.extend([
+            base_s,
+            "--data-volume",
+            &vol,
+            "--data-via",
+            via,
+            "--accel",
+            "tcg",
+        ]);
+        h.sv("vm", &args, None).ok();
+        h.sv("vm", &["start", &vm2, "--key-file", keyf], None)
+            .code(2)
+            .stderr_mentions("in use");
+        assert_eq!(h.qemus(), vec![qemu as u32], "a second qemu runs");
+        h.sv("vm", &["destroy", &vm2], None).ok();
+    }
+
     let log = loop {
         let log = h.sv("vm", &["console-log", &vm], None).ok().json()["log"]
             .as_str()

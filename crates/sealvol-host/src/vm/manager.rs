@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{probe_accel, Accel, AccelChoice, DataDisk, Stopped, VmSpec};
-use crate::state::StateDir;
+use crate::lock::VolumeLock;
+use crate::state::{volume_id, StateDir};
 use crate::volume::served::{self, Busy};
 use crate::volume::{
     self, lock_exclusive, now, read_record, remove_durably, sync_dir, write_atomic, Held,
@@ -715,6 +716,9 @@ impl VmManager {
         let socket = self.file(id, "data.nbd.sock");
         let _ = std::fs::remove_file(&secret);
         let mut nbd_pid = None;
+        // qemu's LUKS driver reads the volume itself: qemu inherits the volume's claim (the
+        // one an export holds) so that no export and no other VM opens it while qemu runs.
+        let mut claim = None;
         let data = match &r.params.data_volume {
             None => None,
             Some(vol) => {
@@ -728,6 +732,15 @@ impl VmManager {
                 }
                 match r.params.data_via {
                     DataVia::Luks => {
+                        let c = VolumeLock::acquire(&self.run, &volume_id(&image)?, &image)
+                            .map_err(|e| match e {
+                                Error::AlreadyOpen { .. } => Error::Invalid(format!(
+                                    "data volume {vol} is in use by another process (a running VM or an export: `sealvol vm list`, `sealvol volume status {vol}`); stop it first"
+                                )),
+                                e => e,
+                            })?;
+                        c.inherit_by_children()?;
+                        claim = Some(c);
                         key.write_qemu_secret(&image, &secret)
                             .map_err(|e| fail("data-key", e.message, e.wrong_key))?;
                         Some(DataDisk::Luks {
@@ -775,6 +788,8 @@ impl VmManager {
                 .collect(),
         };
         let started = super::start(&spec);
+        // qemu holds the claim now (or failed and released it).
+        drop(claim);
         // qemu has read the secret (or failed): it goes now, either way.
         let _ = std::fs::remove_file(&secret);
         let _ = sync_dir(&dir);

@@ -71,7 +71,8 @@ pub(crate) use record::{ids_in, read_record, remove_durably, sync_dir, write_ato
 pub use record::{LuksType, Params, Phase, Record, VolumeId, MAX_ID_LEN};
 use served::Busy;
 
-use crate::state::StateDir;
+use crate::lock::VolumeLock;
+use crate::state::{volume_id, StateDir};
 use crate::{loopdev, mount, Error, Result};
 
 /// Default state directory.
@@ -757,6 +758,12 @@ impl Manager {
         let st = self.status_of(&r);
         if st.mounted {
             return Ok((true, st));
+        }
+        // Not served, yet claimed: a VM's qemu reads it through its own LUKS driver.
+        if VolumeLock::is_held(&self.run, &volume_id(&self.image(id))?) {
+            return Err(Error::Invalid(format!(
+                "volume {id} is in use by another process (a running VM reading it as its data disk: `sealvol vm list`); stop that VM first"
+            )));
         }
         // A dead export or a stale mount is cleared first.
         self.stop_exports(id, Busy::Fail)?;
