@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Seeds fuzz/corpus/luks2_header/ with real headers made by cryptsetup (LUKS2, several shapes):
-# for each, the primary copy alone and the whole header area (both copies; keyslots area cut).
+# for each, the primary copy alone and the whole header area (both copies; keyslots area cut);
+# and fuzz/corpus/luks1_header/ with LUKS1 binary headers (three hashes and key sizes).
 # Usage: fuzz/seed.sh   (needs cryptsetup; the corpus directory is not committed)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,3 +37,21 @@ seed pbkdf2-4096 16384 "${fast[@]}" --sector-size 4096
 seed argon2id-512 16384 --pbkdf argon2id --pbkdf-memory 32 --pbkdf-force-iterations 4 --sector-size 512
 seed multi-32k 32768 "${fast[@]}" --label seed --subsystem fuzz
 echo "wrote 6 cryptsetup seed headers to $corpus"
+
+# LUKS1 (fuzz/corpus/luks1_header/): the binary header and the first key slot's start.
+corpus1="$here/corpus/luks1_header"
+mkdir -p "$corpus1"
+seed1() { # name, luksFormat args...
+  local name="$1"
+  shift
+  local img="$tmp/$name.img"
+  truncate -s 4M "$img"
+  cryptsetup luksFormat --batch-mode --type luks1 --iter-time 1 "$@" "$img" "$tmp/key"
+  cryptsetup luksAddKey --batch-mode --type luks1 --iter-time 1 --key-file "$tmp/key" "$img" "$tmp/key2"
+  head -c 592 "$img" > "$corpus1/$name-phdr"
+  head -c 8192 "$img" > "$corpus1/$name-8k"
+}
+seed1 sha256-512 --hash sha256 --key-size 512
+seed1 sha1-256 --hash sha1 --key-size 256
+seed1 sha512-512 --hash sha512 --key-size 512
+echo "wrote 6 cryptsetup LUKS1 seed headers to $corpus1"
