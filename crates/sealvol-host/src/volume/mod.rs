@@ -759,14 +759,14 @@ impl Manager {
         if st.mounted {
             return Ok((true, st));
         }
-        // Not served, yet claimed: a VM's qemu reads it through its own LUKS driver.
+        // A dead export or a stale mount is cleared first.
+        self.stop_exports(id, Busy::Fail)?;
+        // No export left, yet claimed: a VM's qemu reads it through its own LUKS driver.
         if VolumeLock::is_held(&self.run, &volume_id(&self.image(id))?) {
             return Err(Error::Invalid(format!(
                 "volume {id} is in use by another process (a running VM reading it as its data disk: `sealvol vm list`); stop that VM first"
             )));
         }
-        // A dead export or a stale mount is cleared first.
-        self.stop_exports(id, Busy::Fail)?;
         self.open_locked(&r, keyed)?;
         Ok((false, self.status_of(&r)))
     }
