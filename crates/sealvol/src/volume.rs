@@ -41,9 +41,9 @@ pub struct VolumeCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeVerb {
-    /// Create a workload's volume: sparse LUKS2 (or --type luks1) image (machine-key profile), file system,
-    /// and with --mount, mounted under the state directory. Any failure undoes every step;
-    /// the same id with the same parameters again is a no-op.
+    /// Create a workload's volume: sparse LUKS2 (or --type luks1) image (machine-key
+    /// profile), file system, and with --mount, mounted under the state directory. Any
+    /// failure undoes every step; the same id with the same parameters again is a no-op.
     Create(CreateArgs),
     /// Mount a volume on its mount point (idempotent). A wrong key: exit 1, nothing changed.
     Open(OpenArgs),
@@ -88,7 +88,12 @@ pub struct CreateArgs {
     pub detached_header: bool,
     /// On-disk format: luks2, or luks1 (what qemu's `luks` block driver reads, for a VM's
     /// data disk: 512-byte sectors, PBKDF2 keyslot, attached header).
-    #[arg(long = "type", default_value = "luks2", value_name = "TYPE", value_parser = parse_luks_type)]
+    #[arg(
+        long = "type",
+        default_value = "luks2",
+        value_name = "TYPE",
+        value_parser = parse_luks_type
+    )]
     pub luks_type: LuksType,
     /// Leave the volume mounted (at STATE_DIR/mnt/ID).
     #[arg(long)]

@@ -1,9 +1,10 @@
 //! `sealvol vm …` end to end, booted for real under TCG: a workload volume from `sealvol
-//! volume create` (`--type luks1` for qemu's LUKS driver) becomes a VM's encrypted data disk (through
-//! sealvol's NBD export); the guest mounts it and writes a file; after `vm stop` the host
-//! reads the file back through `sealvol volume open`; `vm destroy --destroy-data` leaves no
-//! qemu, no file and no volume. The seed ISO carries the ssh key; no key is in any qemu or
-//! export command line, log or state file.
+//! volume create` becomes a VM's encrypted data disk (through qemu's LUKS driver, a `--type
+//! luks1` volume, and through sealvol's NBD export); the guest mounts it and writes a file;
+//! while qemu's LUKS driver reads it, `volume open` and a second VM's start are refused;
+//! after `vm stop` the host reads the file back through `sealvol volume open`; `vm destroy
+//! --destroy-data` leaves no qemu, no file and no volume. The seed ISO carries the ssh key;
+//! no key is in any qemu or export command line, log or state file.
 //!
 //! The "base image" is a small raw file the guest ignores; the Debian kernel with a busybox
 //! initramfs boots through --kernel/--initrd (common/guest.rs). Needs qemu-system-x86,
