@@ -568,6 +568,15 @@ fn run_export(
         let dev = device(&plan, key)?;
         let sector = dev.block_size();
         let size = dev.size();
+        // A dead FUSE mount left at this path by an export that died (the runtime directory
+        // is named after the volume, so it is ours) makes every access fail with ENOTCONN.
+        // We hold the volume's lock, so no live export serves it: detach the dead mount.
+        if sealvol_host::mount::is_mountpoint(&fuse_file) {
+            tracing::warn!(path = %fuse_file.display(), "detaching a dead FUSE mount left by an earlier export");
+            sealvol_host::mount::umount(&fuse_file, true).with_context(|| {
+                format!("cannot detach the stale mount on {}", fuse_file.display())
+            })?;
+        }
         std::fs::File::create(&fuse_file)
             .with_context(|| format!("cannot create {}", fuse_file.display()))?;
         let fsname = format!("sealvol:{}", plan.volume.display());

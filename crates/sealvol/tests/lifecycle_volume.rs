@@ -699,4 +699,13 @@ fn loop_lifecycle_destroy_of_a_busy_mount_retries_then_detaches_lazily() {
         !contains(&raw, b"LUKS\xba\xbe"),
         "a LUKS header is left on the state disk"
     );
+    // No dead FUSE mount of the volume is left behind (it would break the next export there).
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let state = st.dir.to_str().unwrap();
+    assert!(
+        !mounts
+            .lines()
+            .any(|l| l.contains(state) && l.contains("fuse")),
+        "a FUSE mount of the destroyed volume is left:\n{mounts}"
+    );
 }

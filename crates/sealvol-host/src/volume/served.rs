@@ -109,11 +109,11 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
             }
         }
     }
-    if !done.export_was_running || done.killed {
-        // A dead export leaves a dead FUSE mount behind: take it away.
-        if let Some(f) = &entry.fuse_file {
-            let _ = mount::umount(f, true);
-        }
+    // The export is gone now. If it could not unmount its FUSE file (it died, was killed, or
+    // the loop device on top was still busy after a lazy unmount), a dead FUSE mount is left
+    // behind, and the next export at this path would fail with ENOTCONN: take it away.
+    if let Some(f) = &entry.fuse_file {
+        let _ = mount::umount(f, true);
     }
     run.remove(&entry.id);
     Ok(done)
