@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(vol) = Volume::open(Cursor::new(data.to_vec())) else {
         return;
     };
-    let segment = vol.data_segment().expect("an opened volume has a data segment");
+    let segment = vol
+        .data_segment()
+        .expect("an opened volume has a data segment");
     assert_eq!(
         segment.offset,
         u64::from(vol.header().payload_offset()) * 512
