@@ -140,6 +140,12 @@ mod tests {
         );
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!VolumeLock::is_held(&state, "vol-2"));
+        // Other tests of this binary spawn short-lived children on other threads while the
+        // descriptor is inheritable; they hold a copy until they exit: allow for that.
+        let released = (0..400).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            !VolumeLock::is_held(&state, "vol-2")
+        });
+        assert!(released, "the claim outlived the child that inherited it");
     }
 }
