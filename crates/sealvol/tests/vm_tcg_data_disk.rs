@@ -9,6 +9,8 @@
 //! missing one fails the test.
 
 mod common;
+#[path = "common/guest.rs"]
+mod guest;
 
 use common::*;
 use std::path::{Path, PathBuf};
@@ -19,70 +21,6 @@ use sealvol_host::vm::{self, Accel, DataDisk, Stopped, VmSpec};
 
 const MARKER: &[u8] = b"SEALVOL-VM-MARKER-7f3a";
 const WROTE: &str = "GUEST-WROTE-IT-91c2";
-
-fn sh(script: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-ec", script])
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The kernel (uncompressed vmlinux when it can be extracted, as kernel-oracle does) and a
-/// busybox initramfs with the virtio modules and `guest` as the script run by /init.
-fn kernel_and_initrd(dir: &Path, guest: &str) -> (PathBuf, PathBuf) {
-    for t in ["busybox", "cpio", "modprobe", "xz", "qemu-system-x86_64"] {
-        need(t);
-    }
-    let kver = sh("ls /lib/modules | sort -V | tail -1");
-    let vmlinuz = PathBuf::from(format!("/boot/vmlinuz-{kver}"));
-    assert!(
-        vmlinuz.exists(),
-        "no /boot/vmlinuz-{kver}: apt-get install -y linux-image-amd64"
-    );
-    let vmlinux = dir.join("vmlinux");
-    sh(&format!(
-        "off=$(LC_ALL=C grep -abo \"$(printf '\\3757zXZ\\000')\" {z} | head -1 | cut -d: -f1); \
-         if [ -n \"$off\" ]; then tail -c +$((off + 1)) {z} | xz -dc 2>/dev/null > {o} || true; fi",
-        z = vmlinuz.display(),
-        o = vmlinux.display()
-    ));
-    let is_elf = std::fs::read(&vmlinux).is_ok_and(|b| b.starts_with(b"\x7fELF"));
-    let kernel = if is_elf { vmlinux } else { vmlinuz };
-    let root = dir.join("root");
-    for d in ["bin", "proc", "sys", "dev", "mods"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(sh("command -v busybox"), root.join("bin/busybox")).unwrap();
-    sh(&format!(
-        "cd {r}; : > mods/order; for m in virtio_pci virtio_blk; do \
-           modprobe -S {kver} --show-depends $m | awk '$1==\"insmod\"{{print $2}}' | while read ko; do \
-             n=$(basename $ko); case $ko in *.xz) xz -dc $ko > mods/${{n%.xz}}; n=${{n%.xz}};; *) cp $ko mods/$n;; esac; \
-             grep -qx $n mods/order || echo $n >> mods/order; done; done",
-        r = root.display()
-    ));
-    let init = format!(
-        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
-         mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
-         for m in $(cat /mods/order); do insmod /mods/$m 2>/dev/null; done\n\
-         i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
-         {guest}\n"
-    );
-    std::fs::write(root.join("init"), init).unwrap();
-    sh(&format!("chmod +x {}/init", root.display()));
-    let initrd = dir.join("initrd.cpio");
-    sh(&format!(
-        "cd {} && find . | cpio -o -H newc --quiet > {}",
-        root.display(),
-        initrd.display()
-    ));
-    (kernel, initrd)
-}
 
 /// The guest: print the marker it reads, write a line at 1 MiB (synced), report, wait.
 const GUEST: &str = "echo \"GUEST-READ:$(dd if=/dev/vda bs=22 count=1 2>/dev/null)\"\n\
@@ -124,7 +62,7 @@ fn data_volume(dir: &Path, key: &Path) -> PathBuf {
 }
 
 fn boot(dir: &Path, data: DataDisk, secret_file: Option<&Path>) -> String {
-    let (kernel, initrd) = kernel_and_initrd(dir, GUEST);
+    let (kernel, initrd) = guest::kernel_and_initrd(dir, &["virtio_pci", "virtio_blk"], GUEST);
     let spec = VmSpec {
         accel: Accel::Tcg,
         cpus: 1,
