@@ -594,7 +594,9 @@ fn run_export(
             &LoopOptions {
                 read_only: plan.read_only,
                 sector_size: Some(sector),
-                direct_io: false,
+                // The file system above already caches; a second page cache on the FUSE file
+                // only costs copies. Measured (bench/mount.sh): write 601 -> 858 MiB/s.
+                direct_io: true,
             },
         )?;
         stack.loop_dev = Some(loop_dev.clone());
