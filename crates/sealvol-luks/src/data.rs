@@ -12,7 +12,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::mpsc;
 
-use sealvol_crypto::{SecretBytes, XtsCipher};
+use sealvol_crypto::SecretBytes;
 
 use crate::{DataSegment, Error, Result};
 
@@ -28,13 +28,6 @@ const BUFFERS: usize = 4;
 pub struct Copied {
     /// Plaintext bytes read from the source (import) or written to the destination (export).
     pub bytes: u64,
-    /// Bytes written to the data segment including zero padding of a partial last sector.
-    pub padded_bytes: u64,
-}
-
-fn cipher_for(segment: &DataSegment, volume_key: &SecretBytes) -> Result<XtsCipher> {
-    // `DataSegment::cipher` refuses cipher_null, unknown ciphers and wrong key lengths.
-    segment.cipher(volume_key)
 }
 
 fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -123,7 +116,8 @@ where
     R: Read + Send + ?Sized,
     D: Write + Seek + ?Sized,
 {
-    let mut cipher = cipher_for(segment, volume_key)?;
+    // Refuses cipher_null, unknown ciphers and wrong key lengths.
+    let mut cipher = segment.cipher(volume_key)?;
     let sector = segment.sector_size.bytes();
     dev.seek(SeekFrom::Start(segment.offset))
         .map_err(io_err("seeking to the data segment"))?;
@@ -167,10 +161,7 @@ where
         },
     )?;
     dev.flush().map_err(io_err("flushing the volume"))?;
-    Ok(Copied {
-        bytes: plain,
-        padded_bytes: written,
-    })
+    Ok(Copied { bytes: plain })
 }
 
 /// Decrypts `len` bytes of the data segment on `dev` (from its first byte) into `dst`.
@@ -192,7 +183,8 @@ where
     D: Read + Seek + Send + ?Sized,
     W: Write + ?Sized,
 {
-    let mut cipher = cipher_for(segment, volume_key)?;
+    // Refuses cipher_null, unknown ciphers and wrong key lengths.
+    let mut cipher = segment.cipher(volume_key)?;
     let sector = segment.sector_size.bytes() as u64;
     if len % sector != 0 {
         return Err(Error::Unaligned {
@@ -232,8 +224,5 @@ where
         },
     )?;
     dst.flush().map_err(io_err("flushing the destination"))?;
-    Ok(Copied {
-        bytes: written,
-        padded_bytes: written,
-    })
+    Ok(Copied { bytes: written })
 }
