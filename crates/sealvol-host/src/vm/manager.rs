@@ -278,6 +278,12 @@ fn cmdline_names(pid: u32, needle: &Path) -> bool {
             .any(|a| String::from_utf8_lossy(a).contains(needle.as_ref()))
 }
 
+/// Whether `pid` is a process on its way out: alive (some thread still runs) but with its
+/// memory, and so its command line, already gone.
+fn exiting(pid: u32) -> bool {
+    process::alive(pid) && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
+}
+
 /// Whether the file starts with a LUKS1 binary header (magic, version 1).
 fn is_luks1(image: &Path) -> Result<bool> {
     let mut f = std::fs::File::open(image)
@@ -891,6 +897,10 @@ impl VmManager {
                         Stopped::Killed => "killed",
                     }
                     .into();
+            } else if exiting(run.qemu_pid) {
+                // The guest powered off: qemu's threads are still closing its files (and the
+                // data volume's claim). Done once they are gone.
+                process::wait_gone(run.qemu_pid, Duration::from_secs(5));
             }
             if let Some(pid) = run.nbd_pid {
                 report.stopped_nbd = self.stop_nbd(pid, &self.file(&id, "data.nbd.sock"));
