@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::FallocateFlags;
 use sealvol_block::BlockDevice;
@@ -97,6 +97,11 @@ impl Filesystem for DeviceFile {
             let _ = config.set_max_readahead(nearest);
         }
         let _ = config.set_max_background(64);
+        // Direct I/O from an async caller (the loop device in direct-I/O mode) stays async:
+        // the loop device keeps many requests in flight instead of one at a time.
+        if let Err(e) = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO) {
+            tracing::debug!(missing = ?e, "the kernel offers no async direct I/O");
+        }
         Ok(())
     }
 
