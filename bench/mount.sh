@@ -15,6 +15,7 @@
 # export RSS <= 64 MiB.
 # Files live in /dev/shm when it has room (else /tmp; BENCH_DIR overrides) so that the
 # backing disk is not what is measured.
+# (awk reads fio's whole output: stopping early would kill fio with SIGPIPE under pipefail.)
 # Usage (root): bench/mount.sh      Env: BENCH_MIB=1024 BENCH_DIR=... FIO_SECONDS=10
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -65,7 +66,7 @@ measure() {
   drop_caches
   iops=$(fio --name=rr --filename="$mnt/big" --rw=randread --bs=4k --direct=1 \
     --ioengine=libaio --iodepth=16 --runtime="$FIO_SECONDS" --time_based \
-    --output-format=json 2>/dev/null | awk -F: '/"iops"/ { gsub(/[ ,]/, "", $2); print int($2); exit }')
+    --output-format=json 2>/dev/null | awk -F: '/"iops"/ && !seen { gsub(/[ ,]/, "", $2); print int($2); seen = 1 }')
   printf -v "W_$name" '%s' "$(secs "$t0" "$t1")"
   printf -v "R_$name" '%s' "$(secs "$t2" "$t3")"
   printf -v "IOPS_$name" '%s' "$iops"
