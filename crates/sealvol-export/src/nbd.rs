@@ -79,6 +79,9 @@ const ENOTSUP: u32 = 95;
 pub const MAX_REQUEST: u32 = 32 << 20;
 /// Largest request the block-size information asks clients to send.
 pub const PREFERRED_MAX: u32 = 4 << 20;
+
+/// The socket send buffer asked for: a whole reply of [`PREFERRED_MAX`] bytes.
+const SEND_BUFFER: usize = PREFERRED_MAX as usize;
 /// Largest option payload accepted during the handshake.
 const MAX_OPTION: u32 = 64 << 10;
 
@@ -118,6 +121,18 @@ impl Conn {
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
         })
+    }
+
+    /// Asks for a send buffer that holds a whole large reply, so that a reply goes out in
+    /// one or two writes instead of many small wake-ups of the client. Best effort.
+    fn widen_send_buffer(&self) {
+        let r = match self {
+            Conn::Unix(s) => rustix::net::sockopt::set_socket_send_buffer_size(s, SEND_BUFFER),
+            Conn::Tcp(s) => rustix::net::sockopt::set_socket_send_buffer_size(s, SEND_BUFFER),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not widen the socket's send buffer");
+        }
     }
 
     fn shutdown(&self) {
@@ -578,6 +593,7 @@ pub fn serve_connection(
         return Ok(());
     }
     let read_only = opts.read_only || dev.read_only();
+    conn.widen_send_buffer();
     let writer = Mutex::new(conn.try_clone().map_err(io_err)?);
     let failed = AtomicBool::new(false);
     let workers = opts.workers.max(1);
