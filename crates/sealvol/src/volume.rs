@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use sealvol_crypto::SecretBytes;
 use sealvol_host::state::StateDir;
+use sealvol_host::vm::manager::VmManager;
 use sealvol_host::volume::{
     self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, VolumeId,
 };
@@ -55,6 +56,8 @@ pub enum VolumeVerb {
     List,
     /// Destroy a volume: unmount, stop the export, wipe every keyslot and both header copies
     /// (and the detached header), delete its files. Destroying an absent id succeeds.
+    /// A volume that a running VM uses as its data disk is refused (as by open and close):
+    /// `sealvol vm stop` that VM first, or `sealvol vm destroy --destroy-data` both.
     Destroy(IdArgs),
     /// Repair what crashes left behind: undo interrupted creates, finish interrupted
     /// destroys, stop exports and unmount mounts that have no record or no live export.
@@ -341,6 +344,8 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
     let root = state_dir(&c)?;
     let m = Manager::new(root, StateDir::from_env());
     let id = |s: &str| VolumeId::parse(s).map_err(host);
+    // A running VM's data disk is not the volume manager's to open, close or destroy.
+    let vms = VmManager::new(m.clone(), StateDir::from_env());
     match c.verb {
         VolumeVerb::Create(a) => {
             let id = id(&a.id)?;
@@ -389,6 +394,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::Open(a) => {
             let id = id(&a.id)?;
+            vms.refuse_if_in_use(&id, "open").map_err(host)?;
             let key = KeySource::from_args(&a.key).read()?;
             let mut keyed = CliKeyed {
                 key,
@@ -411,6 +417,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::Close(a) => {
             let id = id(&a.id)?;
+            vms.refuse_if_in_use(&id, "close").map_err(host)?;
             let was_open = m.close(&id).map_err(host)?;
             let human = if was_open {
                 format!("Closed volume {id}; its key is wiped from memory.")
@@ -456,6 +463,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::Destroy(a) => {
             let id = id(&a.id)?;
+            vms.refuse_if_in_use(&id, "destroy").map_err(host)?;
             let d = m.destroy(&id).map_err(host)?;
             let human = if d.already_absent {
                 format!("Volume {id} is already absent; nothing to do.")

@@ -272,11 +272,24 @@ fn vm_round_trip(via: &str) {
         true
     );
 
-    if via == "luks" {
-        // qemu holds the volume's claim while it reads it: no export, no second VM.
-        h.sv("volume", &["open", &vol, "--key-file", keyf], None)
+    // The running VM's data disk is not the volume manager's to open, close or destroy:
+    // each is refused naming the VM, and qemu (and its NBD export) run on.
+    for verb in [
+        vec!["open", &vol, "--key-file", keyf],
+        vec!["close", &vol],
+        vec!["destroy", &vol],
+    ] {
+        h.sv("volume", &verb, None)
             .code(2)
-            .stderr_mentions("in use");
+            .stderr_mentions(&format!("data disk of running VM {vm}"));
+    }
+    for p in &pids {
+        assert!(!cmdline(*p).is_empty(), "process {p} stopped");
+    }
+    assert!(image.exists(), "the data volume's image went");
+
+    if via == "luks" {
+        // qemu holds the volume's claim while it reads it: no second VM.
         let vm2 = format!("{vm}-b");
         let args = [
             "create",

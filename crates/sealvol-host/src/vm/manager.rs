@@ -1052,6 +1052,43 @@ impl VmManager {
         )
     }
 
+    /// The VMs whose qemu runs with `vol` as their data disk (through qemu's LUKS driver or
+    /// an NBD export of their own). Opening, closing or destroying `vol` under them would pull
+    /// the disk from a running guest, or mount one file system twice.
+    ///
+    /// # Errors
+    /// A damaged record.
+    pub fn running_users(&self, vol: &volume::VolumeId) -> Result<Vec<VmId>> {
+        let mut out = Vec::new();
+        for id in self.ids_in("records") {
+            if let Some(r) = self.load(&id)? {
+                if r.params.data_volume.as_ref() == Some(vol) && self.qemu_alive(&r) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fails with [`Error::Invalid`] naming the VM when a running VM uses `vol` as its data
+    /// disk; `verb` is what the caller was about to do.
+    ///
+    /// # Errors
+    /// As above, and a damaged record.
+    pub fn refuse_if_in_use(&self, vol: &volume::VolumeId, verb: &str) -> Result<()> {
+        if let Some(vm) = self.running_users(vol)?.first() {
+            return Err(Error::Invalid(format!(
+                "cannot {verb} volume {vol}: it is the data disk of running VM {vm}; stop the VM first (`sealvol vm stop {vm}`){}",
+                if verb == "destroy" {
+                    format!(", or destroy both (`sealvol vm destroy {vm} --destroy-data`)")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        Ok(())
+    }
+
     /// Every VM with a record, by id.
     ///
     /// # Errors
