@@ -1,10 +1,11 @@
 //! VM wiring for qemu: the accelerator probe, the qemu command line for a workload VM with
 //! an encrypted data disk (through qemu's own LUKS driver or through sealvol's NBD export),
-//! the 0600 secret file, and an ACPI stop over QMP with a SIGKILL fallback.
+//! the secret pipe, and an ACPI stop over QMP with a SIGKILL fallback.
 //!
-//! Secrets never reach qemu's command line: the LUKS passphrase goes into a 0600 file named
-//! by a `secret` object (`file=`), which the caller deletes once qemu has started (qemu reads
-//! it while creating its objects, before the guest runs).
+//! Secrets never reach qemu's command line nor any file: the LUKS passphrase goes into a
+//! pipe ([`SecretPipe`]) whose read end qemu inherits and names in a `secret` object
+//! (`file=/dev/fd/N`); qemu reads it while creating its objects, before the guest runs, and
+//! a crash at any point leaves no key on disk.
 //!
 //! The probe answers the question `/dev/kvm` cannot: on hosts with nested PVM, `/dev/kvm`
 //! opens and `qemu -enable-kvm` starts, but a guest crawls and then dies with an emulation
@@ -12,7 +13,6 @@
 //! port, under a hard timeout, and caches the verdict for this host boot.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -245,12 +245,12 @@ pub fn probe_accel(dir: &Path, choice: AccelChoice, timeout: Duration) -> Result
 /// How the encrypted data disk reaches the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataDisk {
-    /// qemu's `luks` driver over the LUKS1 volume file; the passphrase is in `secret_file`
-    /// (0600, deleted by the caller once qemu runs). `header`: a detached header (qemu ≥ 9).
+    /// qemu's `luks` driver over the LUKS1 volume file; qemu reads the passphrase from
+    /// `secret_file`, a [`SecretPipe`]'s `/dev/fd/N` (so the key never lands in a file).
     Luks {
         /// The LUKS1 volume.
         volume: PathBuf,
-        /// The 0600 file holding the passphrase.
+        /// Where qemu reads the passphrase.
         secret_file: PathBuf,
     },
     /// sealvol's NBD export on a unix socket (the plaintext never touches the disk).
@@ -386,25 +386,53 @@ impl VmSpec {
     }
 }
 
-/// Writes `secret` to a new 0600 file (refusing to follow or reuse an existing one).
-///
-/// # Errors
-/// I/O errors (including an existing file).
-pub fn write_secret_file(path: &Path, secret: &[u8]) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("creating secret file {}", path.display()), e))?;
-    f.write_all(secret)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(format!("writing secret file {}", path.display()), e))
+/// A secret for qemu held in a pipe, never in a file: qemu reads it from `/dev/fd/N`, the
+/// pipe's read end, which the next spawned child inherits. The write end is closed once the
+/// secret is in, so the reader sees it whole and then end of file. Spawn nothing but qemu
+/// while it lives; dropping it closes this process's read end (and the bytes go with the
+/// last reader).
+#[derive(Debug)]
+pub struct SecretPipe {
+    read: std::os::fd::OwnedFd,
+}
+
+/// The most a [`SecretPipe`] takes: one atomic pipe write (`PIPE_BUF`).
+pub const SECRET_PIPE_MAX: usize = 4096;
+
+impl SecretPipe {
+    /// Puts `secret` in a new pipe whose read end children inherit.
+    ///
+    /// # Errors
+    /// A secret over [`SECRET_PIPE_MAX`] bytes; pipe creation or write errors.
+    pub fn new(secret: &[u8]) -> Result<Self> {
+        if secret.len() > SECRET_PIPE_MAX {
+            return Err(Error::Invalid(format!(
+                "a secret for qemu is at most {SECRET_PIPE_MAX} bytes"
+            )));
+        }
+        let io = |what: &str, e: rustix::io::Errno| Error::io(what.to_string(), e.into());
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io("cannot create a pipe for qemu's secret", e))?;
+        let mut write = std::fs::File::from(write);
+        write
+            .write_all(secret)
+            .map_err(|e| Error::io("cannot write qemu's secret to its pipe", e))?;
+        drop(write);
+        rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::empty())
+            .map_err(|e| io("cannot pass qemu's secret pipe on", e))?;
+        Ok(SecretPipe { read })
+    }
+
+    /// The path a child opens to read the secret: `/dev/fd/N`.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/dev/fd/{}", self.read.as_raw_fd()))
+    }
 }
 
 /// Starts qemu for `spec` in the background; returns its pid once the QMP socket answers
-/// (qemu has then created its objects and read any secret file, which the caller may now
-/// delete).
+/// (qemu has then created its objects and read its secret, whose pipe the caller may now
+/// close).
 ///
 /// # Errors
 /// qemu missing, or qemu exiting or not answering within 10 s (with its stderr).
@@ -550,6 +578,21 @@ mod tests {
         assert!(a.contains("\"driver\":\"luks\""), "{a}");
         assert!(a.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{a}");
         assert!(!a.contains("data="), "{a}");
+    }
+
+    #[test]
+    fn a_secret_pipe_hands_its_bytes_to_a_child_and_nothing_else() {
+        let secret = b"a passphrase for qemu";
+        let pipe = SecretPipe::new(secret).unwrap();
+        let path = pipe.path();
+        assert!(path.to_str().unwrap().starts_with("/dev/fd/"), "{path:?}");
+        // A child reads it whole through the inherited descriptor, as qemu's secret object does.
+        let out = Command::new("cat").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout, secret);
+        drop(pipe);
+        assert!(SecretPipe::new(&[b'x'; SECRET_PIPE_MAX + 1]).is_err());
+        assert!(SecretPipe::new(&[b'x'; SECRET_PIPE_MAX]).is_ok());
     }
 
     #[test]

@@ -170,12 +170,11 @@ fn keyed_err(e: anyhow::Error) -> KeyedError {
 }
 
 impl DataKey for CliDataKey {
-    fn write_qemu_secret(
+    fn qemu_secret(
         &mut self,
         image: &Path,
-        secret_file: &Path,
-    ) -> std::result::Result<(), KeyedError> {
-        (|| -> Result<()> {
+    ) -> std::result::Result<sealvol_host::vm::SecretPipe, KeyedError> {
+        (|| -> Result<sealvol_host::vm::SecretPipe> {
             let mut vol = crate::commands::open_volume(image, &VolumeArgs { header: None }, false)?;
             crate::commands::unlock_with(&mut vol, self.key.expose(), None)?;
             if std::str::from_utf8(self.key.expose()).is_err() {
@@ -183,8 +182,7 @@ impl DataKey for CliDataKey {
                     "qemu's LUKS driver takes text (UTF-8) secrets only and this key is binary; add a keyslot for the key as hex text (`sealvol add-key`) and start with that, or use --data-via nbd"
                 );
             }
-            sealvol_host::vm::write_secret_file(secret_file, self.key.expose())?;
-            Ok(())
+            Ok(sealvol_host::vm::SecretPipe::new(self.key.expose())?)
         })()
         .map_err(keyed_err)
     }

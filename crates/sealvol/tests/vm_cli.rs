@@ -254,7 +254,7 @@ fn vm_round_trip(via: &str) {
     assert_eq!(st["accel"], "tcg");
     assert!(
         !vmdir.join("data.secret").exists(),
-        "the qemu secret file stayed"
+        "a qemu secret file exists"
     );
     let mut pids = vec![qemu];
     if via == "nbd" {

@@ -61,7 +61,7 @@ fn data_volume(dir: &Path, key: &Path) -> PathBuf {
     vol
 }
 
-fn boot(dir: &Path, data: DataDisk, secret_file: Option<&Path>) -> String {
+fn boot(dir: &Path, data: DataDisk, secret: Option<vm::SecretPipe>) -> String {
     let (kernel, initrd) = guest::kernel_and_initrd(dir, &["virtio_pci", "virtio_blk"], GUEST);
     let spec = VmSpec {
         accel: Accel::Tcg,
@@ -81,10 +81,8 @@ fn boot(dir: &Path, data: DataDisk, secret_file: Option<&Path>) -> String {
     };
     let started = Instant::now();
     let mut child = vm::start(&spec).expect("qemu starts");
-    if let Some(f) = secret_file {
-        // qemu has read the secret while creating its objects: the file goes now.
-        std::fs::remove_file(f).unwrap();
-    }
+    // qemu has read the secret while creating its objects: our end of the pipe goes now.
+    drop(secret);
     let log = loop {
         let log = std::fs::read_to_string(&spec.console_log).unwrap_or_default();
         if log.contains("GUEST-DONE") {
@@ -134,17 +132,16 @@ fn vm_tcg_guest_uses_luks1_data_disk_through_qemu_luks_driver() {
     let dir = d.path();
     let (key, key_bytes) = hex_key(dir);
     let vol = data_volume(dir, &key);
-    let secret = dir.join("qemu-secret");
-    vm::write_secret_file(&secret, &key_bytes).unwrap();
+    // The key reaches qemu through a pipe (/dev/fd/N), never a file.
+    let secret = vm::SecretPipe::new(&key_bytes).unwrap();
     let log = boot(
         dir,
         DataDisk::Luks {
             volume: vol.clone(),
-            secret_file: secret.clone(),
+            secret_file: secret.path(),
         },
-        Some(&secret),
+        Some(secret),
     );
-    assert!(!secret.exists());
     check_after(dir, &vol, &key, &log);
 }
 

@@ -1,6 +1,6 @@
 //! Workload VMs: one qemu VM per workload id, with a qcow2 overlay on a shared base image, a
 //! cloud-init NoCloud seed ISO, port forwards, and optionally an encrypted data disk that is a
-//! workload volume of the [`volume`](crate::volume) manager.
+//! workload volume of the [`volume`] manager.
 //!
 //! The design mirrors the volume manager's, and reuses its id rules, atomic records and locks:
 //!
@@ -13,9 +13,9 @@
 //! ```
 //!
 //! Keys never pass through this module: the steps that need the data volume's key (the qemu
-//! secret file, the NBD export) are a [`DataKey`] implementation the caller provides. The
-//! qemu secret file lives only while qemu starts: it is deleted as soon as qemu answers on
-//! its QMP socket (qemu reads it while creating its objects).
+//! secret, the NBD export) are a [`DataKey`] implementation the caller provides. qemu's
+//! secret travels in a pipe ([`SecretPipe`]), never a file, and this process closes its end
+//! as soon as qemu answers on its QMP socket (qemu reads it while creating its objects).
 //!
 //! This module does not make or open workload volumes itself: a data volume is created with
 //! `sealvol volume create` and handed over by id.
@@ -29,13 +29,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{probe_accel, Accel, AccelChoice, DataDisk, Stopped, VmSpec};
+use super::{probe_accel, Accel, AccelChoice, DataDisk, SecretPipe, Stopped, VmSpec};
 use crate::lock::VolumeLock;
 use crate::state::{volume_id, StateDir};
 use crate::volume::served::{self, Busy};
 use crate::volume::{
-    self, lock_exclusive, now, read_record, remove_durably, sync_dir, write_atomic, Held,
-    KeyedError, Phase,
+    self, crash_point, lock_exclusive, now, read_record, remove_durably, sync_dir, write_atomic,
+    Held, KeyedError, Phase,
 };
 use crate::{cmd, process, Error, Result};
 
@@ -53,7 +53,7 @@ const MAX_SSH_KEY: u64 = 16 << 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataVia {
-    /// qemu's own LUKS driver (LUKS1 volumes; the key as a qemu secret from a 0600 file).
+    /// qemu's own LUKS driver (LUKS1 volumes; the key as a qemu secret read from a pipe).
     Luks,
     /// sealvol's NBD export on a unix socket in the VM directory.
     Nbd,
@@ -232,16 +232,12 @@ pub struct VmDestroyed {
 
 /// The steps that need the data volume's key, provided by the caller, which holds the key.
 pub trait DataKey {
-    /// Checks that the key opens the LUKS1 volume `image`, then writes what qemu's `secret`
-    /// object reads (the passphrase, which must be UTF-8) to a new 0600 `secret_file`.
+    /// Checks that the key opens the LUKS1 volume `image`, then puts what qemu's `secret`
+    /// object reads (the passphrase, which must be UTF-8) in a [`SecretPipe`].
     ///
     /// # Errors
     /// A wrong key (with `wrong_key`) or any failure, described without key material.
-    fn write_qemu_secret(
-        &mut self,
-        image: &Path,
-        secret_file: &Path,
-    ) -> std::result::Result<(), KeyedError>;
+    fn qemu_secret(&mut self, image: &Path) -> std::result::Result<SecretPipe, KeyedError>;
 
     /// Starts sealvol's NBD export of `image` (header in `header` when detached) on the unix
     /// socket `socket`, in the background, logging to `log`; returns its pid once the socket
@@ -717,14 +713,12 @@ impl VmManager {
             _ => AccelChoice::Auto,
         };
         let verdict = probe_accel(&self.root, choice, PROBE_TIMEOUT)?;
-        let dir = self.vm_dir(id);
-        let secret = self.file(id, "data.secret");
         let socket = self.file(id, "data.nbd.sock");
-        let _ = std::fs::remove_file(&secret);
         let mut nbd_pid = None;
         // qemu's LUKS driver reads the volume itself: qemu inherits the volume's claim (the
         // one an export holds) so that no export and no other VM opens it while qemu runs.
         let mut claim = None;
+        let mut secret = None;
         let data = match &r.params.data_volume {
             None => None,
             Some(vol) => {
@@ -747,11 +741,14 @@ impl VmManager {
                             })?;
                         c.inherit_by_children()?;
                         claim = Some(c);
-                        key.write_qemu_secret(&image, &secret)
+                        let pipe = key
+                            .qemu_secret(&image)
                             .map_err(|e| fail("data-key", e.message, e.wrong_key))?;
+                        let secret_file = pipe.path();
+                        secret = Some(pipe);
                         Some(DataDisk::Luks {
                             volume: image,
-                            secret_file: secret.clone(),
+                            secret_file,
                         })
                     }
                     DataVia::Nbd => {
@@ -794,11 +791,10 @@ impl VmManager {
                 .collect(),
         };
         let started = super::start(&spec);
-        // qemu holds the claim now (or failed and released it).
+        // qemu holds the claim now (or failed and released it), and has read the secret.
         drop(claim);
-        // qemu has read the secret (or failed): it goes now, either way.
-        let _ = std::fs::remove_file(&secret);
-        let _ = sync_dir(&dir);
+        drop(secret);
+        crash_point("vm-start:spawned");
         let child = match started {
             Ok(c) => c,
             Err(e) => {
@@ -908,7 +904,7 @@ impl VmManager {
         }
         r.running = None;
         self.save(r)?;
-        for f in ["qemu.pid", "qmp.sock", "data.secret"] {
+        for f in ["qemu.pid", "qmp.sock"] {
             let _ = std::fs::remove_file(self.file(&id, f));
         }
         tracing::info!(id = %id, how = %report.how, "VM stopped");
