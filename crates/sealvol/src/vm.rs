@@ -153,6 +153,9 @@ pub struct DestroyArgs {
     /// Also destroy the data volume (crypto-erase through `sealvol volume destroy`).
     #[arg(long)]
     pub destroy_data: bool,
+    /// Seconds to wait for a running guest to power off before killing qemu.
+    #[arg(long, default_value_t = 5, value_name = "S")]
+    pub timeout: u64,
     #[arg(value_name = "ID")]
     pub id: String,
 }
@@ -406,7 +409,9 @@ pub fn run(c: VmCmd, out: &Output) -> Result<()> {
         }
         VmVerb::Destroy(a) => {
             let id = id(&a.id)?;
-            let d = m.destroy(&id, a.destroy_data).map_err(host)?;
+            let d = m
+                .destroy(&id, a.destroy_data, Duration::from_secs(a.timeout))
+                .map_err(host)?;
             let human = if d.already_absent {
                 format!("VM {id} is already absent; nothing to do.")
             } else {

@@ -69,6 +69,34 @@ impl Host {
         run("env", &a, stdin)
     }
 
+    /// `sealvol vm ARGS` with the crash hook set to `step` (debug builds kill themselves
+    /// there); returns the signal that ended it.
+    fn crash(&self, step: &str, args: &[&str], stdin: Option<&str>) -> i32 {
+        use std::io::Write;
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::process::Command::new(SEALVOL)
+            .env("SEALVOL_RUN_DIR", &self.run)
+            .env("SEALVOL_TEST_CRASH_AT", step)
+            .args(["--json", "vm", "--state-dir"])
+            .arg(&self.state)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait().unwrap().signal().unwrap_or(0)
+    }
+
     /// Every qemu whose command line names this host's directory.
     fn qemus(&self) -> Vec<u32> {
         let needle = self.dir.display().to_string();
@@ -524,4 +552,134 @@ fn vm_cli_sweep_kills_orphans_and_clears_dead_vms() {
         false
     );
     h.sv("vm", &["destroy", "dead"], None).ok();
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A crash (SIGKILL, from the debug-build hook) at every step of `vm create`, `vm start` and
+/// `vm destroy --destroy-data`, then `vm sweep`: an interrupted create is undone, a qemu
+/// that a crashed start left unrecorded is killed, an interrupted destroy is finished with
+/// its data volume as it was asked; no qemu, file or key is left behind, and no key ever
+/// reached the state directory.
+#[test]
+fn vm_cli_crash_at_every_step_then_sweep() {
+    let mut h = Host::new();
+    let base = h.dir.join("base.raw");
+    sparse_file(&base, 1 << 20);
+    let b = base.to_str().unwrap().to_string();
+    let (key, hex) = hex_key(&h.dir);
+    let keyf = key.to_str().unwrap().to_string();
+    let volume = |h: &mut Host, vol: &str| {
+        h.volumes.push(vol.into());
+        let a = [
+            "create",
+            vol,
+            "--type",
+            "luks1",
+            "--size",
+            "16M",
+            "--key-file",
+            &keyf,
+        ];
+        h.sv("volume", &a, None).ok();
+    };
+    let create = |id: &'static str, vol: &'static str| -> Vec<String> {
+        [
+            "create",
+            id,
+            "--memory",
+            "64M",
+            "--disk-size",
+            "8M",
+            "--base",
+            &b,
+            "--data-volume",
+            vol,
+            "--data-via",
+            "luks",
+            "--accel",
+            "tcg",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let sweep = |h: &Host| h.sv("vm", &["sweep"], None).ok().json()["actions"].to_string();
+
+    volume(&mut h, "crash-data");
+    h.vms.push("c".into());
+    for step in ["vm-create:journal", "vm-create:overlay", "vm-create:seed"] {
+        let a = create("c", "crash-data");
+        assert_eq!(
+            h.crash(step, &strs(&a), None),
+            9,
+            "{step}: the hook did not fire"
+        );
+        let actions = sweep(&h);
+        assert!(
+            actions.contains("undid an interrupted create"),
+            "{step}: {actions}"
+        );
+        assert!(
+            !h.state.join("vm/dirs/c").exists(),
+            "{step}: the VM's files stayed"
+        );
+        assert!(files(&h.state.join("vm/records")).is_empty(), "{step}");
+        h.sv("vm", &["status", "c"], None).code(1);
+        h.sv("volume", &["status", "crash-data"], None).ok();
+        assert_eq!(sweep(&h), "[]", "{step}: a second sweep found more");
+    }
+
+    // A start that dies once qemu runs, before the record names it.
+    h.vms.push("s".into());
+    h.sv("vm", &strs(&create("s", "crash-data")), None).ok();
+    let a = ["start", "s", "--key-file", "-"];
+    assert_eq!(h.crash("vm-start:spawned", &a, Some(&hex)), 9);
+    assert_eq!(h.qemus().len(), 1, "qemu should outlive the crashed start");
+    let mut all = files(&h.state);
+    all.extend(files(&h.run));
+    assert_no_key_in(&all, &hex, "after a crashed start");
+    let actions = sweep(&h);
+    assert!(actions.contains("killed qemu"), "{actions}");
+    assert!(
+        h.qemus().is_empty(),
+        "the unrecorded qemu survived the sweep"
+    );
+    // The volume's claim went with that qemu: the VM starts again.
+    h.sv("vm", &["start", "s", "--key-file", &keyf], None).ok();
+    h.sv("vm", &["destroy", "s", "--timeout", "0"], None).ok();
+    assert!(h.qemus().is_empty());
+
+    // Destroy with its data volume, interrupted at each step: the sweep finishes both.
+    h.vms.push("d".into());
+    for (step, vol) in [
+        ("vm-destroy:journal", "d1"),
+        ("vm-destroy:stop", "d2"),
+        ("vm-destroy:data", "d3"),
+        ("vm-destroy:files", "d4"),
+    ] {
+        volume(&mut h, vol);
+        let image = h.state.join("volumes").join(vol).join("disk.img");
+        assert!(image.exists());
+        h.sv("vm", &strs(&create("d", vol)), None).ok();
+        h.sv("vm", &["start", "d", "--key-file", &keyf], None).ok();
+        let a = ["destroy", "d", "--destroy-data", "--timeout", "0"];
+        assert_eq!(h.crash(step, &a, None), 9, "{step}: the hook did not fire");
+        let actions = sweep(&h);
+        assert!(
+            actions.contains(&format!("with its data volume {vol}")),
+            "{step}: {actions}"
+        );
+        assert!(h.qemus().is_empty(), "{step}: qemu survived");
+        assert!(
+            !h.state.join("vm/dirs/d").exists(),
+            "{step}: the VM's files stayed"
+        );
+        h.sv("vm", &["status", "d"], None).code(1);
+        h.sv("volume", &["status", vol], None).code(1);
+        assert!(!image.exists(), "{step}: the data volume's image stayed");
+        assert_eq!(sweep(&h), "[]", "{step}: a second sweep found more");
+    }
+    h.sv("volume", &["destroy", "crash-data"], None).ok();
 }

@@ -46,6 +46,9 @@ pub type VmId = volume::VolumeId;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long an NBD export gets to stop on SIGTERM.
 const EXPORT_STOP: Duration = Duration::from_secs(10);
+
+/// How long a sweep (and an undone create) waits for a guest to power off before killing qemu.
+pub const SWEEP_STOP: Duration = Duration::from_secs(5);
 /// Largest public key file accepted for the seed.
 const MAX_SSH_KEY: u64 = 16 << 10;
 
@@ -171,6 +174,10 @@ pub struct VmRecord {
     pub running: Option<Running>,
     /// Seconds since the epoch when `create` started.
     pub created: u64,
+    /// While `destroying`: the destroy was asked to destroy the data volume too, so whoever
+    /// finishes it (`destroy` again, `sweep`) does.
+    #[serde(default)]
+    pub destroy_data: bool,
 }
 
 /// What `vm status` reports.
@@ -563,15 +570,17 @@ impl VmManager {
             steps: Vec::new(),
             running: None,
             created: now(),
+            destroy_data: false,
         };
         self.save(&rec)?;
+        crash_point("vm-create:journal");
         match self.create_steps(&mut rec, ssh_key.as_deref()) {
             Ok(()) => {
                 tracing::info!(id = %id, "VM created");
                 Ok(self.status_of(&rec))
             }
             Err((step, e)) => {
-                let after = match self.teardown(&rec, false) {
+                let after = match self.teardown(&rec, false, SWEEP_STOP) {
                     Ok(_) => {
                         self.unlink_lock(id);
                         "; everything done before it was undone".to_string()
@@ -637,6 +646,7 @@ impl VmManager {
         .map_err(|e| ("overlay", e.to_string()))?;
         rec.steps.push("overlay".into());
         self.save(rec).map_err(|e| ("overlay", e.to_string()))?;
+        crash_point("vm-create:overlay");
 
         // seed: NoCloud user-data and meta-data (JSON is YAML), 0600, then the ISO.
         let mut user = json!({"hostname": id.as_str()});
@@ -668,6 +678,7 @@ impl VmManager {
             sync_dir(&dir)
         })()
         .map_err(|e| ("seed", e.to_string()))?;
+        crash_point("vm-create:seed");
 
         rec.phase = Phase::Ready;
         rec.steps.clear();
@@ -914,14 +925,19 @@ impl VmManager {
     // -----------------------------------------------------------------------------------
     // destroy
 
-    /// Destroys VM `id`: stops it, with `destroy_data` destroys its data volume through the
-    /// volume manager (crypto-erase), then deletes its files and record. An absent id is a
-    /// success that says so.
+    /// Destroys VM `id`: stops it (ACPI power-off, SIGKILL after `stop_timeout`), with
+    /// `destroy_data` destroys its data volume through the volume manager (crypto-erase),
+    /// then deletes its files and record. An absent id is a success that says so.
     ///
     /// # Errors
     /// [`Error::VmStep`] when a step fails; the record stays `destroying` and the next
     /// `destroy` or `sweep` finishes it.
-    pub fn destroy(&self, id: &VmId, destroy_data: bool) -> Result<VmDestroyed> {
+    pub fn destroy(
+        &self,
+        id: &VmId,
+        destroy_data: bool,
+        stop_timeout: Duration,
+    ) -> Result<VmDestroyed> {
         if !self.root.exists() {
             return Ok(VmDestroyed {
                 id: id.clone(),
@@ -945,7 +961,7 @@ impl VmManager {
             });
         };
         let d = self
-            .teardown(&rec, destroy_data)
+            .teardown(&rec, destroy_data, stop_timeout)
             .map_err(|e| Error::VmStep {
                 verb: "destroy",
                 id: id.to_string(),
@@ -959,20 +975,34 @@ impl VmManager {
         Ok(d)
     }
 
-    /// Undoes or finishes: records `destroying`, stops, destroys the data volume when asked,
-    /// deletes the files, unrecords.
-    fn teardown(&self, rec: &VmRecord, destroy_data: bool) -> Result<VmDestroyed> {
+    /// Undoes or finishes: records `destroying` (and whether the data volume goes too),
+    /// stops, destroys the data volume when asked now or by the interrupted destroy, deletes
+    /// the files, unrecords. A `creating` record is undone and its data volume left alone.
+    fn teardown(
+        &self,
+        rec: &VmRecord,
+        destroy_data: bool,
+        stop_timeout: Duration,
+    ) -> Result<VmDestroyed> {
         let mut r = rec.clone();
-        if r.phase == Phase::Ready {
+        let destroy_data = r.phase != Phase::Creating && (destroy_data || r.destroy_data);
+        if r.phase == Phase::Ready
+            || (r.phase == Phase::Destroying && !r.destroy_data && destroy_data)
+        {
             r.phase = Phase::Destroying;
+            r.destroy_data = destroy_data;
             self.save(&r)?;
         }
-        let stop = self.stop_locked(&mut r, Duration::from_secs(5))?;
+        crash_point("vm-destroy:journal");
+        let stop = self.stop_locked(&mut r, stop_timeout)?;
+        crash_point("vm-destroy:stop");
         let data_destroyed = match (&r.params.data_volume, destroy_data) {
             (Some(v), true) => Some(self.volumes.destroy(v)?),
             _ => None,
         };
+        crash_point("vm-destroy:data");
         self.remove_leftovers(&r.id)?;
+        crash_point("vm-destroy:files");
         self.remove_record(&r.id)?;
         Ok(VmDestroyed {
             id: r.id.clone(),
@@ -1154,15 +1184,20 @@ impl VmManager {
         let mut out = Vec::new();
         match self.load(id)? {
             Some(r) if r.phase == Phase::Creating => {
-                self.teardown(&r, false)?;
+                self.teardown(&r, false, SWEEP_STOP)?;
                 out.push(act("undid an interrupted create".into()));
             }
             Some(r) if r.phase == Phase::Destroying => {
-                self.teardown(&r, false)?;
-                out.push(act(
-                    "finished an interrupted destroy (the data volume, if any, was left alone)"
-                        .into(),
-                ));
+                self.teardown(&r, false, SWEEP_STOP)?;
+                out.push(act(match (&r.params.data_volume, r.destroy_data) {
+                    (Some(v), true) => {
+                        format!("finished an interrupted destroy, with its data volume {v}")
+                    }
+                    (Some(v), false) => format!(
+                        "finished an interrupted destroy (its data volume {v} was not asked for and stays)"
+                    ),
+                    (None, _) => "finished an interrupted destroy".into(),
+                }));
             }
             Some(mut r) => {
                 let dir = self.vm_dir(id);
@@ -1290,7 +1325,7 @@ mod tests {
         let run = StateDir::new(d.path().join("run"));
         let m = VmManager::new(volume::Manager::new(d.path().join("s"), run.clone()), run);
         let id = VmId::parse("gone").unwrap();
-        assert!(m.destroy(&id, true).unwrap().already_absent);
+        assert!(m.destroy(&id, true, SWEEP_STOP).unwrap().already_absent);
         assert!(m.list().unwrap().is_empty());
         assert!(m.sweep().unwrap().is_empty());
         let e = m.stop(&id, Duration::from_secs(1)).unwrap_err().to_string();
