@@ -26,6 +26,8 @@ pub fn need(tool: &str) -> PathBuf {
         "cryptsetup" => "apt-get install -y cryptsetup-bin",
         "openssl" => "apt-get install -y openssl",
         "qemu-img" => "apt-get install -y qemu-utils",
+        "mksquashfs" => "apt-get install -y squashfs-tools",
+        "mkfs.erofs" => "apt-get install -y erofs-utils",
         _ => "install it with apt-get",
     };
     let path = std::env::var_os("PATH").unwrap_or_default();
