@@ -6,8 +6,9 @@
 #   qsd-luks  `qemu-storage-daemon --export type=fuse` over a qemu LUKS1 volume
 #   qsd-raw   `qemu-storage-daemon --export type=fuse` over a raw file: no crypto, the
 #             ceiling for any FUSE export here
-# each: sequential write of BENCH_MIB (dd, conv=fsync), drop_caches, sequential read (dd),
-# then random 4 KiB reads for 10 s (fio, libaio, iodepth 16, O_DIRECT) and the export's peak
+# each: RUNS (3) rounds of a sequential write of BENCH_MIB (dd, conv=fsync), drop_caches and
+# a sequential read (dd), best of each reported (single first writes swung 4x from run to
+# run on this VM, for every export alike), then random 4 KiB reads for 10 s (fio, libaio, iodepth 16, O_DIRECT) and the export's peak
 # RSS (VmHWM).
 # NBD: `qemu-img convert` of 1 GiB of random data from `sealvol serve nbd` vs from `qemu-nbd`
 # serving a qemu LUKS1 image (both over unix sockets), best of NBD_RUNS (3) each, with the
@@ -20,7 +21,7 @@
 # Files live in /dev/shm when it has room (else /tmp; BENCH_DIR overrides) so that the
 # backing disk is not what is measured.
 # (awk reads fio's whole output: stopping early would kill fio with SIGPIPE under pipefail.)
-# Usage (root): bench/mount.sh      Env: BENCH_MIB=1024 BENCH_DIR=... FIO_SECONDS=10 NBD_RUNS=3
+# Usage (root): bench/mount.sh      Env: BENCH_MIB=1024 BENCH_DIR=... FIO_SECONDS=10 RUNS=3 NBD_RUNS=3
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need qemu-img qemu-utils
@@ -32,6 +33,7 @@ need losetup mount
 build_sealvol
 MIB="${BENCH_MIB:-1024}"
 FIO_SECONDS="${FIO_SECONDS:-10}"
+RUNS="${RUNS:-3}"
 NBD_RUNS="${NBD_RUNS:-3}"
 VOL_MIB=$((MIB * 2 < 2048 ? 2048 : MIB * 2))
 dir="$(scratch_dir $((VOL_MIB * 3 + MIB * 2 + 512)))"
@@ -50,7 +52,6 @@ cleanup() {
 trap cleanup EXIT
 cd "$dir"
 echo "scratch: $dir ($(df -P . | awk 'NR==2 {print $1}')), ${MIB} MiB, volumes ${VOL_MIB} MiB"
-
 (umask 077 && head -c 32 /dev/urandom > key && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > qkey)
 QSECRET=(--object "secret,id=sec0,file=$dir/qkey")
 
@@ -58,22 +59,29 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
-# measure NAME MOUNTPOINT PID: fills W_name R_name IOPS_name RSS_name
+# measure NAME MOUNTPOINT PID: fills W_name R_name (best of RUNS rounds of a write, then a
+# cold read) IOPS_name RSS_name
 measure() {
-  local name="$1" mnt="$2" pid="$3" t0 t1 t2 t3 iops
-  t0=$(now_ns)
-  dd if=/dev/zero of="$mnt/big" bs=1M count="$MIB" conv=fsync status=none
-  t1=$(now_ns)
-  drop_caches
-  t2=$(now_ns)
-  dd if="$mnt/big" of=/dev/null bs=1M status=none
-  t3=$(now_ns)
+  local name="$1" mnt="$2" pid="$3" t0 t1 t2 t3 iops i w="" r=""
+  for ((i = 0; i < RUNS; i++)); do
+    rm -f "$mnt/big"
+    drop_caches
+    t0=$(now_ns)
+    dd if=/dev/zero of="$mnt/big" bs=1M count="$MIB" conv=fsync status=none
+    t1=$(now_ns)
+    drop_caches
+    t2=$(now_ns)
+    dd if="$mnt/big" of=/dev/null bs=1M status=none
+    t3=$(now_ns)
+    if [ -z "$w" ] || [ $((t1 - t0)) -lt "$w" ]; then w=$((t1 - t0)); fi
+    if [ -z "$r" ] || [ $((t3 - t2)) -lt "$r" ]; then r=$((t3 - t2)); fi
+  done
   drop_caches
   iops=$(fio --name=rr --filename="$mnt/big" --rw=randread --bs=4k --direct=1 \
     --ioengine=libaio --iodepth=16 --runtime="$FIO_SECONDS" --time_based \
     --output-format=json 2>/dev/null | awk -F: '/"iops"/ && !seen { gsub(/[ ,]/, "", $2); print int($2); seen = 1 }')
-  printf -v "W_$name" '%s' "$(secs "$t0" "$t1")"
-  printf -v "R_$name" '%s' "$(secs "$t2" "$t3")"
+  printf -v "W_$name" '%s' "$(secs 0 "$w")"
+  printf -v "R_$name" '%s' "$(secs 0 "$r")"
   printf -v "IOPS_$name" '%s' "$iops"
   printf -v "RSS_$name" '%s' "$(rss_mib "$pid")"
 }
