@@ -319,6 +319,25 @@ fn status_json(s: &Status) -> Value {
     serde_json::to_value(s).expect("status serialises")
 }
 
+/// `volume status`: the volume's own status and the running VMs using it as their data disk.
+fn status_with_vms(s: &Status, vms: &[VolumeId]) -> (String, Value) {
+    let mut human = status_human(s);
+    human.push_str(&format!(
+        "\ndata disk of: {}",
+        if vms.is_empty() {
+            "no running VM".to_string()
+        } else {
+            vms.iter()
+                .map(|v| format!("running VM {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    let mut json = status_json(s);
+    json["data_disk_of"] = json!(vms);
+    (human, json)
+}
+
 fn status_human(s: &Status) -> String {
     format!(
         "volume:      {}\ntype:        {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}",
@@ -429,7 +448,10 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         VolumeVerb::Status(a) => {
             let id = id(&a.id)?;
             match m.status(&id).map_err(host)? {
-                Some(s) => out.result(&status_human(&s), status_json(&s))?,
+                Some(s) => {
+                    let (human, json) = status_with_vms(&s, &vms.running_users(&id).map_err(host)?);
+                    out.result(&human, json)?;
+                }
                 None => {
                     return Err(anyhow!(CleanNo(format!(
                         "there is no volume {id} in {}",

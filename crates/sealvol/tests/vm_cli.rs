@@ -315,6 +315,10 @@ fn vm_round_trip(via: &str) {
         assert!(!cmdline(*p).is_empty(), "process {p} stopped");
     }
     assert!(image.exists(), "the data volume's image went");
+    assert_eq!(
+        h.sv("volume", &["status", &vol], None).ok().json()["data_disk_of"],
+        serde_json::json!([vm])
+    );
 
     if via == "luks" {
         // qemu holds the volume's claim while it reads it: no second VM.
@@ -382,6 +386,10 @@ fn vm_round_trip(via: &str) {
     assert_eq!(
         h.sv("vm", &["status", &vm], None).ok().json()["running"],
         false
+    );
+    assert_eq!(
+        h.sv("volume", &["status", &vol], None).ok().json()["data_disk_of"],
+        serde_json::json!([])
     );
 
     // The host reads the guest's file through the volume's own export.
