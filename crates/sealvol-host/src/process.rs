@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn a_process_whose_leader_exited_first_is_alive_until_its_last_thread_is_gone() {
         let script = "import threading, ctypes, time\n\
-                      threading.Thread(target=lambda: time.sleep(1.5)).start()\n\
+                      threading.Thread(target=lambda: time.sleep(3)).start()\n\
                       ctypes.CDLL(None).pthread_exit(None)\n";
         let mut child = std::process::Command::new("python3")
             .args(["-c", script])
