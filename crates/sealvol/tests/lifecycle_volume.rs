@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
+use sealvol_host::volume::CRASH_STEPS;
 use serde_json::Value;
 
 const MARKER: &[u8] = b"SEALVOL-LIFECYCLE-MARKER-2b7e";
@@ -373,15 +374,12 @@ fn loop_lifecycle_crash_at_every_step_then_sweep() {
         v.push(id.into());
         v
     };
-    let steps = [
-        "create:journal",
-        "create:image",
-        "create:format",
-        "create:mkfs",
-        "create:close",
-        "create:ready",
-    ];
-    for (i, step) in steps.iter().enumerate() {
+    let steps: Vec<_> = CRASH_STEPS
+        .iter()
+        .filter(|s| s.starts_with("create:"))
+        .collect();
+    assert_eq!(steps.len(), 6, "create's crash steps: {steps:?}");
+    for (i, step) in steps.into_iter().enumerate() {
         let id = format!("c{i}");
         let args = create(&id, false);
         let a: Vec<&OsStr> = args.iter().map(|p| p.as_os_str()).collect();
@@ -416,12 +414,12 @@ fn loop_lifecycle_crash_at_every_step_then_sweep() {
     assert!(!v["swept"].as_array().unwrap().is_empty());
     st.verb("destroy", "cm").ok();
 
-    for step in [
-        "destroy:journal",
-        "destroy:unmount",
-        "destroy:erase",
-        "destroy:delete",
-    ] {
+    let steps: Vec<_> = CRASH_STEPS
+        .iter()
+        .filter(|s| s.starts_with("destroy:"))
+        .collect();
+    assert_eq!(steps.len(), 4, "destroy's crash steps: {steps:?}");
+    for step in steps {
         let id = format!("d-{}", step.split(':').nth(1).unwrap());
         let args = create(&id, true);
         let a: Vec<&OsStr> = args.iter().map(|p| p.as_os_str()).collect();
