@@ -872,20 +872,7 @@ impl Manager {
                     wiped: Vec::new(),
                 });
             }
-            None => Record {
-                id: id.clone(),
-                phase: Phase::Destroying,
-                params: Params {
-                    size: 0,
-                    fs: String::new(),
-                    detached_header: self.header(id).exists(),
-                    luks_type: LuksType::default(),
-                },
-                steps: Vec::new(),
-                uuid: None,
-                header_area: None,
-                created: now(),
-            },
+            None => self.orphan_record(id),
         };
         let d = self.teardown(&rec).map_err(|e| Error::Step {
             verb: "destroy",
@@ -899,6 +886,25 @@ impl Manager {
         self.unlink_lock(id);
         tracing::info!(id = %id, "volume destroyed");
         Ok(d)
+    }
+
+    /// A `destroying` record for files, mounts or exports of `id` that have no record, so
+    /// that [`Manager::teardown`] removes them like any interrupted destroy.
+    fn orphan_record(&self, id: &VolumeId) -> Record {
+        Record {
+            id: id.clone(),
+            phase: Phase::Destroying,
+            params: Params {
+                size: 0,
+                fs: String::new(),
+                detached_header: self.header(id).exists(),
+                luks_type: LuksType::default(),
+            },
+            steps: Vec::new(),
+            uuid: None,
+            header_area: None,
+            created: now(),
+        }
     }
 
     fn has_leftovers(&self, id: &VolumeId) -> bool {
@@ -1156,21 +1162,7 @@ impl Manager {
                 }
             }
             None if self.has_leftovers(id) => {
-                let r = Record {
-                    id: id.clone(),
-                    phase: Phase::Destroying,
-                    params: Params {
-                        size: 0,
-                        fs: String::new(),
-                        detached_header: self.header(id).exists(),
-                        luks_type: LuksType::default(),
-                    },
-                    steps: Vec::new(),
-                    uuid: None,
-                    header_area: None,
-                    created: now(),
-                };
-                self.teardown(&r)?;
+                self.teardown(&self.orphan_record(id))?;
                 out.push(act(
                     "removed files, mounts and exports that had no record".into()
                 ));
