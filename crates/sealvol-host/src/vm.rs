@@ -124,16 +124,7 @@ pub fn run_probe_guest(
     let line = crate::cmd::describe(&cmd);
     tracing::info!(command = %line, "accelerator probe");
     let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: QEMU.into(),
-            package: "qemu-system-x86",
-            source,
-        })?;
+    let mut child = spawn_qemu(&mut cmd)?;
     loop {
         if let Some(status) = child
             .try_wait()
@@ -430,6 +421,20 @@ impl SecretPipe {
     }
 }
 
+/// Spawns the qemu `cmd` with no stdin or stdout and its stderr piped (for the error a
+/// failed start reports).
+fn spawn_qemu(cmd: &mut Command) -> Result<std::process::Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: QEMU.into(),
+            package: "qemu-system-x86",
+            source,
+        })
+}
+
 /// Starts qemu for `spec` in the background; returns its pid once the QMP socket answers
 /// (qemu has then created its objects and read its secret, whose pipe the caller may now
 /// close).
@@ -444,16 +449,7 @@ pub fn start(spec: &VmSpec) -> Result<std::process::Child> {
     let _ = std::fs::remove_file(&spec.qmp_socket);
     // Its own process group: a Ctrl-C meant for the caller does not reach the guest.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: QEMU.into(),
-            package: "qemu-system-x86",
-            source,
-        })?;
+    let mut child = spawn_qemu(&mut cmd)?;
     let started = Instant::now();
     loop {
         if let Some(status) = child
