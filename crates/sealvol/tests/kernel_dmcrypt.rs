@@ -9,22 +9,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-/// `shared/tools/kernel-oracle`, beside the repository (as CI lays it out).
-fn kernel_oracle() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let oracle = repo.join("../shared/tools/kernel-oracle");
-    assert!(
-        oracle.is_file(),
-        "kernel-oracle not found at {}: the test suite expects shared/ beside the repository",
-        oracle.display()
-    );
-    oracle
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     let r = run("sha256sum", Vec::<&str>::new(), Some(bytes)).ok();

@@ -10,35 +10,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-/// `shared/tools/kernel-oracle`, beside the repository (as CI lays it out).
-fn kernel_oracle() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let oracle = repo.join("../shared/tools/kernel-oracle");
-    assert!(
-        oracle.is_file(),
-        "kernel-oracle not found at {}: the test suite expects shared/ beside the repository",
-        oracle.display()
-    );
-    oracle
-}
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "`{name}` is required by this test but is not installed: run `apt-get install -y \
-         {package}` (scripts/test installs it). Tests that need a peer are never skipped."
-    );
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -57,8 +32,8 @@ fn format(args: &[String]) -> String {
 #[test]
 fn kernel_dmverity_activates_sealvol_trees() {
     let oracle = kernel_oracle();
-    let mksquashfs = tool("mksquashfs", "squashfs-tools");
-    tool("qemu-system-x86_64", "qemu-system-x86");
+    let mksquashfs = need("mksquashfs");
+    need("qemu-system-x86_64");
     let dir = tmpdir();
     let d = dir.path();
 

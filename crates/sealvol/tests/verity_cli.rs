@@ -12,26 +12,12 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// Finds a peer tool or fails with the package that provides it.
-fn tool(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "`{name}` is required by this test but is not installed: run `apt-get install -y \
-         {package}` (scripts/test installs it). Tests that need a peer are never skipped."
-    );
-}
-
 fn veritysetup<I, S>(args: I) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    run(tool("veritysetup", "cryptsetup-bin"), args, None)
+    run(need("veritysetup"), args, None)
 }
 
 fn openssl<I, S>(args: I) -> Run
@@ -39,7 +25,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    run(tool("openssl", "openssl"), args, None)
+    run(need("openssl"), args, None)
 }
 
 fn root_line(out: &str) -> String {
@@ -520,8 +506,8 @@ fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn squashfs_veritysetup_cli_image_round_trip() {
-    let mksquashfs = tool("mksquashfs", "squashfs-tools");
-    let unsquashfs = tool("unsquashfs", "squashfs-tools");
+    let mksquashfs = need("mksquashfs");
+    let unsquashfs = need("unsquashfs");
     let dir = tmpdir();
     let src = dir.path().join("rootfs");
     fs::create_dir_all(src.join("usr/bin")).unwrap();

@@ -26,7 +26,9 @@ pub fn need(tool: &str) -> PathBuf {
         "cryptsetup" => "apt-get install -y cryptsetup-bin",
         "openssl" => "apt-get install -y openssl",
         "qemu-img" => "apt-get install -y qemu-utils",
-        "mksquashfs" => "apt-get install -y squashfs-tools",
+        "veritysetup" => "apt-get install -y cryptsetup-bin",
+        "mksquashfs" | "unsquashfs" => "apt-get install -y squashfs-tools",
+        "qemu-system-x86_64" => "apt-get install -y qemu-system-x86",
         "mkfs.erofs" => "apt-get install -y erofs-utils",
         _ => "install it with apt-get",
     };
@@ -42,6 +44,21 @@ pub fn need(tool: &str) -> PathBuf {
         "`{tool}` is required by this test but is not installed: run `{hint}` \
          (scripts/test installs it). Tests that need a peer tool are never skipped."
     );
+}
+
+/// `shared/tools/kernel-oracle`, beside the repository (as CI lays it out).
+///
+/// # Panics
+/// If it is not there.
+pub fn kernel_oracle() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let oracle = repo.join("../shared/tools/kernel-oracle");
+    assert!(
+        oracle.is_file(),
+        "kernel-oracle not found at {}: the test suite expects shared/ beside the repository",
+        oracle.display()
+    );
+    oracle
 }
 
 /// What a finished command left behind.
