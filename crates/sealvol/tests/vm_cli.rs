@@ -130,14 +130,6 @@ impl Drop for Host {
     }
 }
 
-fn hex_key(dir: &Path) -> (PathBuf, String) {
-    let hex: String = random_bytes(32)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    (write_secret(dir, "key", hex.as_bytes()), hex)
-}
-
 /// Every file under `dir`, recursively (sockets and such skipped).
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -27,14 +27,6 @@ const GUEST: &str = "echo \"GUEST-READ:$(dd if=/dev/vda bs=22 count=1 2>/dev/nul
      echo GUEST-WROTE-IT-91c2 | dd of=/dev/vda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null\n\
      sync; echo GUEST-DONE\nsleep 1000\n";
 
-fn hex_key(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let hex: String = random_bytes(32)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    (write_secret(dir, "key", hex.as_bytes()), hex.into_bytes())
-}
-
 /// A LUKS1 volume whose first bytes are the marker.
 fn data_volume(dir: &Path, key: &Path) -> PathBuf {
     let vol = dir.join("data.luks");
@@ -130,10 +122,10 @@ fn check_after(dir: &Path, vol: &Path, key: &Path, log: &str) {
 fn vm_tcg_guest_uses_luks1_data_disk_through_qemu_luks_driver() {
     let d = tmpdir();
     let dir = d.path();
-    let (key, key_bytes) = hex_key(dir);
+    let (key, hex) = hex_key(dir);
     let vol = data_volume(dir, &key);
     // The key reaches qemu through a pipe (/dev/fd/N), never a file.
-    let secret = vm::SecretPipe::new(&key_bytes).unwrap();
+    let secret = vm::SecretPipe::new(hex.as_bytes()).unwrap();
     let log = boot(
         dir,
         DataDisk::Luks {

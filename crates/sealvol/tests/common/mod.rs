@@ -223,6 +223,13 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
+/// A random 32-byte key as 64 hex characters (text, as qemu's LUKS driver wants it) in a
+/// 0600 file `key` in `dir`; returns the file and the hex text.
+pub fn hex_key(dir: &Path) -> (PathBuf, String) {
+    let hex = hex::encode(random_bytes(32));
+    (write_secret(dir, "key", hex.as_bytes()), hex)
+}
+
 /// Writes `bytes` to `dir/name` with mode 0600 and returns the path.
 pub fn write_secret(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
