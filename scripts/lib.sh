@@ -5,6 +5,17 @@
 SEALVOL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# Any command that fails under `set -e` says which one and where, instead of ending the
+# script silently.
+on_error() {
+  local status=$? line=${BASH_LINENO[0]} file=${BASH_SOURCE[1]:-$0}
+  # Report once, from the script itself, not again from each subshell it ran.
+  [ "$BASH_SUBSHELL" -eq 0 ] || return 0
+  printf 'error: `%s` failed with exit status %d (%s line %s)\n' "$BASH_COMMAND" "$status" "$file" "$line" >&2
+}
+trap on_error ERR
+set -o errtrace
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
 # rustup installs cargo under ~/.cargo/bin, which a root login shell may not have on PATH.
