@@ -8,8 +8,34 @@
 use std::io::SeekFrom;
 
 use crate::storage::Storage;
-use crate::{luks1, luks2, DataSegment, Error, KdfParams, LoadReport, Result, Unlocked};
+use crate::{luks1, luks2, DataSegment, Error, KdfLimits, KdfParams, LoadReport, Result, Unlocked};
 use sealvol_crypto::SecretBytes;
+
+/// Where a header lives relative to the data it describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderPlacement {
+    /// In the volume file, before the data (the default): the data segment must start after
+    /// the header and keyslot area.
+    Attached,
+    /// In a file of its own (`--header`): the volume file holds only data, and a data offset
+    /// of 0 is normal.
+    Detached,
+}
+
+/// Refuses a data segment that starts inside an attached header's area.
+pub(crate) fn check_placement(
+    segment: &DataSegment,
+    header_end: u64,
+    placement: HeaderPlacement,
+) -> Result<()> {
+    if placement == HeaderPlacement::Attached && segment.offset < header_end {
+        return Err(Error::DataOverlapsHeader {
+            data_offset: segment.offset,
+            header_end,
+        });
+    }
+    Ok(())
+}
 
 /// A LUKS1 or LUKS2 header on `S`.
 #[derive(Debug)]
@@ -121,7 +147,8 @@ impl<S: Storage> AnyVolume<S> {
         self.as_luks2().and_then(|v| v.read_only())
     }
 
-    /// The data segment.
+    /// The data segment, as the header describes it (no check of where it lies: use
+    /// [`AnyVolume::data_segment_for`] before reading or writing data).
     ///
     /// # Errors
     /// As the version's `data_segment`.
@@ -129,6 +156,27 @@ impl<S: Storage> AnyVolume<S> {
         match self {
             AnyVolume::Luks1(v) => v.data_segment(),
             AnyVolume::Luks2(v) => v.data_segment(),
+        }
+    }
+
+    /// The data segment, refused when it overlaps an attached header's area (a header with
+    /// data at offset 0 is valid only detached: used attached, writing data would destroy
+    /// the keyslots).
+    ///
+    /// # Errors
+    /// [`Error::DataOverlapsHeader`] naming both offsets; as [`AnyVolume::data_segment`].
+    pub fn data_segment_for(&self, placement: HeaderPlacement) -> Result<DataSegment> {
+        match self {
+            AnyVolume::Luks1(v) => v.data_segment_for(placement),
+            AnyVolume::Luks2(v) => v.data_segment_for(placement),
+        }
+    }
+
+    /// Bounds the key derivations that unlocking may run (default: [`KdfLimits::default`]).
+    pub fn set_kdf_limits(&mut self, limits: KdfLimits) {
+        match self {
+            AnyVolume::Luks1(v) => v.set_kdf_limits(limits),
+            AnyVolume::Luks2(v) => v.set_kdf_limits(limits),
         }
     }
 

@@ -146,6 +146,28 @@ pub enum Error {
         /// Where the device ended.
         found: u64,
     },
+    /// A key derivation named by the header costs more than the caller's
+    /// [`KdfLimits`](crate::KdfLimits); nothing was derived.
+    #[error("{object} asks for {asked}, over the limit of {limit}; nothing was tried. The header decides how long and how much memory every unlock takes: raise the limit ({option}) only for a header you trust, or try another keyslot")]
+    KdfOverLimit {
+        /// What asked: `keyslot 3`, `the digest` ...
+        object: String,
+        /// What it asked for.
+        asked: String,
+        /// The limit.
+        limit: String,
+        /// The `sealvol` option that raises the limit.
+        option: &'static str,
+    },
+    /// The data segment overlaps the header and keyslots of an attached header: writing data
+    /// would destroy the keys, reading it would decrypt the header.
+    #[error("the data segment starts at byte {data_offset}, inside the attached LUKS header and keyslot area that ends at byte {header_end}; such a header is only valid detached (pass --header FILE if this is a detached header); refusing to use it")]
+    DataOverlapsHeader {
+        /// Where the data segment (LUKS1 payload) starts.
+        data_offset: u64,
+        /// Where the header and keyslot area ends.
+        header_end: u64,
+    },
     /// An error from the crypto layer.
     #[error(transparent)]
     Crypto(#[from] sealvol_crypto::Error),

@@ -33,12 +33,17 @@
 mod any;
 pub mod data;
 mod error;
+mod limits;
 pub mod luks1;
 pub mod luks2;
 mod storage;
 
-pub use any::AnyVolume;
+pub use any::{AnyVolume, HeaderPlacement};
 pub use error::{Error, Result};
+pub use limits::{
+    KdfCost, KdfLimits, DEFAULT_MAX_ARGON2_PASSES, DEFAULT_MAX_MEMORY_KIB,
+    DEFAULT_MAX_PBKDF2_ITERATIONS,
+};
 pub use luks2::{
     parse_header_bytes, Copy as HeaderCopy, DataSegment, FormatOptions, Header, KdfParams,
     LoadReport, Metadata, Unlocked, Volume,

@@ -193,3 +193,86 @@ fn detached_header_has_payload_zero_and_no_data() {
     assert_eq!(v.data_segment().unwrap().offset, 0);
     assert_eq!(bytes(v).len() as u64, 4040 * 512);
 }
+
+/// Issue 9: a payload at offset 0 is valid only for a detached header; used attached, a data
+/// write would overwrite the header and key material.
+#[test]
+fn payload_zero_is_refused_attached_and_used_detached() {
+    let (v, _) = fmt(
+        &FormatOptions {
+            detached: true,
+            ..Default::default()
+        },
+        b"pw",
+    );
+    let end = v.header_area_len();
+    let e = v
+        .data_segment_for(crate::HeaderPlacement::Attached)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::DataOverlapsHeader { data_offset: 0, header_end } if header_end == end),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("byte 0") && msg.contains(&end.to_string()),
+        "{msg}"
+    );
+    let seg = v
+        .data_segment_for(crate::HeaderPlacement::Detached)
+        .unwrap();
+    assert_eq!(seg.offset, 0);
+    // The usual attached layout passes.
+    let (v, _) = fmt(&FormatOptions::default(), b"pw");
+    assert_eq!(
+        v.data_segment_for(crate::HeaderPlacement::Attached)
+            .unwrap()
+            .offset,
+        4096 * 512
+    );
+}
+
+/// Issue 9: a key slot or digest asking for more PBKDF2 iterations than the limit is refused
+/// before any derivation, naming the object; a raised limit opens it.
+#[test]
+fn costly_keyslots_and_digests_are_refused_before_any_work() {
+    let opts = FormatOptions {
+        iterations: 20_000,
+        ..Default::default()
+    };
+    let (mut v, vk) = fmt(&opts, b"pw");
+    let tight = crate::KdfLimits {
+        max_pbkdf2_iterations: 10_000,
+        ..Default::default()
+    };
+    v.set_kdf_limits(tight);
+    let e = v.unlock(b"pw", None).unwrap_err();
+    assert!(
+        matches!(&e, Error::KdfOverLimit { object, option: "--kdf-max-iterations", .. } if object == "keyslot 0"),
+        "{e:?}"
+    );
+    // A wrong key gets the same refusal: nothing is tried.
+    assert!(matches!(
+        v.unlock(b"wrong", Some(0)),
+        Err(Error::KdfOverLimit { .. })
+    ));
+    // The digest counts too (LUKS1 headers carry their own mk-digest-iter).
+    v.set_kdf_limits(crate::KdfLimits {
+        max_pbkdf2_iterations: 500,
+        ..Default::default()
+    });
+    let e = v.verify_volume_key(&vk).unwrap_err();
+    assert!(
+        matches!(&e, Error::KdfOverLimit { object, .. } if object.contains("digest")),
+        "{e:?}"
+    );
+    v.set_kdf_limits(crate::KdfLimits::default());
+    assert!(v.unlock(b"pw", None).unwrap().volume_key.ct_eq(vk.expose()));
+    // Through the version-independent front as well.
+    let mut any = AnyVolume::open(v.into_storage()).unwrap();
+    any.set_kdf_limits(tight);
+    assert!(matches!(
+        any.unlock(b"pw", None),
+        Err(Error::KdfOverLimit { .. })
+    ));
+}

@@ -10,7 +10,7 @@ use super::header::{
 };
 use crate::luks2::DataSegment;
 use crate::storage::{self, Storage};
-use crate::{Error, Result, Unlocked};
+use crate::{Error, KdfCost, KdfLimits, Result, Unlocked};
 use sealvol_crypto::{af, kdf, HashAlg, SecretBytes, SectorSize, XtsCipher};
 
 /// cryptsetup's default payload alignment (1 MiB, in sectors).
@@ -59,6 +59,7 @@ impl Default for FormatOptions {
 pub struct Volume<S: Storage> {
     storage: S,
     header: Header,
+    limits: KdfLimits,
 }
 
 impl<S: Storage> std::fmt::Debug for Volume<S> {
@@ -220,7 +221,11 @@ impl<S: Storage> Volume<S> {
         k.active = true;
         k.iterations = opts.iterations;
         k.salt = salt;
-        let mut vol = Volume { storage, header };
+        let mut vol = Volume {
+            storage,
+            header,
+            limits: KdfLimits::default(),
+        };
         vol.write_header()?;
         tracing::debug!(uuid = %vol.header.uuid, "formatted LUKS1 header");
         Ok(vol)
@@ -246,12 +251,44 @@ impl<S: Storage> Volume<S> {
         if len < area {
             return Err(Error::DeviceTooSmall { len, needed: area });
         }
-        Ok(Volume { storage, header })
+        Ok(Volume {
+            storage,
+            header,
+            limits: KdfLimits::default(),
+        })
     }
 
     /// The parsed header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// Bounds the key derivations that unlocking may run (default: [`KdfLimits::default`]).
+    pub fn set_kdf_limits(&mut self, limits: KdfLimits) {
+        self.limits = limits;
+    }
+
+    /// The bounds on key derivations named by this header.
+    pub fn kdf_limits(&self) -> KdfLimits {
+        self.limits
+    }
+
+    /// Checks what key slots `ids` and the master key digest would cost against the limits.
+    fn check_costs(&self, ids: &[u32]) -> Result<()> {
+        for &id in ids {
+            self.limits.check(
+                &format!("keyslot {id}"),
+                KdfCost::Pbkdf2 {
+                    iterations: self.header.keyslots[id as usize].iterations,
+                },
+            )?;
+        }
+        self.limits.check(
+            "the master key digest",
+            KdfCost::Pbkdf2 {
+                iterations: self.header.mk_digest_iter,
+            },
+        )
     }
 
     fn write_header(&mut self) -> Result<()> {
@@ -275,6 +312,16 @@ impl<S: Storage> Volume<S> {
         })
     }
 
+    /// The data segment, refused when the payload starts inside an attached header's area.
+    ///
+    /// # Errors
+    /// [`Error::DataOverlapsHeader`].
+    pub fn data_segment_for(&self, placement: crate::HeaderPlacement) -> Result<DataSegment> {
+        let seg = self.data_segment()?;
+        crate::any::check_placement(&seg, self.header.area_len(), placement)?;
+        Ok(seg)
+    }
+
     /// Whether `vk` is this volume's key (the master key digest matches).
     ///
     /// # Errors
@@ -284,6 +331,7 @@ impl<S: Storage> Volume<S> {
         if vk.len() != self.header.key_bytes as usize {
             return Ok(false);
         }
+        self.check_costs(&[])?;
         let h = &self.header;
         let got = mk_digest(h.hash, vk.expose(), &h.mk_digest_salt, h.mk_digest_iter)?;
         Ok(bool::from(got.ct_eq(&h.mk_digest)))
@@ -329,6 +377,8 @@ impl<S: Storage> Volume<S> {
             }
             None => self.header.active_keyslots(),
         };
+        // Every cost is checked before any derivation starts.
+        self.check_costs(&slots)?;
         for id in slots {
             if let Some(volume_key) = self.try_keyslot(id, passphrase)? {
                 tracing::debug!(keyslot = id, "LUKS1 keyslot opened");

@@ -578,7 +578,24 @@ fn segment_with_integrity_or_bad_stripes_is_refused() {
 #[test]
 fn excessive_argon2_cost_is_refused_before_deriving() {
     let vk = SecretBytes::random(64).unwrap();
-    for (time, memory, cpus) in [(4, u32::MAX, 1), (4, 64, 0), (4, 64, 64), (0, 64, 1)] {
+    // Beyond the default KdfLimits: refused by the limit, before the format's own bounds.
+    let mut vol = rewrite(volume(&vk), |h| {
+        h.metadata.keyslots.get_mut(&0).unwrap().kdf = Some(Kdf::Argon2 {
+            variant: sealvol_crypto::kdf::Argon2Variant::Argon2id,
+            time: 4,
+            memory: u32::MAX,
+            cpus: 1,
+            salt: vec![0; 32],
+        });
+    });
+    assert!(matches!(
+        vol.unlock(b"pw", Some(0)),
+        Err(Error::KdfOverLimit { .. })
+    ));
+    // Outside cryptsetup's own bounds even with no limit.
+    vol.set_kdf_limits(crate::KdfLimits::unlimited());
+    assert!(matches!(vol.unlock(b"pw", Some(0)), Err(Error::Invalid(_))));
+    for (time, memory, cpus) in [(4, 64, 0), (4, 64, 64), (0, 64, 1)] {
         let mut vol = rewrite(volume(&vk), |h| {
             h.metadata.keyslots.get_mut(&0).unwrap().kdf = Some(Kdf::Argon2 {
                 variant: sealvol_crypto::kdf::Argon2Variant::Argon2id,
@@ -671,4 +688,109 @@ fn format_refuses_bad_options() {
         assert!(r.is_err(), "accepted {opts:?}");
         assert!(s.get_ref().is_empty(), "wrote to disk for {opts:?}");
     }
+}
+
+/// Issue 9: a data segment at offset 0 (legal only for a detached header) is refused when the
+/// header is attached, naming both offsets; detached it is used.
+#[test]
+fn data_at_offset_zero_is_refused_attached() {
+    let vk = SecretBytes::random(64).unwrap();
+    let vol = rewrite(volume(&vk), |h| {
+        h.metadata.segments.get_mut(&0).unwrap().offset = 0;
+    });
+    let end = vol.header_area_len();
+    let e = vol
+        .data_segment_for(crate::HeaderPlacement::Attached)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::DataOverlapsHeader { data_offset: 0, header_end } if header_end == end),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains(&format!("ends at byte {end}")),
+        "{e}"
+    );
+    assert_eq!(
+        vol.data_segment_for(crate::HeaderPlacement::Detached)
+            .unwrap()
+            .offset,
+        0
+    );
+    let vol = volume(&vk);
+    let seg = vol
+        .data_segment_for(crate::HeaderPlacement::Attached)
+        .unwrap();
+    assert!(seg.offset >= vol.header_area_len());
+}
+
+/// Issue 9: hostile KDF costs (2^32 - 1 PBKDF2 iterations or Argon2 passes, 4 GiB of Argon2
+/// memory, a costly digest) are refused at once, before any derivation, naming the object
+/// and the option that raises the limit; within a raised limit the volume opens.
+#[test]
+fn hostile_kdf_costs_are_refused_at_once() {
+    use sealvol_crypto::kdf::Argon2Variant;
+    let vk = SecretBytes::random(64).unwrap();
+    let argon = |time, memory| Kdf::Argon2 {
+        variant: Argon2Variant::Argon2id,
+        time,
+        memory,
+        cpus: 1,
+        salt: vec![0; 32],
+    };
+    let pbkdf2 = |iterations| Kdf::Pbkdf2 {
+        hash: "sha256".into(),
+        iterations,
+        salt: vec![0; 32],
+    };
+    for (kdf, option) in [
+        (pbkdf2(u32::MAX), "--kdf-max-iterations"),
+        (argon(u32::MAX, 1 << 20), "--kdf-max-passes"),
+        (argon(4, 4 << 20), "--kdf-max-memory"),
+    ] {
+        let mut vol = rewrite(volume(&vk), |h| {
+            h.metadata.keyslots.get_mut(&0).unwrap().kdf = Some(kdf.clone());
+        });
+        for slot in [None, Some(0)] {
+            let t = std::time::Instant::now();
+            let e = vol.unlock(b"pw", slot).unwrap_err();
+            assert!(t.elapsed() < std::time::Duration::from_millis(200));
+            match &e {
+                Error::KdfOverLimit {
+                    object, option: o, ..
+                } => {
+                    assert_eq!(object, "keyslot 0");
+                    assert_eq!(*o, option);
+                }
+                other => panic!("expected KdfOverLimit, got {other:?}"),
+            }
+        }
+    }
+    let mut vol = rewrite(volume(&vk), |h| {
+        h.metadata.digests.get_mut(&0).unwrap().iterations = u32::MAX;
+    });
+    let e = vol.unlock(b"pw", None).unwrap_err();
+    assert!(
+        matches!(&e, Error::KdfOverLimit { object, .. } if object == "digest 0"),
+        "{e:?}"
+    );
+    assert!(matches!(
+        vol.verify_volume_key(&vk),
+        Err(Error::KdfOverLimit { .. })
+    ));
+    // A header over a tightened limit opens once the limit is raised again.
+    let mut vol = volume(&vk);
+    vol.set_kdf_limits(crate::KdfLimits {
+        max_pbkdf2_iterations: 999,
+        ..Default::default()
+    });
+    assert!(matches!(
+        vol.unlock(b"pw", None),
+        Err(Error::KdfOverLimit { .. })
+    ));
+    vol.set_kdf_limits(crate::KdfLimits::default());
+    assert!(vol
+        .unlock(b"pw", None)
+        .unwrap()
+        .volume_key
+        .ct_eq(vk.expose()));
 }

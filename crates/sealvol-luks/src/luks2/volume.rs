@@ -11,7 +11,7 @@ use super::{
 };
 use crate::error::Copy;
 use crate::storage::{self, Storage};
-use crate::{Error, Result};
+use crate::{Error, KdfCost, KdfLimits, Result};
 use sealvol_crypto::{HashAlg, SecretBytes, SectorSize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -33,6 +33,7 @@ pub struct Volume<S: Storage> {
     storage: S,
     header: Header,
     report: LoadReport,
+    limits: KdfLimits,
 }
 
 impl<S: Storage> std::fmt::Debug for Volume<S> {
@@ -336,6 +337,7 @@ impl<S: Storage> Volume<S> {
             storage,
             header,
             report,
+            limits: KdfLimits::default(),
         })
     }
 
@@ -354,12 +356,50 @@ impl<S: Storage> Volume<S> {
             storage,
             header,
             report,
+            limits: KdfLimits::default(),
         })
     }
 
     /// What [`Volume::open`] found in the two copies.
     pub fn load_report(&self) -> &LoadReport {
         &self.report
+    }
+
+    /// Bounds the key derivations that unlocking may run (default: [`KdfLimits::default`]).
+    pub fn set_kdf_limits(&mut self, limits: KdfLimits) {
+        self.limits = limits;
+    }
+
+    /// The bounds on key derivations named by this header.
+    pub fn kdf_limits(&self) -> KdfLimits {
+        self.limits
+    }
+
+    /// Checks what keyslot `id` and `digest` would cost against the limits.
+    fn check_costs(&self, ids: &[u32], digest: u32) -> Result<()> {
+        let md = &self.header.metadata;
+        for id in ids {
+            let cost = match md.keyslots.get(id).and_then(|k| k.kdf.as_ref()) {
+                Some(Kdf::Pbkdf2 { iterations, .. }) => KdfCost::Pbkdf2 {
+                    iterations: *iterations,
+                },
+                Some(Kdf::Argon2 { time, memory, .. }) => KdfCost::Argon2 {
+                    time: *time,
+                    memory_kib: *memory,
+                },
+                None => continue,
+            };
+            self.limits.check(&format!("keyslot {id}"), cost)?;
+        }
+        if let Some(d) = md.digests.get(&digest) {
+            self.limits.check(
+                &format!("digest {digest}"),
+                KdfCost::Pbkdf2 {
+                    iterations: d.iterations,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// Rewrites the damaged or stale copy from the one in use (with a fresh binary salt, as
@@ -490,6 +530,17 @@ impl<S: Storage> Volume<S> {
         })
     }
 
+    /// The data segment, refused when it starts inside an attached header's area (offset 0,
+    /// valid only for a detached header).
+    ///
+    /// # Errors
+    /// [`Error::DataOverlapsHeader`]; as [`Volume::data_segment`].
+    pub fn data_segment_for(&self, placement: crate::HeaderPlacement) -> Result<DataSegment> {
+        let seg = self.data_segment()?;
+        crate::any::check_placement(&seg, self.header_area_len(), placement)?;
+        Ok(seg)
+    }
+
     /// The digest id of the data segment.
     fn segment_digest(&self) -> Result<(u32, DataSegment)> {
         let seg = self.data_segment()?;
@@ -548,6 +599,7 @@ impl<S: Storage> Volume<S> {
                     "keyslot {id} does not hold the data segment's key"
                 )));
             }
+            self.check_costs(&[id], digest)?;
             return match self.try_keyslot(id, digest, passphrase)? {
                 Some(volume_key) => Ok(Unlocked {
                     keyslot: id,
@@ -568,6 +620,9 @@ impl<S: Storage> Volume<S> {
             .filter(|&(_, p)| p == 1 || p == 2)
             .collect();
         order.sort_by_key(|&(id, p)| (std::cmp::Reverse(p), id));
+        // Every cost is checked before any derivation starts.
+        let ids: Vec<u32> = order.iter().map(|&(id, _)| id).collect();
+        self.check_costs(&ids, digest)?;
         let mut tried = false;
         let mut refused: Option<Error> = None;
         for (id, _) in order {
@@ -599,6 +654,7 @@ impl<S: Storage> Volume<S> {
     /// As [`Volume::data_segment`].
     pub fn verify_volume_key(&self, vk: &SecretBytes) -> Result<bool> {
         let (digest, _) = self.segment_digest()?;
+        self.check_costs(&[], digest)?;
         keyslot::digest_matches(&self.header.metadata.digests[&digest], vk)
     }
 
