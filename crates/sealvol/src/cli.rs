@@ -28,8 +28,62 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    #[command(flatten)]
+    pub limits: KdfLimitArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Bounds on the key derivation an existing header may ask for. The host that stores a
+/// header may be the attacker: cryptsetup's format allows 2^32 - 1 iterations or passes and
+/// 4 GiB of memory, which would make every unlock run for hours or exhaust memory. A header
+/// over a limit is refused before any work, naming the keyslot; the defaults accept what
+/// cryptsetup writes by default on any machine.
+#[derive(Debug, Args, Clone, Copy)]
+#[command(next_help_heading = "Limits on what a header may ask")]
+pub struct KdfLimitArgs {
+    /// Most Argon2 memory a keyslot may use, in KiB [default: 1048576 = 1 GiB].
+    #[arg(long, global = true, value_name = "KIB")]
+    pub kdf_max_memory: Option<u32>,
+    /// Most PBKDF2 iterations a keyslot or digest may ask for [default: 67108864].
+    #[arg(long, global = true, value_name = "N")]
+    pub kdf_max_iterations: Option<u32>,
+    /// Most Argon2 work, in passes over --kdf-max-memory (more passes over less memory are
+    /// allowed, passes × memory stays within the bound) [default: 64].
+    #[arg(long, global = true, value_name = "N")]
+    pub kdf_max_passes: Option<u32>,
+}
+
+impl KdfLimitArgs {
+    /// The limits, defaults filled in.
+    pub fn limits(&self) -> sealvol_luks::KdfLimits {
+        let d = sealvol_luks::KdfLimits::default();
+        sealvol_luks::KdfLimits {
+            max_memory_kib: self.kdf_max_memory.unwrap_or(d.max_memory_kib),
+            max_pbkdf2_iterations: self.kdf_max_iterations.unwrap_or(d.max_pbkdf2_iterations),
+            max_argon2_passes: self.kdf_max_passes.unwrap_or(d.max_argon2_passes),
+        }
+    }
+
+    /// The options that reproduce these limits in a child `sealvol` (empty for defaults).
+    pub fn to_args(limits: &sealvol_luks::KdfLimits) -> Vec<String> {
+        let d = sealvol_luks::KdfLimits::default();
+        let mut v = Vec::new();
+        if limits.max_memory_kib != d.max_memory_kib {
+            v.push(format!("--kdf-max-memory={}", limits.max_memory_kib));
+        }
+        if limits.max_pbkdf2_iterations != d.max_pbkdf2_iterations {
+            v.push(format!(
+                "--kdf-max-iterations={}",
+                limits.max_pbkdf2_iterations
+            ));
+        }
+        if limits.max_argon2_passes != d.max_argon2_passes {
+            v.push(format!("--kdf-max-passes={}", limits.max_argon2_passes));
+        }
+        v
+    }
 }
 
 const EXAMPLES: &str = "\
@@ -60,10 +114,11 @@ The volumes are LUKS2: `cryptsetup open` opens them on a host with dm-crypt.";
 pub enum Command {
     /// Create a LUKS2 volume (like `cryptsetup luksFormat`).
     ///
-    /// A machine key (32 or more random bytes, or their hex/base64 text) gets a PBKDF2 keyslot
-    /// at cryptsetup's minimum cost (1000 iterations), so formatting takes milliseconds; a
-    /// passphrase gets Argon2id with costs benchmarked as cryptsetup does (about 2 s, up to
-    /// 1 GiB, capped by --pbkdf-memory). Choose explicitly with --key-profile or --pbkdf.
+    /// A machine key (exactly 32 or 64 random bytes that are not text) gets a PBKDF2 keyslot
+    /// at cryptsetup's minimum cost (1000 iterations), so formatting takes milliseconds;
+    /// anything that may be a typed passphrase (any script, any line ending, hex or base64
+    /// text) gets Argon2id with costs benchmarked as cryptsetup does (about 2 s, up to 1 GiB,
+    /// capped by --pbkdf-memory). Say otherwise with --key-profile machine or --pbkdf.
     Format(FormatArgs),
     /// Print the header: keyslots, segments, digests, tokens (like `cryptsetup luksDump`).
     Dump(DumpArgs),
@@ -157,9 +212,11 @@ pub enum Pbkdf {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KeyProfile {
-    /// Machine key if the key is 32+ random bytes (or hex/base64 of them), else passphrase.
+    /// Machine key if the key cannot be typed text (exactly 32 or 64 bytes that are not
+    /// UTF-8, as `head -c 32 /dev/urandom` makes), else passphrase (hex or base64 text too).
     Auto,
-    /// PBKDF2 at 1000 iterations: for high-entropy keys only.
+    /// PBKDF2 at 1000 iterations: say so for high-entropy keys only (a random key written
+    /// as hex for qemu, say).
     Machine,
     /// Argon2id, benchmarked like cryptsetup.
     Passphrase,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use sealvol_crypto::kdf::{self, Argon2Variant};
 use sealvol_crypto::{HashAlg, SecretBytes, SectorSize};
-use sealvol_luks::{luks1, FormatOptions, KdfParams};
+use sealvol_luks::{luks1, DataSegment, FormatOptions, HeaderPlacement, KdfLimits, KdfParams};
 
 /// A LUKS1 or LUKS2 volume: every verb works on both (tokens only on LUKS2).
 pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::cli::*;
 use crate::headerdev::HeaderDev;
-use crate::keys::{looks_like_machine_key, KeySource};
+use crate::keys::{looks_like_machine_key, might_be_legacy_text, KeySource};
 use crate::output::Output;
 use crate::CleanNo;
 
@@ -73,6 +73,30 @@ fn open_file(path: &Path, write: bool) -> Result<File> {
         })
 }
 
+/// The limits every header opened by this process is held to (`--kdf-max-*`).
+static KDF_LIMITS: std::sync::OnceLock<KdfLimits> = std::sync::OnceLock::new();
+
+/// Sets the limits on what opened headers may ask of an unlock (once, from `main`).
+pub(crate) fn set_kdf_limits(limits: KdfLimits) {
+    let _ = KDF_LIMITS.set(limits);
+}
+
+/// The limits on what opened headers may ask of an unlock.
+pub(crate) fn kdf_limits() -> KdfLimits {
+    KDF_LIMITS.get().copied().unwrap_or_default()
+}
+
+/// The data segment of `vol`, refused when it overlaps the header: `detached` says whether
+/// the header lives in a file of its own (`--header`).
+pub(crate) fn data_segment(vol: &Volume<HeaderDev>, detached: bool) -> Result<DataSegment> {
+    let placement = if detached {
+        HeaderPlacement::Detached
+    } else {
+        HeaderPlacement::Attached
+    };
+    Ok(vol.data_segment_for(placement)?)
+}
+
 /// Opens the LUKS header of a volume, read-only or read-write.
 pub(crate) fn open_volume(
     volume: &Path,
@@ -81,7 +105,7 @@ pub(crate) fn open_volume(
 ) -> Result<Volume<HeaderDev>> {
     let path = header_path(volume, args);
     let file = open_file(path, write)?;
-    let vol = Volume::open(HeaderDev::new(file)).with_context(|| {
+    let mut vol = Volume::open(HeaderDev::new(file)).with_context(|| {
         let hint = if args.header.is_none() {
             " (if the header is detached, pass --header FILE)"
         } else {
@@ -90,6 +114,7 @@ pub(crate) fn open_volume(
         format!("{} is not a usable LUKS header{hint}", path.display())
     })?;
     report_load(&vol, path);
+    vol.set_kdf_limits(kdf_limits());
     Ok(vol)
 }
 
@@ -186,6 +211,15 @@ pub(crate) fn kdf_params_for(
         KeyProfile::Passphrase => false,
         KeyProfile::Auto => looks_like_machine_key(key.expose()),
     };
+    if machine
+        && args.key_profile == KeyProfile::Auto
+        && args.pbkdf.is_none()
+        && might_be_legacy_text(key.expose())
+    {
+        out.note(
+            "sealvol: note: the key is taken for a machine key (32 or 64 bytes, not UTF-8) and gets PBKDF2 at 1000 iterations; if it is a typed passphrase in a legacy encoding, pass --key-profile passphrase",
+        );
+    }
     let pbkdf = args.pbkdf.unwrap_or(if machine || luks1_hash.is_some() {
         Pbkdf::Pbkdf2
     } else {
@@ -795,7 +829,7 @@ fn import(a: ImportArgs, out: &Output) -> Result<()> {
     }
     let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
     refuse_read_only(&vol)?;
-    let segment = vol.data_segment()?;
+    let segment = data_segment(&vol, a.volume.header.is_some())?;
     let mut data = open_file(&a.volume_path, true)?;
     let device_len = data.metadata()?.len();
     let capacity = segment
@@ -847,7 +881,7 @@ fn import(a: ImportArgs, out: &Output) -> Result<()> {
 fn export(a: ExportArgs, out: &Output) -> Result<()> {
     let key_src = KeySource::from_args(&a.key);
     let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
-    let segment = vol.data_segment()?;
+    let segment = data_segment(&vol, a.volume.header.is_some())?;
     let mut data = open_file(&a.volume_path, false)?;
     let device_len = data.metadata()?.len();
     let len = segment

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let out = Output::new(cli.json);
+    commands::set_kdf_limits(cli.limits.limits());
     match commands::run(cli.command, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

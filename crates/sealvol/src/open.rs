@@ -195,7 +195,7 @@ fn prepare_with(
     if !read_only {
         refuse_read_only(&vol).context("open it with --read-only")?;
     }
-    let segment = vol.data_segment()?;
+    let segment = crate::commands::data_segment(&vol, header.is_some())?;
     let len = std::fs::metadata(&volume)?.len();
     segment
         .data_len(len)
@@ -467,7 +467,10 @@ pub fn internal_export(a: InternalArgs, _out: &Output) -> Result<()> {
                 hash_offset: a.verity_hash_offset,
                 root: hex::decode(root).context("--verity-root is not hex")?,
             },
-            _ => Source::Luks(open_volume(&volume, &args, false)?.data_segment()?),
+            _ => Source::Luks(crate::commands::data_segment(
+                &open_volume(&volume, &args, false)?,
+                args.header.is_some(),
+            )?),
         };
         Ok(Plan {
             id: volume_id(&volume)?,

@@ -215,8 +215,11 @@ impl CliDataKey {
         let logf = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(exe);
-        cmd.args(["serve", "nbd", "--key-file", "-", "--socket"])
-            .arg(socket);
+        cmd.args(crate::cli::KdfLimitArgs::to_args(
+            &crate::commands::kdf_limits(),
+        ))
+        .args(["serve", "nbd", "--key-file", "-", "--socket"])
+        .arg(socket);
         if let Some(h) = header {
             cmd.arg("--header").arg(h);
         }
