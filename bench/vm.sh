@@ -35,7 +35,7 @@ cat "$cache/base.cpio" "$dir/extra.cpio" > "$dir/initrd.cpio"
 key=$dir/key
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key"
 vol=$dir/data.luks
-"$SEALVOL" format --type luks1 --key-file "$key" --size $((MIB + 16))M "$vol" >/dev/null
+"$SEALVOL" format --type luks1 --key-profile machine --key-file "$key" --size $((MIB + 16))M "$vol" >/dev/null
 
 boot() { # $1: -blockdev JSON for node "data"; extra args follow
   local bd="$1"; shift

@@ -185,6 +185,9 @@ fn vm_round_trip(via: &str) {
                 "16M",
                 "--key-file",
                 keyf,
+                // A random key written as hex text (qemu's secret): say it is a machine key.
+                "--key-profile",
+                "machine",
             ],
             None,
         )
@@ -582,6 +585,8 @@ fn vm_cli_crash_at_every_step_then_sweep() {
             "16M",
             "--key-file",
             &keyf,
+            "--key-profile",
+            "machine",
         ];
         h.sv("volume", &a, None).ok();
     };

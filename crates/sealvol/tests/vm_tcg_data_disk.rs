@@ -36,6 +36,9 @@ fn data_volume(dir: &Path, key: &Path) -> PathBuf {
         "luks1",
         "--key-file",
         key.to_str().unwrap(),
+        // A random key as hex text (qemu's secret): a machine key, said so.
+        "--key-profile",
+        "machine",
         "--size",
         "4M",
         vol.to_str().unwrap(),

@@ -356,6 +356,45 @@ pub fn segment(meta: &Value) -> Segment {
     }
 }
 
+/// Rewrites the JSON metadata of both LUKS2 header copies on `device` with `edit` applied,
+/// recomputing each copy's SHA-256 checksum (LUKS2 on-disk format §2: the checksum covers the
+/// whole `hdr_size` bytes with its own 64-byte field at 448 zeroed). Written here from the
+/// specification, independently of sealvol's encoder, so that tests can hand sealvol headers
+/// that are valid for cryptsetup but hostile.
+pub fn rewrite_luks2_json(device: &Path, edit: impl FnOnce(&mut Value)) {
+    use sha2::Digest as _;
+    let mut bytes = snapshot(device);
+    let hdr_size = u64::from_be_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    let json_area = &bytes[4096..hdr_size];
+    let end = json_area
+        .iter()
+        .position(|&b| b == 0)
+        .expect("NUL-terminated JSON");
+    let mut meta: Value = serde_json::from_slice(&json_area[..end]).expect("LUKS2 JSON");
+    edit(&mut meta);
+    let text = serde_json::to_vec(&meta).unwrap();
+    assert!(text.len() < hdr_size - 4096, "edited JSON does not fit");
+    for copy in [0, hdr_size] {
+        let h = &mut bytes[copy..copy + hdr_size];
+        assert_eq!(&h[72..78], b"sha256", "checksum algorithm");
+        h[4096..].fill(0);
+        h[4096..4096 + text.len()].copy_from_slice(&text);
+        h[448..512].fill(0);
+        let sum = sha2::Sha256::digest(&*h);
+        h[448..448 + 32].copy_from_slice(&sum);
+    }
+    write_at(device, 0, &bytes[..2 * hdr_size]);
+}
+
+/// Sets a field of LUKS1 key slot `slot` in the binary header of `device` (big-endian u32 at
+/// `208 + 48 * slot + field`: 0 active, 4 iterations, 40 key material offset, 44 stripes), or
+/// of the header itself when `slot` is `None` (`field` is then the byte offset: 104 payload
+/// offset, 164 mk-digest-iter). LUKS1 headers carry no checksum.
+pub fn set_luks1_u32(device: &Path, slot: Option<usize>, field: u64, value: u32) {
+    let at = slot.map_or(field, |s| 208 + 48 * s as u64 + field);
+    write_at(device, at, &value.to_be_bytes());
+}
+
 /// `cryptsetup luksDump --dump-volume-key`: the volume key as cryptsetup unlocks it.
 pub fn dump_volume_key(header_device: &Path, key_file: &Path) -> Vec<u8> {
     let out = key_file.with_extension("vk");
