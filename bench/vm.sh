@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Guest sequential write and read of 256 MiB (dd, O_DIRECT, 1 MiB blocks) on the encrypted
-# data disk of a TCG VM (Debian kernel + busybox initramfs, as shared/tools/kernel-oracle
-# builds it): qemu's own LUKS driver over a sealvol LUKS1 volume vs sealvol's NBD export of
+# data disk of a TCG VM (the Debian kernel + a busybox initramfs, `guest_boot_files` in
+# lib.sh): qemu's own LUKS driver over a sealvol LUKS1 volume vs sealvol's NBD export of
 # the same volume. Same VM config; prints MiB/s for each and the NBD/qemu-LUKS ratio.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -13,15 +13,7 @@ build_sealvol
 dir=$(scratch_dir $((MIB * 3)))
 trap '[ -n "${srv:-}" ] && kill "$srv" 2>/dev/null; rm -rf "$dir"' EXIT
 
-# Kernel and base initramfs from the kernel oracle's cache (it builds them on first use).
-echo 'true' > "$dir/warm.sh"
-/work/shared/tools/kernel-oracle "$dir/warm.sh" >/dev/null 2>&1 || true
-kver=$(ls /lib/modules | sort -V | tail -1)
-cache=${XDG_CACHE_HOME:-$HOME/.cache}/kernel-oracle/$kver
-kernel=$cache/vmlinux; [ -s "$kernel" ] || kernel=/boot/vmlinuz-$kver
-[ -s "$cache/base.cpio" ] || { echo "bench: no kernel-oracle base.cpio in $cache" >&2; exit 2; }
-mkdir -p "$dir/run/in"
-cat > "$dir/run/in/guest.sh" <<G
+cat > "$dir/guest.sh" <<G
 t0=\$(cut -d' ' -f1 /proc/uptime)
 dd if=/dev/zero of=/dev/vda bs=1M count=$MIB oflag=direct 2>/dev/null
 t1=\$(cut -d' ' -f1 /proc/uptime)
@@ -29,8 +21,7 @@ dd if=/dev/vda of=/dev/null bs=1M count=$MIB iflag=direct 2>/dev/null
 t2=\$(cut -d' ' -f1 /proc/uptime)
 echo "BENCH \$t0 \$t1 \$t2"
 G
-(cd "$dir/run" && find in | cpio -o -H newc --quiet) > "$dir/extra.cpio"
-cat "$cache/base.cpio" "$dir/extra.cpio" > "$dir/initrd.cpio"
+guest_boot_files "$dir" "$dir/guest.sh" virtio_pci virtio_blk
 
 key=$dir/key
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key"
@@ -40,7 +31,7 @@ vol=$dir/data.luks
 boot() { # $1: -blockdev JSON for node "data"; extra args follow
   local bd="$1"; shift
   timeout 600 qemu-system-x86_64 -M q35 -accel tcg -cpu max -m 512 -smp 1 -nographic -no-reboot \
-    -kernel "$kernel" -initrd "$dir/initrd.cpio" -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
+    -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
     "$@" -blockdev "$bd" -device virtio-blk-pci,drive=data 2>&1 | tr -d '\r' | awk '/^BENCH/{print $2, $3, $4}'
 }
 rate() { awk -v a="$1" -v b="$2" -v m="$MIB" 'BEGIN{printf "%.1f", m / (b - a)}'; }

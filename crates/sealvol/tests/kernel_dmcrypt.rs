@@ -1,5 +1,5 @@
-//! Kernel truth: the Linux kernel's dm-crypt (in a throwaway qemu TCG guest, via
-//! `shared/tools/kernel-oracle`) opens volumes sealvol formatted and reads the plaintext
+//! Kernel truth: the Linux kernel's dm-crypt (in a throwaway qemu TCG guest, the kernel
+//! oracle of `tests/common/oracle.rs`) opens volumes sealvol formatted and reads the plaintext
 //! sealvol imported; and data the kernel writes through dm-crypt is what `sealvol export`
 //! reads back. This is the proof that sealvol's bytes are what the kernel expects, on hosts
 //! that have no device-mapper themselves.
@@ -8,11 +8,13 @@
 //! xz-utils; scripts/test installs them. A missing oracle or package fails the test.
 
 mod common;
-
-use std::path::Path;
-use std::process::Command;
+#[path = "common/guest.rs"]
+mod guest;
+#[path = "common/oracle.rs"]
+mod oracle;
 
 use common::*;
+use oracle::KernelOracle;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     let r = run("sha256sum", Vec::<&str>::new(), Some(bytes)).ok();
@@ -28,8 +30,6 @@ struct Case {
 
 #[test]
 fn kernel_dmcrypt_opens_sealvol_volumes_both_ways() {
-    let oracle = kernel_oracle();
-    need("qemu-system-x86_64");
     let dir = tmpdir();
     let d = dir.path();
     let (key, _) = machine_key(d, "key");
@@ -69,16 +69,9 @@ fn kernel_dmcrypt_opens_sealvol_volumes_both_ways() {
         },
     ];
 
-    let mut oracle_args: Vec<String> = vec!["--file".into(), key.display().to_string()];
+    let mut oracle = KernelOracle::new();
+    oracle.file(&key);
     let mut script = String::from("set -e\nfail=0\n");
-    let mut disk_index = 0u8;
-    let mut next_disk = |path: &Path, args: &mut Vec<String>| {
-        args.push("--disk".into());
-        args.push(path.display().to_string());
-        let dev = format!("/dev/vd{}", (b'a' + disk_index) as char);
-        disk_index += 1;
-        dev
-    };
     let mut expected = Vec::new();
     for c in &cases {
         let vol = d.join(format!("{}.img", c.name));
@@ -118,11 +111,11 @@ fn kernel_dmcrypt_opens_sealvol_volumes_both_ways() {
         let back = random_bytes(1 << 20);
         let back_path = d.join(format!("{}.back", c.name));
         std::fs::write(&back_path, &back).unwrap();
-        oracle_args.extend(["--file".into(), back_path.display().to_string()]);
+        oracle.file(&back_path);
 
-        let vol_dev = next_disk(&vol, &mut oracle_args);
+        let vol_dev = oracle.disk(&vol);
         let header_opt = if c.detached {
-            format!("--header {}", next_disk(&hdr, &mut oracle_args))
+            format!("--header {}", oracle.disk(&hdr))
         } else {
             String::new()
         };
@@ -138,21 +131,7 @@ fn kernel_dmcrypt_opens_sealvol_volumes_both_ways() {
         expected.push((c, vol, hdr, plain, back));
     }
     script.push_str("sync\nexit $fail\n");
-    let script_path = d.join("guest.sh");
-    std::fs::write(&script_path, &script).unwrap();
-    oracle_args.push(script_path.display().to_string());
-
-    let out = Command::new(&oracle)
-        .args(&oracle_args)
-        .output()
-        .expect("run kernel-oracle");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kernel-oracle failed ({:?})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        out.status
-    );
+    let stdout = oracle.run(&script).ok().to_string();
     for c in &cases {
         assert!(
             stdout.contains(&format!("{}: kernel reads sealvol's plaintext", c.name)),
@@ -187,4 +166,25 @@ fn kernel_dmcrypt_opens_sealvol_volumes_both_ways() {
             c.name
         );
     }
+}
+
+/// The oracle itself: a script's exit status and output come back, the guest has dm-crypt,
+/// dm-verity and cryptsetup, and a disk written in the guest is written on the host.
+#[test]
+fn kernel_oracle_reports_what_the_guest_did() {
+    let dir = tmpdir();
+    let disk = dir.path().join("disk.img");
+    sparse_file(&disk, 1 << 20);
+    let mut oracle = KernelOracle::new();
+    let dev = oracle.disk(&disk);
+    let run = oracle.run(&format!(
+        "test -d /sys/module/dm_crypt && test -d /sys/module/dm_verity || exit 9\n\
+         cryptsetup --version\n\
+         printf SEALVOL-ORACLE-WROTE | dd of={dev} bs=512 conv=fsync 2>/dev/null\n\
+         echo guest-says-hello; exit 3\n"
+    ));
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(run.output.contains("guest-says-hello"), "{}", run.output);
+    assert!(run.output.contains("cryptsetup 2."), "{}", run.output);
+    assert_eq!(read_at(&disk, 0, 20), b"SEALVOL-ORACLE-WROTE");
 }

@@ -1,5 +1,5 @@
 //! Kernel truth for hash trees: the Linux kernel's dm-verity (in a throwaway qemu TCG guest,
-//! via `shared/tools/kernel-oracle`) activates trees `sealvol verity format` built — a
+//! via the kernel oracle of `tests/common/oracle.rs`) activates trees `sealvol verity format` built — a
 //! squashfs with its tree appended, format 0 with sha1 and 512-byte blocks, and a tree without
 //! superblock — mounts and reads them, and returns an I/O error for exactly the block sealvol
 //! was told is corrupt.
@@ -8,12 +8,16 @@
 //! xz-utils squashfs-tools; scripts/test installs them. A missing oracle or package fails.
 
 mod common;
+#[path = "common/guest.rs"]
+mod guest;
+#[path = "common/oracle.rs"]
+mod oracle;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
+use oracle::KernelOracle;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -31,9 +35,7 @@ fn format(args: &[String]) -> String {
 
 #[test]
 fn kernel_dmverity_activates_sealvol_trees() {
-    let oracle = kernel_oracle();
     let mksquashfs = need("mksquashfs");
-    need("qemu-system-x86_64");
     let dir = tmpdir();
     let d = dir.path();
 
@@ -145,36 +147,20 @@ echo OK-corruption
 "#,
         ns_opts = ns_opts.join(" "),
     );
-    let script_path = d.join("guest.sh");
-    fs::write(&script_path, script).unwrap();
-
-    let mut args: Vec<String> = vec!["--file".into(), s(&d.join("sums.expected"))];
+    let mut oracle = KernelOracle::new();
+    oracle.file(&d.join("sums.expected"));
     for disk in [
         &sqfs, &v0_data, &v0_hash, &ns_data, &ns_hash, &bad_data, &bad_hash,
     ] {
-        args.extend(["--disk".into(), s(disk)]);
+        oracle.disk(disk);
     }
-    args.push(s(&script_path));
-    let out = Command::new(&oracle)
-        .args(&args)
-        .output()
-        .expect("run kernel-oracle");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kernel-oracle failed ({:?})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        out.status.code()
-    );
+    let stdout = oracle.run(&script).ok().to_string();
     for marker in [
         "OK-squashfs",
         "OK-format0",
         "OK-nosuperblock",
         "OK-corruption",
     ] {
-        assert!(
-            stdout.contains(marker),
-            "{marker} missing:\n{stdout}\n{stderr}"
-        );
+        assert!(stdout.contains(marker), "{marker} missing:\n{stdout}");
     }
 }

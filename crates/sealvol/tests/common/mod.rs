@@ -46,21 +46,6 @@ pub fn need(tool: &str) -> PathBuf {
     );
 }
 
-/// `shared/tools/kernel-oracle`, beside the repository (as CI lays it out).
-///
-/// # Panics
-/// If it is not there.
-pub fn kernel_oracle() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let oracle = repo.join("../shared/tools/kernel-oracle");
-    assert!(
-        oracle.is_file(),
-        "kernel-oracle not found at {}: the test suite expects shared/ beside the repository",
-        oracle.display()
-    );
-    oracle
-}
-
 /// What a finished command left behind.
 #[derive(Debug)]
 pub struct Run {
