@@ -33,6 +33,7 @@
 mod any;
 pub mod data;
 mod error;
+pub mod format;
 mod limits;
 pub mod luks1;
 pub mod luks2;
@@ -40,6 +41,9 @@ mod storage;
 
 pub use any::{AnyVolume, HeaderPlacement};
 pub use error::{Error, Result};
+pub use format::{
+    is_machine_key, probe, BuiltHeader, KdfKind, KdfPolicy, KeyProfile, NewHeader, Probe, Version,
+};
 pub use limits::{
     KdfCost, KdfLimits, DEFAULT_MAX_ARGON2_PASSES, DEFAULT_MAX_MEMORY_KIB,
     DEFAULT_MAX_PBKDF2_ITERATIONS,
