@@ -248,6 +248,35 @@ pub struct KdfArgs {
     pub key_profile: KeyProfile,
 }
 
+impl KdfArgs {
+    /// The library's KDF policy for these options.
+    ///
+    /// # Errors
+    /// An unknown `--hash`.
+    pub fn policy(&self) -> Result<sealvol_luks::KdfPolicy, sealvol_crypto::Error> {
+        use sealvol_luks::{KdfKind, KeyProfile as P};
+        Ok(sealvol_luks::KdfPolicy {
+            kind: self.pbkdf.map(|p| match p {
+                Pbkdf::Pbkdf2 => KdfKind::Pbkdf2,
+                Pbkdf::Argon2i => KdfKind::Argon2i,
+                Pbkdf::Argon2id => KdfKind::Argon2id,
+            }),
+            force_iterations: self.pbkdf_force_iterations,
+            iter_time: self
+                .iter_time
+                .map(|ms| std::time::Duration::from_millis(ms.into())),
+            max_memory_kib: self.pbkdf_memory,
+            parallel: self.pbkdf_parallel,
+            hash: self.hash.parse()?,
+            profile: match self.key_profile {
+                KeyProfile::Auto => P::Auto,
+                KeyProfile::Machine => P::Machine,
+                KeyProfile::Passphrase => P::Passphrase,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct FormatArgs {
     #[command(flatten)]

@@ -4,12 +4,14 @@
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sealvol_crypto::kdf::{self, Argon2Variant};
-use sealvol_crypto::{HashAlg, SecretBytes, SectorSize};
-use sealvol_luks::{luks1, DataSegment, FormatOptions, HeaderPlacement, KdfLimits, KdfParams};
+use sealvol_crypto::kdf::Argon2Variant;
+use sealvol_crypto::SecretBytes;
+use sealvol_luks::{
+    DataSegment, HeaderPlacement, KdfLimits, KdfParams, KdfPolicy, NewHeader, Version,
+};
 
 /// A LUKS1 or LUKS2 volume: every verb works on both (tokens only on LUKS2).
 pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
@@ -17,14 +19,9 @@ use serde_json::json;
 
 use crate::cli::*;
 use crate::headerdev::HeaderDev;
-use crate::keys::{looks_like_machine_key, might_be_legacy_text, KeySource};
+use crate::keys::KeySource;
 use crate::output::Output;
 use crate::CleanNo;
-
-/// cryptsetup's default KDF benchmark target.
-const DEFAULT_ITER_TIME_MS: u32 = 2000;
-/// cryptsetup's default Argon2 memory cap (1 GiB, in KiB).
-const DEFAULT_ARGON2_MEMORY_KIB: u32 = 1 << 20;
 
 pub fn run(command: Command, out: &Output) -> Result<()> {
     match command {
@@ -173,104 +170,31 @@ pub(crate) fn unlock_with(
 // ---------------------------------------------------------------------------------------------
 // KDF choice
 
-/// Picks the KDF for a new keyslot protecting `key`.
-pub(crate) fn kdf_params(args: &KdfArgs, key: &SecretBytes, out: &Output) -> Result<KdfParams> {
-    kdf_params_for(args, key, out, None)
-}
-
-/// The KDF for a new keyslot of `vol`: LUKS1 keyslots are PBKDF2 with the header's hash.
-fn kdf_params_of(
+/// The KDF for a new keyslot protecting `key` on `vol` (LUKS1: PBKDF2 with the header's
+/// hash), by the library's policy; a hint about how the key was taken goes to stderr.
+fn new_keyslot_kdf(
     args: &KdfArgs,
     key: &SecretBytes,
     out: &Output,
     vol: &Volume<HeaderDev>,
 ) -> Result<KdfParams> {
-    match vol {
-        Volume::Luks1(v) => kdf_params_for(args, key, out, Some(v.header().hash())),
-        Volume::Luks2(_) => kdf_params(args, key, out),
-    }
+    let mut policy = args.policy().context("--hash")?;
+    let luks1 = match vol {
+        Volume::Luks1(v) => {
+            policy.hash = v.header().hash();
+            true
+        }
+        Volume::Luks2(_) => false,
+    };
+    note_key_hint(&policy, key, out);
+    Ok(policy.params_for(key.expose(), luks1)?)
 }
 
-/// `luks1_hash`: the keyslot is LUKS1, whose PBKDF2 hash is the header's: `--pbkdf`
-/// must be pbkdf2 (the default there) and `--hash` is replaced by the header's.
-pub(crate) fn kdf_params_for(
-    args: &KdfArgs,
-    key: &SecretBytes,
-    out: &Output,
-    luks1_hash: Option<HashAlg>,
-) -> Result<KdfParams> {
-    let hash: HashAlg = match luks1_hash {
-        Some(h) => h,
-        None => args.hash.parse().context("--hash")?,
-    };
-    if luks1_hash.is_some() && matches!(args.pbkdf, Some(Pbkdf::Argon2i | Pbkdf::Argon2id)) {
-        bail!("LUKS1 keyslots use PBKDF2 only; drop --pbkdf or use a LUKS2 volume for Argon2");
+/// Tells the user when the policy may have taken their key for what it is not.
+pub(crate) fn note_key_hint(policy: &KdfPolicy, key: &SecretBytes, out: &Output) {
+    if let Some(hint) = policy.hint(key.expose()) {
+        out.note(&format!("sealvol: note: {hint}"));
     }
-    let machine = match args.key_profile {
-        KeyProfile::Machine => true,
-        KeyProfile::Passphrase => false,
-        KeyProfile::Auto => looks_like_machine_key(key.expose()),
-    };
-    if machine
-        && args.key_profile == KeyProfile::Auto
-        && args.pbkdf.is_none()
-        && might_be_legacy_text(key.expose())
-    {
-        out.note(
-            "sealvol: note: the key is taken for a machine key (32 or 64 bytes, not UTF-8) and gets PBKDF2 at 1000 iterations; if it is a typed passphrase in a legacy encoding, pass --key-profile passphrase",
-        );
-    }
-    let pbkdf = args.pbkdf.unwrap_or(if machine || luks1_hash.is_some() {
-        Pbkdf::Pbkdf2
-    } else {
-        Pbkdf::Argon2id
-    });
-    let target = Duration::from_millis(args.iter_time.unwrap_or(DEFAULT_ITER_TIME_MS).into());
-    let params = match pbkdf {
-        Pbkdf::Pbkdf2 => {
-            let iterations = match (args.pbkdf_force_iterations, args.iter_time) {
-                (Some(n), _) => {
-                    if n < 1000 {
-                        bail!("--pbkdf-force-iterations {n} is below cryptsetup's minimum of 1000 for PBKDF2");
-                    }
-                    n
-                }
-                // A machine key needs no stretching: cryptsetup's minimum.
-                (None, None) if machine => 1000,
-                (None, _) => kdf::benchmark_pbkdf2(hash, 64, target),
-            };
-            KdfParams::Pbkdf2 { hash, iterations }
-        }
-        Pbkdf::Argon2i | Pbkdf::Argon2id => {
-            let variant = if pbkdf == Pbkdf::Argon2i {
-                Argon2Variant::Argon2i
-            } else {
-                Argon2Variant::Argon2id
-            };
-            let parallel = args.pbkdf_parallel.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get().min(4) as u32)
-                    .unwrap_or(1)
-            });
-            let max_memory = args.pbkdf_memory.unwrap_or(DEFAULT_ARGON2_MEMORY_KIB);
-            let (time, memory_kib) = match args.pbkdf_force_iterations {
-                Some(t) => (t, max_memory),
-                None => {
-                    if !out.json() {
-                        tracing::info!("benchmarking Argon2 for {} ms", target.as_millis());
-                    }
-                    kdf::benchmark_argon2(variant, target, max_memory, parallel)
-                }
-            };
-            KdfParams::Argon2 {
-                variant,
-                time,
-                memory_kib,
-                parallel,
-            }
-        }
-    };
-    Ok(params)
 }
 
 pub(crate) fn kdf_json(k: &KdfParams) -> serde_json::Value {
@@ -311,128 +235,53 @@ pub(crate) fn kdf_human(k: &KdfParams) -> String {
 // ---------------------------------------------------------------------------------------------
 // format
 
-fn has_luks_magic(path: &Path) -> bool {
-    let mut magic = [0u8; 6];
+/// What LUKS header, if any, the file at `path` starts with.
+pub(crate) fn probe_file(path: &Path) -> Option<sealvol_luks::Probe> {
+    let mut head = [0u8; sealvol_luks::format::PROBE_LEN];
     File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"LUKS\xba\xbe"
+        .and_then(|mut f| f.read_exact(&mut head))
+        .ok()?;
+    sealvol_luks::probe(&head)
 }
 
 fn format(a: FormatArgs, out: &Output) -> Result<()> {
-    let luks1 = match a.luks_type.as_str() {
-        "luks2" => false,
-        "luks1" => true,
-        other => bail!("--type {other} is not supported; use --type luks2 (default) or luks1"),
-    };
-    if a.cipher != "aes-xts-plain64" {
-        bail!(
-            "cipher {} is not supported; sealvol writes aes-xts-plain64",
-            a.cipher
-        );
-    }
-    if a.key_size != 256 && a.key_size != 512 {
-        bail!(
-            "--key-size {} is not valid for aes-xts-plain64; use 512 (AES-256) or 256 (AES-128)",
-            a.key_size
-        );
-    }
-    let sector_size = match (luks1, a.sector_size) {
-        (true, None | Some(512)) => SectorSize::S512,
-        (true, Some(s)) => bail!("--sector-size {s}: LUKS1 encrypts 512-byte sectors only"),
-        (false, s) => SectorSize::try_from(s.unwrap_or(4096)).context("--sector-size")?,
-    };
-    if luks1 {
-        for (set, opt) in [
-            (a.label.is_some(), "--label"),
-            (a.subsystem.is_some(), "--subsystem"),
-            (a.luks2_metadata_size.is_some(), "--luks2-metadata-size"),
-            (a.luks2_keyslots_size.is_some(), "--luks2-keyslots-size"),
-        ] {
-            if set {
-                bail!("{opt} exists only in LUKS2; drop it or use --type luks2");
-            }
-        }
-    }
+    let version: Version = a.luks_type.parse()?;
     let detached = a.volume.header.is_some();
     let header_file = header_path(&a.volume_path, &a.volume).to_path_buf();
-
-    for p in [&header_file] {
-        if has_luks_magic(p) && !a.batch_mode {
-            bail!(
-                "{} already holds a LUKS header; formatting destroys its keys. Pass --batch-mode to overwrite it",
-                p.display()
-            );
-        }
+    if probe_file(&header_file).is_some() && !a.batch_mode {
+        bail!(
+            "{} already holds a LUKS header; formatting destroys its keys. Pass --batch-mode to overwrite it",
+            header_file.display()
+        );
     }
-
-    let key = KeySource::from_args(&a.key).read()?;
-    let luks1_hash = if luks1 {
-        Some(a.kdf.hash.parse::<HashAlg>().context("--hash")?)
-    } else {
-        None
-    };
-    let kdf = kdf_params_for(&a.kdf, &key, out, luks1_hash)?;
-    let defaults = FormatOptions::default();
-    let opts = FormatOptions {
+    let request = NewHeader {
+        version,
         cipher: a.cipher.clone(),
         key_size_bits: a.key_size,
-        sector_size,
+        sector_size: a.sector_size,
         detached,
         label: a.label.clone(),
         subsystem: a.subsystem.clone(),
         uuid: a.uuid.clone(),
-        kdf,
         keyslot: a.key_slot,
-        metadata_size: a.luks2_metadata_size.unwrap_or(defaults.metadata_size),
+        metadata_size: a.luks2_metadata_size,
         keyslots_size: a.luks2_keyslots_size,
-        data_offset: match a.offset {
-            Some(s) => Some(s.checked_mul(512).context("--offset is too large")?),
-            None => None,
-        },
-        ..defaults
+        data_offset_sectors: a.offset,
+        kdf: a.kdf.policy().context("--hash")?,
     };
+    let key = KeySource::from_args(&a.key).read()?;
+    note_key_hint(&request.kdf, &key, out);
 
     // Build the whole header area in memory first: every validation and KDF error happens
     // before a byte reaches the disk.
-    let volume_key = SecretBytes::random(a.key_size as usize / 8)?;
     let started = Instant::now();
-    let (uuid, segment, header_bytes) = match (luks1_hash, kdf) {
-        (Some(hash), KdfParams::Pbkdf2 { iterations, .. }) => {
-            let opts = luks1::FormatOptions {
-                key_size_bits: a.key_size,
-                hash,
-                iterations,
-                detached,
-                payload_offset: a.offset,
-                uuid: a.uuid.clone(),
-                keyslot: a.key_slot,
-                ..Default::default()
-            };
-            let vol = luks1::Volume::format(
-                std::io::Cursor::new(Vec::new()),
-                &opts,
-                &volume_key,
-                key.expose(),
-            )
-            .context("cannot build the LUKS1 header")?;
-            let uuid = vol.header().uuid().to_string();
-            let segment = vol.data_segment()?;
-            (uuid, segment, vol.into_storage().into_inner())
-        }
-        _ => {
-            let vol = sealvol_luks::Volume::format(
-                std::io::Cursor::new(Vec::new()),
-                &opts,
-                &volume_key,
-                key.expose(),
-            )
-            .context("cannot build the LUKS2 header")?;
-            let uuid = vol.header().uuid().to_string();
-            let segment = vol.data_segment()?;
-            (uuid, segment, vol.into_storage().into_inner())
-        }
-    };
+    let built = request
+        .build(key.expose())
+        .with_context(|| format!("cannot build the {} header", version.as_str()))?;
+    drop(key);
+    let (uuid, segment, header_bytes, kdf) = (built.uuid, built.segment, built.bytes, built.kdf);
+    let sector_size = segment.sector_size;
+    let luks1 = version == Version::Luks1;
 
     // Sizes: the data area must exist and hold at least one sector.
     let data_offset = segment.offset;
@@ -583,7 +432,7 @@ fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
     refuse_read_only(&vol)?;
     let unlocked = unlock(&mut vol, &old_src, None)?;
     let new_key = new_src.read()?;
-    let kdf = kdf_params_of(&a.kdf, &new_key, out, &vol)?;
+    let kdf = new_keyslot_kdf(&a.kdf, &new_key, out, &vol)?;
     let slot = vol
         .add_keyslot(&unlocked.volume_key, new_key.expose(), &kdf, a.key_slot)
         .context("cannot add the keyslot")?;
@@ -621,7 +470,7 @@ fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
     refuse_read_only(&vol)?;
     let old_key = old_src.read()?;
     let new_key = new_src.read()?;
-    let kdf = kdf_params_of(&a.kdf, &new_key, out, &vol)?;
+    let kdf = new_keyslot_kdf(&a.kdf, &new_key, out, &vol)?;
     let slot = match vol.change_key(old_key.expose(), new_key.expose(), Some(&kdf), a.key_slot) {
         Ok(s) => s,
         Err(sealvol_luks::Error::WrongKey) => {

@@ -1,5 +1,5 @@
-//! Reading keys from a file, stdin or a file descriptor, and telling machine keys from
-//! passphrases. Keys are read straight into [`SecretBytes`]; no path here ever logs them.
+//! Reading keys from a file, stdin or a file descriptor. Keys are read straight into
+//! [`SecretBytes`]; no path here ever logs them.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -113,88 +113,9 @@ fn read_limited(r: impl Read, what: &str) -> Result<SecretBytes> {
     Ok(key)
 }
 
-/// True for a key that cannot be typed text: exactly 32 or 64 bytes (256 or 512 bits, what
-/// `head -c 32 /dev/urandom` makes) that are not valid UTF-8.
-///
-/// Such a key gains nothing from a memory-hard KDF (DESIGN.md: "Keys"), so its keyslot can
-/// use PBKDF2 at cryptsetup's minimum cost. Everything else may be a passphrase a person
-/// chose, typed or saved from an editor (hex or base64 text, any script, any line ending),
-/// and gets Argon2id: a wrong guess here costs two seconds at format time, the other way
-/// round it costs the passphrase. Random bytes are valid UTF-8 with a probability below
-/// 10^-9 for 32 bytes, so a machine key is recognised in practice always.
-pub fn looks_like_machine_key(key: &[u8]) -> bool {
-    matches!(key.len(), 32 | 64) && std::str::from_utf8(key).is_err()
-}
-
-/// True for a key taken for a machine key that might still be text in a single-byte
-/// encoding (Latin-1, CP1251 ...): no control bytes at all. Worth a hint, not a decision
-/// (one random 32-byte key in about 7000 looks like this).
-pub fn might_be_legacy_text(key: &[u8]) -> bool {
-    let text = key.strip_suffix(b"\n").unwrap_or(key);
-    let text = text.strip_suffix(b"\r").unwrap_or(text);
-    text.iter()
-        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0xa0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn machine_keys_are_recognised() {
-        let random: Vec<u8> = (0..32u8)
-            .map(|i| i.wrapping_mul(97).wrapping_add(3) | 0x80)
-            .collect();
-        assert!(looks_like_machine_key(&random));
-        let random64: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(151) ^ 0xc5).collect();
-        assert!(std::str::from_utf8(&random64).is_err());
-        assert!(looks_like_machine_key(&random64));
-    }
-
-    /// Issue 9: a passphrase of 32 or more bytes in any script, or saved with a CRLF ending,
-    /// is text: Argon2id, not the machine-key PBKDF2 at 1000 iterations. So are hex and
-    /// base64 text, which a person can type.
-    #[test]
-    fn passphrases_in_any_script_and_line_ending_are_not_machine_keys() {
-        let phrases: [&[u8]; 9] = [
-            "Пароль для моего тома: очень длинный".as_bytes(), // Cyrillic
-            "Größenwahnsinnige Schlüssel öffnen Türen".as_bytes(), // German
-            "这是一个很长的中文密码用于测试".as_bytes(),       // Chinese
-            "🔑🔑🔑🔑🔑🔑🔑🔑".as_bytes(),                     // exactly 32 bytes of emoji
-            b"correct horse battery staple and more words\r\n",
-            b"correct horse battery staple and more words too\n",
-            b"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-            b"q83vEjRWd4Gvh2aP5XyZ0bCdEfGhIjKlMnOpQrStUvWx\n",
-            b"correct horse battery staple",
-        ];
-        for p in phrases {
-            assert!(
-                !looks_like_machine_key(p),
-                "{:?} taken for a machine key",
-                String::from_utf8_lossy(p)
-            );
-        }
-        assert_eq!("🔑🔑🔑🔑🔑🔑🔑🔑".len(), 32);
-        // Binary keys of other lengths are not assumed to be machine keys either.
-        assert!(!looks_like_machine_key(&[0xffu8; 16]));
-        assert!(!looks_like_machine_key(&[0xffu8; 33]));
-    }
-
-    #[test]
-    fn legacy_single_byte_text_is_flagged() {
-        // "Größenwahnsinnige Schlüssel 1234" in Latin-1: 32 bytes, not UTF-8.
-        let latin1: Vec<u8> = "Größenwahnsinnige Schlüssel 1234"
-            .chars()
-            .map(|c| c as u32 as u8)
-            .collect();
-        assert_eq!(latin1.len(), 32);
-        assert!(looks_like_machine_key(&latin1));
-        assert!(might_be_legacy_text(&latin1));
-        let mut random = [0u8; 32];
-        random[0] = 0x01;
-        random[1] = 0xff;
-        assert!(!might_be_legacy_text(&random));
-    }
 
     #[test]
     fn key_files_readable_by_others_are_named() {

@@ -3,10 +3,9 @@
 //! `sealvol_host::volume::Manager`; this module reads the key, provides the two steps that
 //! need it (format, open through the same export as `sealvol open`) and prints results.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use sealvol_crypto::SecretBytes;
 use sealvol_host::state::StateDir;
@@ -14,11 +13,11 @@ use sealvol_host::vm::manager::VmManager;
 use sealvol_host::volume::{
     self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, VolumeId,
 };
-use sealvol_luks::{luks1, FormatOptions, KdfParams, Volume};
+use sealvol_luks::{NewHeader, Version};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cli::{parse_size, KdfArgs, KeyArgs, KeyProfile};
+use crate::cli::{parse_size, KdfArgs, KeyArgs};
 use crate::keys::KeySource;
 use crate::output::Output;
 use crate::CleanNo;
@@ -213,63 +212,25 @@ impl CliKeyed<'_> {
         data_size: u64,
         luks_type: LuksType,
     ) -> Result<Formatted> {
-        let machine = KdfArgs {
-            pbkdf: None,
-            pbkdf_force_iterations: None,
-            iter_time: None,
-            pbkdf_memory: None,
-            pbkdf_parallel: None,
-            hash: "sha256".into(),
-            key_profile: KeyProfile::Auto,
+        let kdf = match self.kdf {
+            Some(args) => args.policy().context("--hash")?,
+            None => sealvol_luks::KdfPolicy::default(),
         };
-        let kdf_args = self.kdf.unwrap_or(&machine);
-        // The whole header in memory first, as `sealvol format` does.
-        let (uuid, data_offset, bytes, kdf) = match luks_type {
-            LuksType::Luks2 => {
-                let kdf = crate::commands::kdf_params(kdf_args, &self.key, self.out)?;
-                let opts = FormatOptions {
-                    detached: header.is_some(),
-                    kdf,
-                    ..FormatOptions::default()
-                };
-                let volume_key = SecretBytes::random(opts.key_size_bits as usize / 8)?;
-                let vol = Volume::format(
-                    Cursor::new(Vec::new()),
-                    &opts,
-                    &volume_key,
-                    self.key.expose(),
-                )
-                .context("cannot build the LUKS2 header")?;
-                let uuid = vol.header().uuid().to_string();
-                let data_offset = vol.data_segment()?.offset;
-                (uuid, data_offset, vol.into_storage().into_inner(), kdf)
-            }
-            LuksType::Luks1 => {
-                let hash = kdf_args.hash.parse().context("--hash")?;
-                let kdf =
-                    crate::commands::kdf_params_for(kdf_args, &self.key, self.out, Some(hash))?;
-                let KdfParams::Pbkdf2 { iterations, .. } = kdf else {
-                    bail!("LUKS1 keyslots use PBKDF2 only");
-                };
-                let opts = luks1::FormatOptions {
-                    hash,
-                    iterations,
-                    detached: header.is_some(),
-                    ..Default::default()
-                };
-                let volume_key = SecretBytes::random(opts.key_size_bits as usize / 8)?;
-                let vol = luks1::Volume::format(
-                    Cursor::new(Vec::new()),
-                    &opts,
-                    &volume_key,
-                    self.key.expose(),
-                )
-                .context("cannot build the LUKS1 header")?;
-                let uuid = vol.header().uuid().to_string();
-                let data_offset = vol.data_segment()?.offset;
-                (uuid, data_offset, vol.into_storage().into_inner(), kdf)
-            }
+        crate::commands::note_key_hint(&kdf, &self.key, self.out);
+        let request = NewHeader {
+            version: match luks_type {
+                LuksType::Luks2 => Version::Luks2,
+                LuksType::Luks1 => Version::Luks1,
+            },
+            detached: header.is_some(),
+            kdf,
+            ..NewHeader::default()
         };
+        let built = request
+            .build(self.key.expose())
+            .with_context(|| format!("cannot build the {} header", luks_type.as_str()))?;
+        let (uuid, data_offset, bytes, kdf) =
+            (built.uuid, built.segment.offset, built.bytes, built.kdf);
         let data = std::fs::OpenOptions::new()
             .write(true)
             .open(image)
