@@ -51,7 +51,7 @@ fn primary_version<S: Storage>(s: &mut S) -> Option<u16> {
     let mut b = [0u8; 8];
     s.seek(SeekFrom::Start(0)).ok()?;
     s.read_exact(&mut b).ok()?;
-    (b[..6] == luks1::MAGIC).then(|| u16::from_be_bytes([b[6], b[7]]))
+    crate::probe(&b).map(|p| p.version)
 }
 
 /// Refuses a KDF LUKS1 cannot store and returns the PBKDF2 iterations.
