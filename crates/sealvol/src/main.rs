@@ -30,6 +30,24 @@ impl std::fmt::Display for CleanNo {
 
 impl std::error::Error for CleanNo {}
 
+/// A clean "no" (exit code 1) whose JSON error document carries details next to `error`
+/// and `exit_code` (`failures` of a verification, `signature` ...).
+#[derive(Debug)]
+pub struct CleanNoWith {
+    /// What the user reads.
+    pub message: String,
+    /// Merged into the JSON error document.
+    pub details: serde_json::Value,
+}
+
+impl std::fmt::Display for CleanNoWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CleanNoWith {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -51,7 +69,9 @@ fn main() -> ExitCode {
 /// 1 for a clean "no" (wrong key), 2 for every other error.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.downcast_ref::<CleanNo>().is_some() {
+        if cause.downcast_ref::<CleanNo>().is_some()
+            || cause.downcast_ref::<CleanNoWith>().is_some()
+        {
             return 1;
         }
         if let Some(sealvol_luks::Error::WrongKey) = cause.downcast_ref::<sealvol_luks::Error>() {

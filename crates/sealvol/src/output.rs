@@ -42,7 +42,15 @@ impl Output {
         let message = format!("{err:#}");
         eprintln!("sealvol: {message}");
         if self.json {
-            let v = serde_json::json!({ "ok": false, "error": message, "exit_code": code });
+            let mut v = err
+                .chain()
+                .find_map(|c| c.downcast_ref::<crate::CleanNoWith>())
+                .map(|c| c.details.clone())
+                .filter(Value::is_object)
+                .unwrap_or_else(|| serde_json::json!({}));
+            v["ok"] = false.into();
+            v["error"] = message.into();
+            v["exit_code"] = code.into();
             let _ = writeln!(std::io::stdout(), "{v}");
         }
     }

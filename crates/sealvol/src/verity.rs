@@ -515,7 +515,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<()> {
             Ok(()) => signer = Some(key.to_hex()),
             Err(e @ verity::Error::BadSignature) | Err(e @ verity::Error::SignatureLength(_)) => {
                 let msg = format!("signature {} refused: {e}", sig_path.display());
-                return clean_no(out, msg, json!({"signature": {"valid": false}}));
+                return clean_no(msg, json!({"signature": {"valid": false}}));
             }
             Err(e) => return Err(e.into()),
         }
@@ -595,23 +595,16 @@ fn report_verification(
         "verification of {} failed: {first}{more}{unverifiable}",
         a.data.display()
     );
-    clean_no(out, msg, j)
+    clean_no(msg, j)
 }
 
-/// A clean "no" (exit 1). In JSON mode the one document on stdout carries the details
-/// (`failures`, …) next to the `ok`, `error` and `exit_code` fields every failed command
-/// prints, so this prints it and exits here instead of letting `main` print a second,
-/// detail-less document.
-fn clean_no(out: &Output, msg: String, mut details: Value) -> Result<()> {
-    if !out.json() {
-        return Err(anyhow!(CleanNo(msg)));
-    }
-    details["ok"] = json!(false);
-    details["error"] = json!(msg);
-    details["exit_code"] = json!(1);
-    eprintln!("sealvol: {msg}");
-    out.result("", details)?;
-    std::process::exit(1);
+/// A clean "no" (exit 1) whose JSON error document carries `details` (`failures`, …) next
+/// to the `ok`, `error` and `exit_code` fields every failed command prints.
+fn clean_no(msg: String, details: Value) -> Result<()> {
+    Err(anyhow!(crate::CleanNoWith {
+        message: msg,
+        details,
+    }))
 }
 
 fn dump(a: DumpArgs, out: &Output) -> Result<()> {
