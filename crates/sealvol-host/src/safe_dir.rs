@@ -95,6 +95,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a file of mode `st_mode`.
+    pub fn of_mode(st_mode: u32) -> Self {
+        Self::of(FileType::from_raw_mode(st_mode))
+    }
+
     fn of(t: FileType) -> Self {
         match t {
             FileType::RegularFile => Kind::File,

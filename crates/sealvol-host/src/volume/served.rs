@@ -32,12 +32,11 @@ pub struct Stopped {
     pub killed: bool,
 }
 
-/// The export record (in `run`) of the volume file `volume`, if one is open.
+/// The export record (in `run`) of the volume file `volume`, if one is open. `volume` is
+/// compared as recorded (exports record canonical paths) and never resolved: a link
+/// planted at a path must not lead to another volume's export.
 pub fn find(run: &StateDir, volume: &Path) -> Option<Entry> {
-    let want = std::fs::canonicalize(volume).unwrap_or_else(|_| volume.to_path_buf());
-    run.list()
-        .into_iter()
-        .find(|e| e.volume == want || e.volume == volume)
+    run.list().into_iter().find(|e| e.volume == volume)
 }
 
 /// Whether the export behind `entry` is alive (its process runs and holds the volume lock).
@@ -113,8 +112,95 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
     // the loop device on top was still busy after a lazy unmount), a dead FUSE mount is left
     // behind, and the next export at this path would fail with ENOTCONN: take it away.
     if let Some(f) = &entry.fuse_file {
-        let _ = mount::umount(f, true);
+        let _ = mount::unmount_nofollow(f, true);
     }
     run.remove(&entry.id);
+    // The claim's lock file, once nobody holds it.
+    if let Ok(Some(dir)) = run.existing() {
+        let _ = crate::lock::remove_if_free(&dir, &format!("{}.lock", entry.id));
+    }
     Ok(done)
+}
+
+/// Clears what an export of runtime id `id` left when it died, under the volume's claim:
+/// mounts of loop devices on its FUSE file, those loop devices, a dead FUSE mount, its
+/// record, its runtime directory (FUSE file, log) and its lock file. Does nothing (and
+/// returns nothing) when a process holds the claim: a live export, one being set up, or a
+/// VM's qemu reading the volume. Returns what it did.
+///
+/// # Errors
+/// The first step that fails.
+pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Vec<String>> {
+    let claim = match VolumeLock::acquire(run, id, Path::new(id)) {
+        Ok(c) => c,
+        Err(Error::AlreadyOpen { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut done = Vec::new();
+    let record = run.load(id);
+    let fuse = run.fuse_file(id);
+    // Whatever a loop device on the FUSE file is mounted on: the record's mount point, or
+    // one the export made before it could record it.
+    for dev in loopdev::find_by_backing(&fuse) {
+        for point in mount::mounted_from(dev.to_string_lossy().as_ref()) {
+            mount::unmount_nofollow(&point, true)?;
+            done.push(format!(
+                "unmounted {} ({} on a dead export's FUSE file)",
+                point.display(),
+                dev.display()
+            ));
+        }
+        if loopdev::detach(&dev, Some(&fuse))? {
+            done.push(format!(
+                "detached {} (a loop device on a dead export's FUSE file)",
+                dev.display()
+            ));
+        }
+    }
+    if mount::mounted_at(&fuse) {
+        mount::unmount_nofollow(&fuse, true)?;
+        done.push(format!(
+            "detached the dead FUSE mount on {}",
+            fuse.display()
+        ));
+    }
+    let dir = run.dir()?;
+    let record_name = format!("{id}.json");
+    if record.is_some() || dir.exists(&record_name) {
+        done.push(match &record {
+            Some(e) => format!("removed the record of export {}, which had died", e.pid),
+            None => format!("removed {}", dir.join(&record_name).display()),
+        });
+    }
+    if dir.exists(id) {
+        done.push(format!(
+            "removed the runtime directory {} (FUSE file, log)",
+            dir.join(id).display()
+        ));
+    }
+    dir.remove_file(&record_name)?;
+    dir.remove_tree(id)?;
+    if claim.release_and_remove()? && done.is_empty() {
+        done.push(format!(
+            "removed the lock file {} that no process held",
+            dir.join(&format!("{id}.lock")).display()
+        ));
+    }
+    Ok(done)
+}
+
+/// Clears every runtime entry of `run` whose export died ([`clear_runtime`] for each id
+/// with a record, a directory or a lock file). Returns `(id, what was done)`.
+///
+/// # Errors
+/// The first step that fails.
+pub fn sweep_runtime(run: &StateDir) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for id in run.ids() {
+        for what in clear_runtime(run, &id)? {
+            tracing::warn!(id = %id, action = %what, "sweep of the runtime directory");
+            out.push((id.clone(), what));
+        }
+    }
+    Ok(out)
 }
