@@ -12,7 +12,8 @@ use sealvol_crypto::SecretBytes;
 use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::VmManager;
 use sealvol_host::volume::{
-    self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, VolumeId,
+    self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, Target,
+    VolumeId,
 };
 use sealvol_luks::{luks1, FormatOptions, KdfParams, Volume};
 use serde::Deserialize;
@@ -183,8 +184,8 @@ fn keyed_err(e: anyhow::Error) -> KeyedError {
 impl Keyed for CliKeyed<'_> {
     fn format(
         &mut self,
-        image: &Path,
-        header: Option<&Path>,
+        image: Target<'_>,
+        header: Option<Target<'_>>,
         data_size: u64,
         luks_type: LuksType,
     ) -> std::result::Result<Formatted, KeyedError> {
@@ -208,8 +209,8 @@ impl Keyed for CliKeyed<'_> {
 impl CliKeyed<'_> {
     fn format_inner(
         &mut self,
-        image: &Path,
-        header: Option<&Path>,
+        image: Target<'_>,
+        header: Option<Target<'_>>,
         data_size: u64,
         luks_type: LuksType,
     ) -> Result<Formatted> {
@@ -270,33 +271,26 @@ impl CliKeyed<'_> {
                 (uuid, data_offset, vol.into_storage().into_inner(), kdf)
             }
         };
-        let data = std::fs::OpenOptions::new()
-            .write(true)
-            .open(image)
-            .with_context(|| format!("cannot open {}", image.display()))?;
+        // Both files were made by the manager: written through their descriptors only.
         let len = data_offset
             .checked_add(data_size)
             .context("the size is too large")?;
-        data.set_len(len)
-            .with_context(|| format!("cannot size {} to {len} bytes", image.display()))?;
-        let write = |path: &Path, create: bool| -> Result<()> {
-            use std::os::unix::fs::{FileExt, OpenOptionsExt};
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(create)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            f.write_all_at(&bytes, 0)
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("cannot write the LUKS header to {}", path.display()))
+        image
+            .file
+            .set_len(len)
+            .with_context(|| format!("cannot size {} to {len} bytes", image.path.display()))?;
+        let write = |t: Target<'_>| -> Result<()> {
+            use std::os::unix::fs::FileExt;
+            t.file
+                .write_all_at(&bytes, 0)
+                .and_then(|()| t.file.sync_all())
+                .with_context(|| format!("cannot write the LUKS header to {}", t.path.display()))
         };
-        match header {
-            Some(h) => write(h, true)?,
-            None => write(image, false)?,
-        }
-        data.sync_all()
-            .with_context(|| format!("cannot sync {}", image.display()))?;
+        write(header.unwrap_or(image))?;
+        image
+            .file
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", image.path.display()))?;
         tracing::info!(uuid = %uuid, r#type = luks_type.as_str(), kdf = %crate::commands::kdf_human(&kdf), "formatted");
         Ok(Formatted {
             uuid,
