@@ -517,7 +517,7 @@ impl Stack<'_> {
     /// file system is left as it was (and the error returned).
     fn teardown(&mut self, lazy: bool) -> Result<()> {
         if let Some(dir) = &self.mounted {
-            mount::umount(dir, lazy).with_context(|| {
+            mount::unmount_nofollow(dir, lazy).with_context(|| {
                 format!(
                     "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and try again",
                     dir.display(),

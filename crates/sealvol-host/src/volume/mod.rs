@@ -860,11 +860,16 @@ impl Manager {
         }
         if live.is_none() {
             if let Some(rid) = &rid {
-                let dir = self.run.root().join(rid);
-                if dir.exists() && !VolumeLock::is_held(&self.run, rid) {
+                let there = self
+                    .run
+                    .existing()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d.exists(rid));
+                if there && !VolumeLock::is_held(&self.run, rid) {
                     stale.push(format!(
                         "the runtime directory {} of an export that is gone",
-                        dir.display()
+                        self.run.root().join(rid).display()
                     ));
                 }
             }
@@ -1198,8 +1203,8 @@ impl Manager {
         }
         if let Some(rid) = self.image_runtime_id(id) {
             let done = served::clear_runtime(&self.run, &rid)?;
-            c.open |= done.iter().any(|d| !d.starts_with("removed"));
-            c.actions.extend(done);
+            c.open |= done.mounts;
+            c.actions.extend(done.actions);
         }
         for dev in loopdev::find_by_backing(&image) {
             loopdev::detach(&dev, None)?;

@@ -57,7 +57,7 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
     };
     if let Some(dir) = &entry.mount_point {
         done.unmounted = match busy {
-            Busy::Fail => mount::umount(dir, !done.export_was_running).map_err(|e| {
+            Busy::Fail => mount::unmount_nofollow(dir, !done.export_was_running).map_err(|e| {
                 Error::Invalid(format!(
                     "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and try again ({e})",
                     dir.display(),
@@ -67,7 +67,7 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
             Busy::RetryThenLazy(wait) => {
                 let start = Instant::now();
                 loop {
-                    match mount::umount(dir, false) {
+                    match mount::unmount_nofollow(dir, false) {
                         Ok(u) => break u,
                         Err(e) if start.elapsed() < wait => {
                             tracing::info!(mount = %dir.display(), error = %e, "busy; retrying");
@@ -76,7 +76,7 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
                         Err(e) => {
                             tracing::warn!(mount = %dir.display(), error = %e, "still busy; detaching lazily");
                             done.lazy = true;
-                            break mount::umount(dir, true)?;
+                            break mount::unmount_nofollow(dir, true)?;
                         }
                     }
                 }
@@ -122,23 +122,46 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
     Ok(done)
 }
 
+/// What [`clear_runtime`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleared {
+    /// A mount, a loop device or a FUSE mount was left and has been taken away (not only
+    /// files).
+    pub mounts: bool,
+    /// What was done, in words, one entry per action.
+    pub actions: Vec<String>,
+}
+
 /// Clears what an export of runtime id `id` left when it died, under the volume's claim:
 /// mounts of loop devices on its FUSE file, those loop devices, a dead FUSE mount, its
-/// record, its runtime directory (FUSE file, log) and its lock file. Does nothing (and
-/// returns nothing) when a process holds the claim: a live export, one being set up, or a
-/// VM's qemu reading the volume. Returns what it did.
+/// record, its runtime directory (FUSE file, log) and its lock file. Does nothing when a
+/// process holds the claim: a live export, one being set up, or a VM's qemu reading the
+/// volume.
 ///
 /// # Errors
 /// The first step that fails.
-pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Vec<String>> {
+pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Cleared> {
+    let Some(dir) = run.existing()? else {
+        return Ok(Cleared::default());
+    };
+    let fuse = run.fuse_file(id);
+    let record_name = format!("{id}.json");
+    let lock_name = format!("{id}.lock");
+    let anything = [record_name.as_str(), id, lock_name.as_str()]
+        .iter()
+        .any(|n| dir.exists(n))
+        || mount::mounted_at(&fuse)
+        || !loopdev::find_by_backing(&fuse).is_empty();
+    if !anything {
+        return Ok(Cleared::default());
+    }
     let claim = match VolumeLock::acquire(run, id, Path::new(id)) {
         Ok(c) => c,
-        Err(Error::AlreadyOpen { .. }) => return Ok(Vec::new()),
+        Err(Error::AlreadyOpen { .. }) => return Ok(Cleared::default()),
         Err(e) => return Err(e),
     };
     let mut done = Vec::new();
     let record = run.load(id);
-    let fuse = run.fuse_file(id);
     // Whatever a loop device on the FUSE file is mounted on: the record's mount point, or
     // one the export made before it could record it.
     for dev in loopdev::find_by_backing(&fuse) {
@@ -164,8 +187,7 @@ pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Vec<String>> {
             fuse.display()
         ));
     }
-    let dir = run.dir()?;
-    let record_name = format!("{id}.json");
+    let mounts = !done.is_empty();
     if record.is_some() || dir.exists(&record_name) {
         done.push(match &record {
             Some(e) => format!("removed the record of export {}, which had died", e.pid),
@@ -180,13 +202,17 @@ pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Vec<String>> {
     }
     dir.remove_file(&record_name)?;
     dir.remove_tree(id)?;
+    dir.sync()?;
     if claim.release_and_remove()? && done.is_empty() {
         done.push(format!(
             "removed the lock file {} that no process held",
-            dir.join(&format!("{id}.lock")).display()
+            dir.join(&lock_name).display()
         ));
     }
-    Ok(done)
+    Ok(Cleared {
+        mounts,
+        actions: done,
+    })
 }
 
 /// Clears every runtime entry of `run` whose export died ([`clear_runtime`] for each id
@@ -197,7 +223,7 @@ pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Vec<String>> {
 pub fn sweep_runtime(run: &StateDir) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for id in run.ids() {
-        for what in clear_runtime(run, &id)? {
+        for what in clear_runtime(run, &id)?.actions {
             tracing::warn!(id = %id, action = %what, "sweep of the runtime directory");
             out.push((id.clone(), what));
         }
