@@ -309,13 +309,25 @@ fn host(e: sealvol_host::Error) -> anyhow::Error {
     }
 }
 
-fn status_json(s: &Status) -> Value {
-    serde_json::to_value(s).expect("status serialises")
+/// The status as JSON; with a `stale_fix` (the command that clears it) when the host has
+/// leftovers.
+fn status_json(s: &Status, root: &Path) -> Value {
+    let mut v = serde_json::to_value(s).expect("status serialises");
+    v["stale_fix"] = if s.stale.is_empty() {
+        Value::Null
+    } else {
+        json!(sweep_command(root))
+    };
+    v
+}
+
+fn sweep_command(root: &Path) -> String {
+    format!("sealvol volume --state-dir {} sweep", root.display())
 }
 
 /// `volume status`: the volume's own status and the running VMs using it as their data disk.
-fn status_with_vms(s: &Status, vms: &[VolumeId]) -> (String, Value) {
-    let mut human = status_human(s);
+fn status_with_vms(s: &Status, vms: &[VolumeId], root: &Path) -> (String, Value) {
+    let mut human = status_human(s, root);
     human.push_str(&format!(
         "\ndata disk of: {}",
         if vms.is_empty() {
@@ -327,14 +339,42 @@ fn status_with_vms(s: &Status, vms: &[VolumeId]) -> (String, Value) {
                 .join(", ")
         }
     ));
-    let mut json = status_json(s);
+    let mut json = status_json(s, root);
     json["data_disk_of"] = json!(vms);
     (human, json)
 }
 
-fn status_human(s: &Status) -> String {
-    format!(
-        "volume:      {}\ntype:        {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}",
+fn status_human(s: &Status, root: &Path) -> String {
+    let mounted = match (s.mounted, s.export_pid, &s.mount_source) {
+        (true, Some(pid), _) => format!("yes (export process {pid})"),
+        (true, None, src) => format!(
+            "yes, from {}, but no live export serves it (stale)",
+            src.as_deref().unwrap_or("?")
+        ),
+        (false, _, _) => "no".to_string(),
+    };
+    let export = match (s.export_pid, s.recorded_export_pid) {
+        (Some(pid), _) => format!("process {pid}, alive"),
+        (None, Some(pid)) => format!("process {pid} (recorded), dead"),
+        (None, None) => "none".to_string(),
+    };
+    let loops = if s.loop_devices.is_empty() {
+        "-".to_string()
+    } else {
+        s.loop_devices
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fuse = match (&s.fuse_file, s.fuse_alive) {
+        (None, _) => "-".to_string(),
+        (Some(f), None) => format!("{} (not mounted)", f.display()),
+        (Some(f), Some(true)) => format!("{} (mounted, answering)", f.display()),
+        (Some(f), Some(false)) => format!("{} (mounted, dead: ENOTCONN)", f.display()),
+    };
+    let mut text = format!(
+        "volume:      {}\ntype:        {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}\nexport:      {}\nloop:        {}\nfuse file:   {}",
         s.id,
         s.params.luks_type.as_str(),
         s.phase.as_str(),
@@ -346,11 +386,28 @@ fn status_human(s: &Status) -> String {
         s.uuid.as_deref().unwrap_or("-"),
         s.image.display(),
         s.mount_path.display(),
-        match (s.mounted, s.export_pid) {
-            (true, Some(pid)) => format!("yes (export process {pid})"),
-            _ => "no".to_string(),
+        mounted,
+        export,
+        loops,
+        fuse,
+    );
+    if s.stale.is_empty() {
+        text.push_str("\nstale:       nothing");
+    } else {
+        for (i, what) in s.stale.iter().enumerate() {
+            text.push_str(if i == 0 {
+                "\nstale:       "
+            } else {
+                "\n             "
+            });
+            text.push_str(what);
         }
-    )
+        text.push_str(&format!(
+            "\n             `{}` clears it",
+            sweep_command(root)
+        ));
+    }
+    text
 }
 
 pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
@@ -383,7 +440,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             for s in &r.swept {
                 out.note(&format!("sealvol: sweep: {}: {}", s.id, s.action));
             }
-            let where_ = if r.status.mounted {
+            let where_ = if r.status.served() {
                 format!("mounted on {}", r.status.mount_path.display())
             } else {
                 "not mounted".to_string()
@@ -399,7 +456,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                     params.fs
                 )
             };
-            let mut v = status_json(&r.status);
+            let mut v = status_json(&r.status, m.root());
             v["created"] = json!(!r.already_existed);
             v["already_existed"] = json!(r.already_existed);
             v["swept"] = json!(r.swept);
@@ -424,7 +481,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             } else {
                 format!("Opened volume {id} on {}.", st.mount_path.display())
             };
-            let mut v = status_json(&st);
+            let mut v = status_json(&st, m.root());
             v["already_open"] = json!(already);
             out.result(&human, v)?;
         }
@@ -443,7 +500,8 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             let id = id(&a.id)?;
             match m.status(&id).map_err(host)? {
                 Some(s) => {
-                    let (human, json) = status_with_vms(&s, &vms.running_users(&id).map_err(host)?);
+                    let (human, json) =
+                        status_with_vms(&s, &vms.running_users(&id).map_err(host)?, m.root());
                     out.result(&human, json)?;
                 }
                 None => {
@@ -459,7 +517,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             let mut human = String::new();
             for s in &all {
                 human.push_str(&format!(
-                    "{:<24} {:<10} {:>9} {:<5} {}\n",
+                    "{:<24} {:<10} {:>9} {:<5} {}{}\n",
                     s.id.as_str(),
                     s.phase.as_str(),
                     volume::human_size(s.params.size),
@@ -468,13 +526,22 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                         s.mount_path.display().to_string()
                     } else {
                         "-".into()
+                    },
+                    if s.stale.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "  STALE: {} (`{}` clears it)",
+                            s.stale.join("; "),
+                            sweep_command(m.root())
+                        )
                     }
                 ));
             }
             if all.is_empty() {
                 human = format!("No volumes in {}.", m.root().display());
             }
-            let v: Vec<Value> = all.iter().map(status_json).collect();
+            let v: Vec<Value> = all.iter().map(|s| status_json(s, m.root())).collect();
             out.result(human.trim_end(), json!(v))?;
         }
         VolumeVerb::Destroy(a) => {
@@ -485,14 +552,23 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 format!("Volume {id} is already absent; nothing to do.")
             } else {
                 format!(
-                    "Destroyed volume {id}: keyslots and both header copies wiped{}, files deleted.",
+                    "Destroyed volume {id}: keyslots and both header copies wiped{}, files deleted.{}",
                     if d.lazy_unmount {
                         " (the busy mount was detached lazily)"
                     } else {
                         ""
-                    }
+                    },
+                    d.refused
+                        .iter()
+                        .map(|(p, why)| format!("\nNot wiped: {} is {why}.", p.display()))
+                        .collect::<String>()
                 )
             };
+            let refused: Vec<Value> = d
+                .refused
+                .iter()
+                .map(|(p, why)| json!({"file": p, "reason": why}))
+                .collect();
             let wiped: Vec<Value> = d
                 .wiped
                 .iter()
@@ -500,7 +576,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 .collect();
             out.result(
                 &human,
-                json!({"id": id, "destroyed": !d.already_absent, "already_absent": d.already_absent, "lazy_unmount": d.lazy_unmount, "wiped": wiped}),
+                json!({"id": id, "destroyed": !d.already_absent, "already_absent": d.already_absent, "lazy_unmount": d.lazy_unmount, "wiped": wiped, "refused": refused}),
             )?;
         }
         VolumeVerb::Sweep => {
