@@ -621,6 +621,7 @@ fn run_export(
             }
         })?;
         stack.mounted = Some(mount_dir.to_path_buf());
+        sealvol_host::volume::crash_point("export:mounted");
         let entry = Entry {
             id: plan.id.clone(),
             kind: match plan.source {

@@ -96,7 +96,9 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// How long an export gets to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every step a crash can be injected at, in order (`create:…`, then `destroy:…`).
+/// Every step a crash can be injected at, in order (`create:…`, then `destroy:…`, then
+/// `export:mounted`: an export process, inheriting the variable, killed after it mounted the
+/// file system and before it recorded itself).
 pub const CRASH_STEPS: &[&str] = &[
     "create:journal",
     "create:image",
@@ -108,6 +110,7 @@ pub const CRASH_STEPS: &[&str] = &[
     "destroy:unmount",
     "destroy:erase",
     "destroy:delete",
+    "export:mounted",
 ];
 
 /// Test hook, compiled into debug builds only: when `SEALVOL_TEST_CRASH_AT` names `step`,
@@ -1391,6 +1394,8 @@ impl Manager {
     /// # Errors
     /// A damaged record.
     pub fn list(&self) -> Result<Vec<Status>> {
+        // An unsafe state directory is refused here too, not listed as empty.
+        self.existing()?;
         let mut out = Vec::new();
         for id in self.ids_in("records") {
             if let Some(r) = self.load(&id)? {

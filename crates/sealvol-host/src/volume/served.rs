@@ -221,6 +221,10 @@ pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Cleared> {
 /// # Errors
 /// The first step that fails.
 pub fn sweep_runtime(run: &StateDir) -> Result<Vec<(String, String)>> {
+    // An unsafe runtime directory is refused (with the fix), not skipped.
+    if run.existing()?.is_none() {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
     for id in run.ids() {
         for what in clear_runtime(run, &id)?.actions {
