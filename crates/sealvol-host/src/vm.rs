@@ -183,15 +183,8 @@ pub fn probe_accel(dir: &SafeDir, choice: AccelChoice, timeout: Duration) -> Res
         AccelChoice::Auto => {}
     }
     let boot = boot_id();
-    if let Ok(Some(text)) = dir.read(CACHE) {
-        if let Ok(c) = serde_json::from_slice::<Cached>(&text) {
-            if c.boot_id == boot && !boot.is_empty() {
-                return Ok(Verdict {
-                    cached: true,
-                    ..c.verdict
-                });
-            }
-        }
+    if let Some(v) = cached_verdict(dir, &boot) {
+        return Ok(v);
     }
     let verdict = if !Path::new("/dev/kvm").exists() {
         given(
@@ -227,14 +220,37 @@ pub fn probe_accel(dir: &SafeDir, choice: AccelChoice, timeout: Duration) -> Res
             ),
         }
     };
+    cache_verdict(dir, &boot, &verdict)?;
+    tracing::info!(accel = verdict.accel.as_str(), reason = %verdict.reason, "accelerator chosen");
+    Ok(verdict)
+}
+
+/// The verdict cached in `dir` for host boot `boot`, if any (a link planted at the cache is
+/// not read, and counts as none).
+fn cached_verdict(dir: &SafeDir, boot: &str) -> Option<Verdict> {
+    let text = match dir.read(CACHE) {
+        Ok(t) => t?,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the accelerator cache");
+            return None;
+        }
+    };
+    let c = serde_json::from_slice::<Cached>(&text).ok()?;
+    (c.boot_id == boot && !boot.is_empty()).then_some(Verdict {
+        cached: true,
+        ..c.verdict
+    })
+}
+
+/// Caches `verdict` in `dir` for host boot `boot` (atomically; a link planted there is
+/// replaced, never written through).
+fn cache_verdict(dir: &SafeDir, boot: &str, verdict: &Verdict) -> Result<()> {
     let text = serde_json::to_string_pretty(&Cached {
-        boot_id: boot,
+        boot_id: boot.to_string(),
         verdict: verdict.clone(),
     })
     .expect("verdict serialises");
-    dir.write_atomic(CACHE, text.as_bytes(), 0o600)?;
-    tracing::info!(accel = verdict.accel.as_str(), reason = %verdict.reason, "accelerator chosen");
-    Ok(verdict)
+    dir.write_atomic(CACHE, text.as_bytes(), 0o600)
 }
 
 /// How the encrypted data disk reaches the guest.
@@ -592,6 +608,31 @@ mod tests {
         drop(pipe);
         assert!(SecretPipe::new(&[b'x'; SECRET_PIPE_MAX + 1]).is_err());
         assert!(SecretPipe::new(&[b'x'; SECRET_PIPE_MAX]).is_ok());
+    }
+
+    #[test]
+    fn the_accelerator_cache_never_goes_through_a_planted_link() {
+        let t = tempfile::tempdir().unwrap();
+        let canary = t.path().join("canary");
+        std::fs::write(&canary, b"canary").unwrap();
+        let dir = SafeDir::open_root(&t.path().join("vm")).unwrap();
+        std::os::unix::fs::symlink(&canary, dir.join(CACHE)).unwrap();
+        std::fs::hard_link(&canary, dir.join(".accel.json.tmp")).unwrap();
+        assert!(cached_verdict(&dir, "boot-1").is_none());
+        let v = Verdict {
+            accel: Accel::Tcg,
+            reason: "test".into(),
+            cached: false,
+        };
+        cache_verdict(&dir, "boot-1", &v).unwrap();
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary");
+        assert!(!std::fs::symlink_metadata(dir.join(CACHE))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let back = cached_verdict(&dir, "boot-1").unwrap();
+        assert!(back.cached && back.accel == Accel::Tcg);
+        assert!(cached_verdict(&dir, "boot-2").is_none());
     }
 
     #[test]
