@@ -28,6 +28,9 @@
 //! swap the entry; the directories are 0700 and owned by root (checked on every open), so
 //! only root can, and root needs no trick to write any file.
 //!
+//! `openat2` needs Linux 5.6 or later; on older kernels the same checks are made one
+//! component at a time with `openat(O_NOFOLLOW)`.
+//!
 //! What it does not do: no policy about what the entries are (that is the volume and VM
 //! managers'), no locking of its own (see [`SafeDir::lock_file`] for the files locks live in).
 
@@ -719,13 +722,7 @@ impl SafeDir {
         for part in rel.split('/') {
             check_name(part)?;
         }
-        let fd = match rustix::fs::openat2(
-            self.fd(),
-            rel,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            RESOLVE,
-        ) {
+        let fd = match self.open_path_beneath(rel) {
             Ok(fd) => fd,
             Err(Errno::LOOP) | Err(Errno::XDEV) => {
                 return Err(self.planted(
@@ -750,6 +747,40 @@ impl SafeDir {
             ));
         }
         Ok(self.join(rel))
+    }
+
+    /// An `O_PATH` descriptor of `rel` beneath this directory, reached without any symbolic
+    /// link: `openat2`, or on kernels without it one `openat(O_PATH | O_NOFOLLOW)` per
+    /// component (the names were checked: no `..`).
+    fn open_path_beneath(&self, rel: &str) -> rustix::io::Result<OwnedFd> {
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        match rustix::fs::openat2(self.fd(), rel, flags, Mode::empty(), RESOLVE) {
+            Err(Errno::NOSYS) => self.open_path_walk(rel),
+            r => r,
+        }
+    }
+
+    /// [`SafeDir::open_path_beneath`] without `openat2`.
+    fn open_path_walk(&self, rel: &str) -> rustix::io::Result<OwnedFd> {
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let parts: Vec<&str> = rel.split('/').collect();
+        let mut cur: Option<OwnedFd> = None;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let base = cur.as_ref().map_or(self.fd(), |f| f.as_fd());
+            let dir = if last {
+                OFlags::empty()
+            } else {
+                OFlags::DIRECTORY
+            };
+            let fd =
+                rustix::fs::openat(base, *part, flags | OFlags::NOFOLLOW | dir, Mode::empty())?;
+            if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) == FileType::Symlink {
+                return Err(Errno::LOOP);
+            }
+            cur = Some(fd);
+        }
+        cur.ok_or(Errno::INVAL)
     }
 
     /// Removes the file, link or other non-directory `name`; returns whether it was there.

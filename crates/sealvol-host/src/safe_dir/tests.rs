@@ -116,6 +116,23 @@ fn a_symlink_at_every_level_is_refused() {
 }
 
 #[test]
+fn the_walk_without_openat2_refuses_links_at_every_level_too() {
+    let (t, root, canary) = setup();
+    let a = root.ensure_dir("a", 0o700).unwrap();
+    let b = a.ensure_dir("b", 0o700).unwrap();
+    let f = b.create_new("f", 0o600).unwrap();
+    let id = FileId::of_file(&f).unwrap();
+    let walked = root.open_path_walk("a/b/f").unwrap();
+    assert_eq!(FileId::of_file(&walked).unwrap(), id);
+    std::os::unix::fs::symlink(&canary.path, b.join("g")).unwrap();
+    assert!(root.open_path_walk("a/b/g").is_err());
+    std::os::unix::fs::symlink(b.path(), a.join("c")).unwrap();
+    assert!(root.open_path_walk("a/c/f").is_err());
+    std::os::unix::fs::symlink(t.path(), root.join("d")).unwrap();
+    assert!(root.open_path_walk("d/root/a/b/f").is_err());
+}
+
+#[test]
 fn dot_dot_and_paths_are_refused_as_names() {
     let (_t, root, _canary) = setup();
     for bad in ["..", ".", "", "a/b", "../x", "/etc", "a\0b"] {
