@@ -51,6 +51,28 @@ pub enum Error {
     /// Bad input, with what to do about it.
     #[error("{0}")]
     Invalid(String),
+    /// A state or runtime directory that others could plant links in (owned by another
+    /// user, or writable by group or others): sealvol refuses to use it.
+    #[error("refusing to use {path}: {found}; {fix}")]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        found: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// An entry of a state or runtime directory is not what sealvol made there (a symbolic
+    /// link, a hard link, another kind of file): it was not followed, read or written.
+    #[error("{path} is {found}; {action}")]
+    Planted {
+        /// The entry.
+        path: PathBuf,
+        /// What it is.
+        found: String,
+        /// What was done or what to do.
+        action: String,
+    },
     /// A step of a volume operation failed; what was done before it has been undone (or,
     /// for `destroy`, will be finished by the next run or `sweep`).
     #[error("{verb} of volume {id} failed at step `{step}`: {reason}{after}")]

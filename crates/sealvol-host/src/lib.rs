@@ -12,6 +12,9 @@
 //! - [`lock::VolumeLock`]: an exclusive `flock` per volume, held for as long as it is served,
 //!   so a volume is never served twice.
 //! - [`process`]: signals, liveness, and marking an export process as an I/O flusher.
+//! - [`safe_dir::SafeDir`]: the one way the state and runtime directories are touched: by
+//!   descriptor, beneath the directory, never through a symbolic link; exclusive creates,
+//!   explicit modes, and wipes only of regular files with one link.
 //! - [`volume`]: workload volumes over a state directory (`/var/lib/sealvol`): create, open,
 //!   close, destroy with crypto-erase, and the sweep that repairs what crashes left; a journal
 //!   per id, a lock per id and a global one.
@@ -36,6 +39,7 @@ pub mod lock;
 pub mod loopdev;
 pub mod mount;
 pub mod process;
+pub mod safe_dir;
 pub mod state;
 pub mod vm;
 pub mod volume;

@@ -3,11 +3,12 @@
 //! The lock is on a file of sealvol's own, not on the volume, so that `cryptsetup` (which
 //! takes its own locks on the volume) still reads the header of a served volume.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 
+use crate::safe_dir::{FileId, Kind, SafeDir};
 use crate::state::StateDir;
 use crate::{Error, Result};
 
@@ -18,61 +19,73 @@ pub struct VolumeLock {
     path: PathBuf,
 }
 
+/// Whether the name `name` in `dir` still is the open file `file` (a lock file unlinked and
+/// made anew by someone else while we waited is not the claim).
+fn still_named(dir: &SafeDir, name: &str, file: &File) -> Result<bool> {
+    let held = FileId::of_file(file)?;
+    Ok(dir.stat(name)?.is_some_and(|st| FileId::of(&st) == held))
+}
+
 impl VolumeLock {
     /// Claims volume `id` (the file `volume`) for this process.
     ///
     /// # Errors
     /// [`Error::AlreadyOpen`] naming the process and mount point that hold it, when another
-    /// process serves it; [`Error::Io`] when the lock file cannot be made.
+    /// process serves it; [`Error::Io`] when the lock file cannot be made;
+    /// [`Error::UnsafeDir`] for a runtime directory others could write in.
     pub fn acquire(state: &StateDir, id: &str, volume: &Path) -> Result<Self> {
-        state.ensure()?;
-        let path = state.root().join(format!("{id}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(VolumeLock { _file: file, path }),
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let entry = state.load(id);
-                let pid = entry
-                    .as_ref()
-                    .map_or_else(|| "unknown".to_string(), |e| e.pid.to_string());
-                let where_ = entry
-                    .as_ref()
-                    .and_then(|e| {
-                        e.mount_point
-                            .as_ref()
-                            .map(|m| format!(", mounted on {}", m.display()))
-                            .or_else(|| e.nbd.as_ref().map(|n| format!(", served over NBD at {n}")))
+        let dir = state.dir()?;
+        let name = format!("{id}.lock");
+        loop {
+            let file = dir.lock_file(&name)?;
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                // A sweep may have unlinked the free lock file between our open and our
+                // flock: then the claim is on a removed file; take the new one.
+                Ok(()) if !still_named(&dir, &name, &file)? => continue,
+                Ok(()) => {
+                    return Ok(VolumeLock {
+                        _file: file,
+                        path: dir.join(&name),
                     })
-                    .unwrap_or_default();
-                Err(Error::AlreadyOpen {
-                    volume: volume.to_path_buf(),
-                    pid,
-                    where_,
-                })
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    let entry = state.load(id);
+                    let pid = entry
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_string(), |e| e.pid.to_string());
+                    let where_ = entry
+                        .as_ref()
+                        .and_then(|e| {
+                            e.mount_point
+                                .as_ref()
+                                .map(|m| format!(", mounted on {}", m.display()))
+                                .or_else(|| {
+                                    e.nbd.as_ref().map(|n| format!(", served over NBD at {n}"))
+                                })
+                        })
+                        .unwrap_or_default();
+                    return Err(Error::AlreadyOpen {
+                        volume: volume.to_path_buf(),
+                        pid,
+                        where_,
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("cannot lock {}", dir.join(&name).display()),
+                        e.into(),
+                    ))
+                }
             }
-            Err(e) => Err(Error::io(
-                format!("cannot lock {}", path.display()),
-                e.into(),
-            )),
         }
     }
 
     /// Whether some process holds the claim on `id` right now.
     pub fn is_held(state: &StateDir, id: &str) -> bool {
-        let path = state.root().join(format!("{id}.lock"));
-        let Ok(file) = File::open(&path) else {
+        let Ok(Some(dir)) = state.existing() else {
             return false;
         };
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
-            Ok(()) => false,
-            Err(_) => true,
-        }
+        is_held_in(&dir, &format!("{id}.lock"))
     }
 
     /// Lets the processes this one spawns from now on inherit the claim (the lock file's
@@ -92,9 +105,63 @@ impl VolumeLock {
         })
     }
 
+    /// Releases the claim and removes its lock file, which no other process holds (we do):
+    /// a process that opened the file meanwhile finds, once it gets the lock, that the name
+    /// no longer names it, and makes a new one. Returns whether it removed the file.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn release_and_remove(self) -> Result<bool> {
+        let (Some(parent), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Ok(false);
+        };
+        let Some(dir) = SafeDir::open_existing_root(parent)? else {
+            return Ok(false);
+        };
+        let name = name.to_string_lossy();
+        if still_named(&dir, &name, &self._file)? {
+            return dir.remove_file(&name);
+        }
+        Ok(false)
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Whether some process holds a lock on the lock file `name` in `dir`.
+pub fn is_held_in(dir: &SafeDir, name: &str) -> bool {
+    let Some(file) = dir.existing_lock_file(name) else {
+        return false;
+    };
+    rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared).is_err()
+}
+
+/// Removes the lock file `name` from `dir` if no process holds it: takes it with a
+/// non-blocking exclusive `flock` and unlinks it while holding it (a process that opened it
+/// meanwhile finds, once it gets the lock, that the name is gone, and makes a new one). A
+/// link planted at `name` is nobody's lock and is unlinked (never followed). Returns whether
+/// it removed something.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn remove_if_free(dir: &SafeDir, name: &str) -> Result<bool> {
+    let Some(st) = dir.stat(name)? else {
+        return Ok(false);
+    };
+    let planted = Kind::of_mode(st.st_mode) != Kind::File || st.st_nlink != 1;
+    if planted {
+        tracing::warn!(path = %dir.join(name).display(), "removing a link planted where sealvol keeps a lock file (never followed)");
+        return dir.remove_file(name);
+    }
+    let Some(file) = dir.existing_lock_file(name) else {
+        return Ok(false);
+    };
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) if still_named(dir, name, &file)? => dir.remove_file(name),
+        _ => Ok(false),
     }
 }
 

@@ -52,9 +52,10 @@ pub fn backing_file(dev: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(text.trim_end_matches('\n')))
 }
 
-/// Loop devices whose backing file is `file`.
+/// Loop devices whose backing file is `file`, compared as the kernel reports it and not
+/// resolved (a symbolic link planted at `file` must not lead to another file's devices):
+/// give the canonical path.
 pub fn find_by_backing(file: &Path) -> Vec<PathBuf> {
-    let want = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let Ok(entries) = std::fs::read_dir("/sys/block") else {
         return Vec::new();
     };
@@ -65,7 +66,7 @@ pub fn find_by_backing(file: &Path) -> Vec<PathBuf> {
             name.starts_with("loop")
                 .then(|| PathBuf::from(format!("/dev/{name}")))
         })
-        .filter(|dev| backing_file(dev).is_some_and(|b| b == want || b == file))
+        .filter(|dev| backing_file(dev).is_some_and(|b| b == file))
         .collect();
     found.sort();
     found

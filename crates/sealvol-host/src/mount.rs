@@ -48,6 +48,68 @@ pub fn is_mountpoint(path: &Path) -> bool {
     mounts().iter().any(|(p, _)| *p == path)
 }
 
+/// The source of what is mounted on exactly `path` (the top of a stack of mounts), read
+/// from `/proc/self/mountinfo` without resolving `path`: for paths sealvol builds from a
+/// canonical root, never for a user's.
+pub fn source_at(path: &Path) -> Option<String> {
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|(p, _)| p == path)
+        .map(|(_, s)| s)
+}
+
+/// Whether something is mounted on exactly `path` (not resolved; see [`source_at`]).
+pub fn mounted_at(path: &Path) -> bool {
+    source_at(path).is_some()
+}
+
+/// The mount points whose source is `source` (a loop device, say).
+pub fn mounted_from(source: &str) -> Vec<PathBuf> {
+    mounts()
+        .into_iter()
+        .filter(|(_, s)| s == source)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Whether the FUSE file system mounted on `path` answers: `statfs` goes to its server
+/// every time (a `stat` may be answered from cached attributes), and a mount whose server
+/// died fails it with `ENOTCONN`.
+pub fn fuse_answers(path: &Path) -> bool {
+    !matches!(rustix::fs::statfs(path), Err(rustix::io::Errno::NOTCONN))
+}
+
+/// Unmounts what is mounted on `path` without following a symbolic link there
+/// (`umount2(UMOUNT_NOFOLLOW)`, with `MNT_DETACH` when `lazy`); returns whether something
+/// was mounted. For sealvol's own mount points and FUSE files (a dead FUSE mount included).
+///
+/// # Errors
+/// [`Error::Io`] naming the path (busy: a process has a file open below it).
+pub fn unmount_nofollow(path: &Path, lazy: bool) -> Result<bool> {
+    use rustix::mount::UnmountFlags;
+    if !mounted_at(path) {
+        return Ok(false);
+    }
+    tracing::info!(path = %path.display(), lazy, "unmounting");
+    let mut flags = UnmountFlags::NOFOLLOW;
+    if lazy {
+        flags |= UnmountFlags::DETACH;
+    }
+    match rustix::mount::unmount(path, flags) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(Error::io(
+            format!(
+                "cannot unmount {} (if it is busy, `fuser -vm {}` lists its users)",
+                path.display(),
+                path.display()
+            ),
+            e.into(),
+        )),
+    }
+}
+
 /// Checks that `dir` can take a mount: an existing, empty directory that nothing is mounted on.
 ///
 /// # Errors

@@ -3,16 +3,19 @@
 //! One JSON file per served volume, `<root>/<id>.json`, replaced atomically (write a
 //! temporary file, fsync, rename, fsync the directory), so a reader sees the old or the new
 //! record, never half of one. `<root>/<id>/` holds the export's runtime files (the FUSE
-//! file, its log). The root is `/run/sealvol` unless `SEALVOL_RUN_DIR` names another.
+//! file, its log); `<root>/<id>.lock` is the volume's claim ([`crate::lock`]). The root is
+//! `/run/sealvol` unless `SEALVOL_RUN_DIR` names another; it is made 0700 and refused when
+//! others could write in it, and everything in it goes through a [`SafeDir`] (no symbolic
+//! link is ever followed, no planted file ever written through).
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::safe_dir::{canonical_prefix, FileId, SafeDir};
+use crate::{mount, Error, Result};
 
 /// Default state directory.
 pub const DEFAULT_ROOT: &str = "/run/sealvol";
@@ -44,7 +47,8 @@ pub struct Entry {
     pub started: u64,
 }
 
-/// The state directory.
+/// The runtime directory (`/run/sealvol`): every entry of it is made, read and removed
+/// through a [`SafeDir`], never through a symbolic link.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
@@ -61,13 +65,30 @@ pub fn volume_id(volume: &Path) -> Result<String> {
             volume.display()
         ))
     })?;
-    Ok(format!("vol-{:x}-{:x}", meta.dev(), meta.ino()))
+    Ok(id_of(meta.dev(), meta.ino()))
 }
 
+/// The runtime id of the file with identity `id` (see [`volume_id`]).
+pub fn runtime_id(id: FileId) -> String {
+    id_of(id.dev, id.ino)
+}
+
+fn id_of(dev: u64, ino: u64) -> String {
+    format!("vol-{dev:x}-{ino:x}")
+}
+
+/// The name of the export log in a volume's runtime directory.
+pub const LOG: &str = "export.log";
+/// The name of the FUSE file in a volume's runtime directory.
+pub const FUSE_FILE: &str = "disk";
+
 impl StateDir {
-    /// The state directory at `root`.
+    /// The runtime directory at `root` (its existing part made canonical: the form mount
+    /// tables and loop devices report paths in).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        StateDir { root: root.into() }
+        StateDir {
+            root: canonical_prefix(&root.into()),
+        }
     }
 
     /// `$SEALVOL_RUN_DIR`, else [`DEFAULT_ROOT`].
@@ -83,37 +104,91 @@ impl StateDir {
         &self.root
     }
 
-    /// Creates the directory (mode 0700) if needed.
+    /// Opens the directory, creating it (mode 0700) when missing.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the directory.
+    /// [`Error::UnsafeDir`] when it is owned by another user or writable by group or
+    /// others; [`Error::Io`].
+    pub fn dir(&self) -> Result<SafeDir> {
+        SafeDir::open_root(&self.root)
+    }
+
+    /// Opens the directory if it exists.
+    ///
+    /// # Errors
+    /// As [`StateDir::dir`].
+    pub fn existing(&self) -> Result<Option<SafeDir>> {
+        SafeDir::open_existing_root(&self.root)
+    }
+
+    /// Creates the directory (mode 0700) if needed, and checks it.
+    ///
+    /// # Errors
+    /// As [`StateDir::dir`].
     pub fn ensure(&self) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .map_err(|e| Error::io(format!("cannot create {}", self.root.display()), e))
+        self.dir().map(|_| ())
     }
 
-    /// The runtime directory of volume `id` (created, mode 0700).
+    /// The runtime directory of volume `id` (created, mode 0700; a link planted in its
+    /// place is removed, never followed).
     ///
     /// # Errors
-    /// [`Error::Io`] naming the directory.
-    pub fn runtime_dir(&self, id: &str) -> Result<PathBuf> {
-        use std::os::unix::fs::DirBuilderExt;
-        self.ensure()?;
-        let dir = self.root.join(id);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        Ok(dir)
+    /// As [`StateDir::dir`].
+    pub fn runtime(&self, id: &str) -> Result<SafeDir> {
+        self.dir()?.ensure_dir_replacing(id, 0o700)
     }
 
-    fn entry_path(&self, id: &str) -> PathBuf {
-        self.root.join(format!("{id}.json"))
+    /// The path of the runtime directory of volume `id` (created, as [`StateDir::runtime`]).
+    ///
+    /// # Errors
+    /// As [`StateDir::dir`].
+    pub fn runtime_dir(&self, id: &str) -> Result<PathBuf> {
+        Ok(self.runtime(id)?.path().to_path_buf())
+    }
+
+    /// Where the FUSE file of volume `id` is (or would be).
+    pub fn fuse_file(&self, id: &str) -> PathBuf {
+        self.root.join(id).join(FUSE_FILE)
+    }
+
+    /// Where the export log of volume `id` is (or would be).
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.root.join(id).join(LOG)
+    }
+
+    /// A new, empty export log for volume `id` (mode 0600; whatever was there, a planted
+    /// link included, is unlinked first, never written through).
+    ///
+    /// # Errors
+    /// As [`StateDir::dir`].
+    pub fn create_log(&self, id: &str) -> Result<(PathBuf, File)> {
+        let rt = self.runtime(id)?;
+        let f = rt.replace_file(LOG, 0o600)?;
+        Ok((rt.join(LOG), f))
+    }
+
+    /// Makes the FUSE file of volume `id` anew (mode 0600) and returns its path, checked
+    /// to still name that file, for the FUSE mount. A dead FUSE mount left there by an
+    /// export that died is detached first (the caller holds the volume's lock, so no live
+    /// export uses it); a planted link is unlinked, never followed.
+    ///
+    /// # Errors
+    /// As [`StateDir::dir`]; [`Error::Io`] when the dead mount cannot be detached.
+    pub fn make_fuse_file(&self, id: &str) -> Result<PathBuf> {
+        let rt = self.runtime(id)?;
+        let path = rt.join(FUSE_FILE);
+        if mount::mounted_at(&path) {
+            tracing::warn!(path = %path.display(), "detaching a dead FUSE mount left by an earlier export");
+            mount::unmount_nofollow(&path, true)?;
+        }
+        let f = rt.replace_file(FUSE_FILE, 0o600)?;
+        let made = FileId::of_file(&f)?;
+        drop(f);
+        rt.verify(FUSE_FILE, made)
+    }
+
+    fn entry_name(id: &str) -> String {
+        format!("{id}.json")
     }
 
     /// Writes `entry`, replacing any record of the same id atomically.
@@ -121,54 +196,83 @@ impl StateDir {
     /// # Errors
     /// [`Error::Io`] naming the file.
     pub fn save(&self, entry: &Entry) -> Result<()> {
-        self.ensure()?;
-        let path = self.entry_path(&entry.id);
-        let tmp = self.root.join(format!(".{}.json.tmp", entry.id));
         let json = serde_json::to_vec_pretty(entry).expect("state entries serialise");
-        let io = |e| Error::io(format!("cannot write {}", path.display()), e);
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&json).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
+        self.dir()?
+            .write_atomic(&Self::entry_name(&entry.id), &json, 0o600)
     }
 
-    /// The record of `id`, if any (an unreadable record counts as none).
+    /// The record of `id`, if any (an unreadable record, or a link planted in its place,
+    /// counts as none and is logged).
     pub fn load(&self, id: &str) -> Option<Entry> {
-        let bytes = std::fs::read(self.entry_path(id)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let dir = self.existing().ok()??;
+        Self::load_in(&dir, id)
+    }
+
+    fn load_in(dir: &SafeDir, id: &str) -> Option<Entry> {
+        let bytes = match dir.read(&Self::entry_name(id)) {
+            Ok(b) => b?,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a runtime record");
+                return None;
+            }
+        };
+        serde_json::from_slice::<Entry>(&bytes)
+            .ok()
+            .filter(|e| e.id == id)
     }
 
     /// Every record.
     pub fn list(&self) -> Vec<Entry> {
-        let Ok(dir) = std::fs::read_dir(&self.root) else {
+        let Ok(Some(dir)) = self.existing() else {
             return Vec::new();
         };
-        let mut v: Vec<Entry> = dir
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_str()?.to_string();
+        let Ok(entries) = dir.entries() else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter_map(|(name, _)| {
                 let id = name.strip_suffix(".json")?;
-                (!id.starts_with('.')).then(|| self.load(id))?
+                (!id.starts_with('.')).then(|| Self::load_in(&dir, id))?
             })
-            .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
+            .collect()
     }
 
-    /// Removes the record of `id` and its runtime directory (whatever is left in it).
+    /// The names of runtime directories, records and lock files, by volume id (for the
+    /// sweep): every id with anything in the directory.
+    pub fn ids(&self) -> Vec<String> {
+        let Ok(Some(dir)) = self.existing() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = dir
+            .entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let id = name
+                    .strip_suffix(".json")
+                    .or_else(|| name.strip_suffix(".lock"))
+                    .unwrap_or(&name);
+                (id.starts_with("vol-") && !id.contains('.')).then(|| id.to_string())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Removes the record of `id` and its runtime directory (whatever is left in it; a
+    /// link in it is removed, never followed). Best effort.
     pub fn remove(&self, id: &str) {
-        let _ = std::fs::remove_file(self.entry_path(id));
-        let dir = self.root.join(id);
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
+        let Ok(Some(dir)) = self.existing() else {
+            return;
+        };
+        if let Err(e) = dir.remove_file(&Self::entry_name(id)) {
+            tracing::warn!(error = %e, "cannot remove a runtime record");
         }
-        let _ = std::fs::remove_dir(dir);
+        if let Err(e) = dir.remove_tree(id) {
+            tracing::warn!(error = %e, "cannot remove a runtime directory");
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::safe_dir::{FileId, SafeDir};
 use crate::{process, Error, Result};
 
 pub mod manager;
@@ -77,6 +78,9 @@ struct Cached {
     verdict: Verdict,
 }
 
+/// The probe's cache in the VM state directory.
+const CACHE: &str = "accel.json";
+
 /// How much slower than TCG a KVM probe may be and still count as working KVM.
 const KVM_SLACK: Duration = Duration::from_millis(1000);
 
@@ -100,18 +104,20 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// Boots the probe guest with `accel` under `timeout`. `Ok(elapsed)` when it reached the
-/// exit port, `Err(reason)` otherwise.
+/// Boots the probe guest with `accel` under `timeout`, its boot sector written to a new
+/// `accel-probe.img` in `dir`. `Ok(elapsed)` when it reached the exit port, `Err(reason)`
+/// otherwise.
 pub fn run_probe_guest(
-    dir: &Path,
+    dir: &SafeDir,
     accel: Accel,
     timeout: Duration,
 ) -> Result<std::result::Result<Duration, String>> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let sector = dir.join("accel-probe.img");
-    std::fs::write(&sector, probe_boot_sector())
-        .map_err(|e| Error::io(format!("writing {}", sector.display()), e))?;
+    let name = "accel-probe.img";
+    let mut f = dir.replace_file(name, 0o600)?;
+    f.write_all(&probe_boot_sector())
+        .map_err(|e| Error::io(format!("writing {}", dir.join(name).display()), e))?;
+    let sector = dir.verify(name, FileId::of_file(&f)?)?;
+    drop(f);
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", accel.as_str(), "-machine", "pc", "-nodefaults"])
         .args(["-display", "none", "-no-reboot", "-m", "16"])
@@ -158,14 +164,14 @@ pub fn run_probe_guest(
 }
 
 /// Decides the accelerator. `Kvm`/`Tcg` are taken as given; `Auto` reuses this boot's
-/// cached verdict from `dir`, or boots the probe guest under TCG and then under KVM with a
+/// cached verdict from `dir` (`accel.json`, written atomically; a link there is not read), or boots the probe guest under TCG and then under KVM with a
 /// budget of the TCG time plus one second (at most `timeout`), and falls back to TCG with
 /// the reason (no `/dev/kvm`, KVM refused, the guest died, or KVM was far slower than
 /// emulation: on these hosts a boot sector takes 2.7 s under KVM and 0.07 s under TCG).
 ///
 /// # Errors
 /// I/O errors on `dir`; qemu missing.
-pub fn probe_accel(dir: &Path, choice: AccelChoice, timeout: Duration) -> Result<Verdict> {
+pub fn probe_accel(dir: &SafeDir, choice: AccelChoice, timeout: Duration) -> Result<Verdict> {
     let given = |accel, reason: &str| Verdict {
         accel,
         reason: reason.into(),
@@ -176,17 +182,9 @@ pub fn probe_accel(dir: &Path, choice: AccelChoice, timeout: Duration) -> Result
         AccelChoice::Tcg => return Ok(given(Accel::Tcg, "--accel tcg")),
         AccelChoice::Auto => {}
     }
-    let cache = dir.join("accel.json");
     let boot = boot_id();
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        if let Ok(c) = serde_json::from_str::<Cached>(&text) {
-            if c.boot_id == boot && !boot.is_empty() {
-                return Ok(Verdict {
-                    cached: true,
-                    ..c.verdict
-                });
-            }
-        }
+    if let Some(v) = cached_verdict(dir, &boot) {
+        return Ok(v);
     }
     let verdict = if !Path::new("/dev/kvm").exists() {
         given(
@@ -222,15 +220,37 @@ pub fn probe_accel(dir: &Path, choice: AccelChoice, timeout: Duration) -> Result
             ),
         }
     };
+    cache_verdict(dir, &boot, &verdict)?;
+    tracing::info!(accel = verdict.accel.as_str(), reason = %verdict.reason, "accelerator chosen");
+    Ok(verdict)
+}
+
+/// The verdict cached in `dir` for host boot `boot`, if any (a link planted at the cache is
+/// not read, and counts as none).
+fn cached_verdict(dir: &SafeDir, boot: &str) -> Option<Verdict> {
+    let text = match dir.read(CACHE) {
+        Ok(t) => t?,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the accelerator cache");
+            return None;
+        }
+    };
+    let c = serde_json::from_slice::<Cached>(&text).ok()?;
+    (c.boot_id == boot && !boot.is_empty()).then_some(Verdict {
+        cached: true,
+        ..c.verdict
+    })
+}
+
+/// Caches `verdict` in `dir` for host boot `boot` (atomically; a link planted there is
+/// replaced, never written through).
+fn cache_verdict(dir: &SafeDir, boot: &str, verdict: &Verdict) -> Result<()> {
     let text = serde_json::to_string_pretty(&Cached {
-        boot_id: boot,
+        boot_id: boot.to_string(),
         verdict: verdict.clone(),
     })
     .expect("verdict serialises");
-    std::fs::write(&cache, text)
-        .map_err(|e| Error::io(format!("writing {}", cache.display()), e))?;
-    tracing::info!(accel = verdict.accel.as_str(), reason = %verdict.reason, "accelerator chosen");
-    Ok(verdict)
+    dir.write_atomic(CACHE, text.as_bytes(), 0o600)
 }
 
 /// How the encrypted data disk reaches the guest.
@@ -437,7 +457,7 @@ fn spawn_qemu(cmd: &mut Command) -> Result<std::process::Child> {
 
 /// Starts qemu for `spec` in the background; returns its pid once the QMP socket answers
 /// (qemu has then created its objects and read its secret, whose pipe the caller may now
-/// close).
+/// close). The caller makes sure nothing is at `spec.qmp_socket` (qemu binds it).
 ///
 /// # Errors
 /// qemu missing, or qemu exiting or not answering within 10 s (with its stderr).
@@ -446,7 +466,6 @@ pub fn start(spec: &VmSpec) -> Result<std::process::Child> {
     cmd.args(spec.args());
     let line = crate::cmd::describe(&cmd);
     tracing::info!(command = %line, "starting VM");
-    let _ = std::fs::remove_file(&spec.qmp_socket);
     // Its own process group: a Ctrl-C meant for the caller does not reach the guest.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = spawn_qemu(&mut cmd)?;
@@ -589,6 +608,31 @@ mod tests {
         drop(pipe);
         assert!(SecretPipe::new(&[b'x'; SECRET_PIPE_MAX + 1]).is_err());
         assert!(SecretPipe::new(&[b'x'; SECRET_PIPE_MAX]).is_ok());
+    }
+
+    #[test]
+    fn the_accelerator_cache_never_goes_through_a_planted_link() {
+        let t = tempfile::tempdir().unwrap();
+        let canary = t.path().join("canary");
+        std::fs::write(&canary, b"canary").unwrap();
+        let dir = SafeDir::open_root(&t.path().join("vm")).unwrap();
+        std::os::unix::fs::symlink(&canary, dir.join(CACHE)).unwrap();
+        std::fs::hard_link(&canary, dir.join(".accel.json.tmp")).unwrap();
+        assert!(cached_verdict(&dir, "boot-1").is_none());
+        let v = Verdict {
+            accel: Accel::Tcg,
+            reason: "test".into(),
+            cached: false,
+        };
+        cache_verdict(&dir, "boot-1", &v).unwrap();
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary");
+        assert!(!std::fs::symlink_metadata(dir.join(CACHE))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let back = cached_verdict(&dir, "boot-1").unwrap();
+        assert!(back.cached && back.accel == Accel::Tcg);
+        assert!(cached_verdict(&dir, "boot-2").is_none());
     }
 
     #[test]

@@ -98,8 +98,10 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::new(format!(
         "sealvol={level},sealvol_luks={level},sealvol_crypto={level},sealvol_verity={level},sealvol_block={level},sealvol_export={level},sealvol_host={level}"
     ));
+    // Colour codes only for a terminal: an export's stderr is its log file.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()

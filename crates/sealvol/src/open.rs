@@ -340,9 +340,14 @@ fn spawn_export(
     mount_dir: &Path,
     mkfs: Option<&str>,
 ) -> Result<Value> {
-    let log = state.runtime_dir(&plan.id)?.join("export.log");
-    let log_file = std::fs::File::create(&log)
-        .with_context(|| format!("cannot create the export log {}", log.display()))?;
+    // A new log, made through the runtime directory (a link planted there is unlinked, never
+    // written through); read back through its descriptor when the export fails.
+    let (log, log_file) = state
+        .create_log(&plan.id)
+        .with_context(|| format!("cannot create the export log of {}", plan.volume.display()))?;
+    let mut log_reader = log_file
+        .try_clone()
+        .with_context(|| format!("cannot read back {}", log.display()))?;
     let exe =
         std::env::current_exe().context("cannot find the sealvol binary to start the export")?;
     let mut cmd = Command::new(exe);
@@ -391,7 +396,13 @@ fn spawn_export(
         .context("the export process said nothing")?;
     let reply: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
         let _ = child.wait();
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut tail = String::new();
+        {
+            use std::io::{Read, Seek};
+            let _ = log_reader
+                .rewind()
+                .and_then(|()| log_reader.read_to_string(&mut tail));
+        }
         json!({"ok": false, "error": format!("the export process stopped: {}", tail.trim())})
     });
     if reply["ok"] == Value::Bool(true) {
@@ -509,7 +520,7 @@ impl Stack<'_> {
     /// file system is left as it was (and the error returned).
     fn teardown(&mut self, lazy: bool) -> Result<()> {
         if let Some(dir) = &self.mounted {
-            mount::umount(dir, lazy).with_context(|| {
+            mount::unmount_nofollow(dir, lazy).with_context(|| {
                 format!(
                     "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and try again",
                     dir.display(),
@@ -558,7 +569,7 @@ fn run_export(
         signal_hook::consts::SIGHUP,
         Arc::new(AtomicBool::new(false)),
     );
-    let fuse_file = state.runtime_dir(&plan.id)?.join("disk");
+    let fuse_file = state.fuse_file(&plan.id);
     let mut stack = Stack {
         state,
         id: plan.id.clone(),
@@ -571,17 +582,13 @@ fn run_export(
         let dev = device(&plan, key)?;
         let sector = dev.block_size();
         let size = dev.size();
-        // A dead FUSE mount left at this path by an export that died (the runtime directory
-        // is named after the volume, so it is ours) makes every access fail with ENOTCONN.
-        // We hold the volume's lock, so no live export serves it: detach the dead mount.
-        if sealvol_host::mount::is_mountpoint(&fuse_file) {
-            tracing::warn!(path = %fuse_file.display(), "detaching a dead FUSE mount left by an earlier export");
-            sealvol_host::mount::umount(&fuse_file, true).with_context(|| {
-                format!("cannot detach the stale mount on {}", fuse_file.display())
-            })?;
-        }
-        std::fs::File::create(&fuse_file)
-            .with_context(|| format!("cannot create {}", fuse_file.display()))?;
+        // The FUSE file, made anew through the runtime directory and checked to still be
+        // that file right before the FUSE mount takes its path. A dead FUSE mount left there
+        // by an export that died (we hold the volume's lock, so no live export serves it)
+        // is detached first; a planted link is unlinked, never followed.
+        let fuse_file = state
+            .make_fuse_file(&plan.id)
+            .with_context(|| format!("cannot make the FUSE file {}", fuse_file.display()))?;
         let fsname = format!("sealvol:{}", plan.volume.display());
         stack.export = Some(FileExport::mount(
             dev,
@@ -617,6 +624,7 @@ fn run_export(
             }
         })?;
         stack.mounted = Some(mount_dir.to_path_buf());
+        sealvol_host::volume::crash_point("export:mounted");
         let entry = Entry {
             id: plan.id.clone(),
             kind: match plan.source {

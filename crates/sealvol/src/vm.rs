@@ -16,7 +16,7 @@ use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::{
     CreateInput, DataKey, DataVia, Forward, KernelBoot, VmId, VmManager, VmParams, VmStatus,
 };
-use sealvol_host::volume::{self, KeyedError, Manager};
+use sealvol_host::volume::{self, KeyedError, Manager, Target};
 use serde_json::{json, Value};
 
 use crate::cli::{parse_size, KeyArgs, VolumeArgs};
@@ -195,7 +195,7 @@ impl DataKey for CliDataKey {
         image: &Path,
         header: Option<&Path>,
         socket: &Path,
-        log: &Path,
+        log: Target<'_>,
     ) -> std::result::Result<u32, KeyedError> {
         self.start_nbd_inner(image, header, socket, log)
             .map_err(keyed_err)
@@ -209,11 +209,18 @@ impl CliDataKey {
         image: &Path,
         header: Option<&Path>,
         socket: &Path,
-        log: &Path,
+        log: Target<'_>,
     ) -> Result<u32> {
         let exe = std::env::current_exe().context("cannot find the sealvol binary")?;
-        let logf = std::fs::File::create(log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
+        // The log was made by the manager in the VM's directory: used through its descriptor.
+        let logf = log.file.try_clone().context("log file")?;
+        let last_line = || -> String {
+            use std::io::{Read, Seek};
+            let mut text = String::new();
+            let mut f = log.file;
+            let _ = f.rewind().and_then(|_| f.read_to_string(&mut text));
+            text.lines().last().unwrap_or("no message").to_string()
+        };
         let mut cmd = Command::new(exe);
         cmd.args(crate::cli::KdfLimitArgs::to_args(
             &crate::commands::kdf_limits(),
@@ -238,8 +245,7 @@ impl CliDataKey {
         let t = Instant::now();
         loop {
             if let Some(status) = child.try_wait().context("waiting for the NBD export")? {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let last = text.lines().last().unwrap_or("no message").to_string();
+                let last = last_line();
                 if status.code() == Some(1) {
                     return Err(anyhow!(CleanNo(format!(
                         "the key does not open the data volume ({last})"
@@ -256,7 +262,7 @@ impl CliDataKey {
                 anyhow::bail!(
                     "the NBD export did not open {} within 15 s; see {}",
                     socket.display(),
-                    log.display()
+                    log.path.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -11,7 +11,8 @@ use sealvol_crypto::SecretBytes;
 use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::VmManager;
 use sealvol_host::volume::{
-    self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, VolumeId,
+    self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, Target,
+    VolumeId,
 };
 use sealvol_luks::{NewHeader, Version};
 use serde::Deserialize;
@@ -182,8 +183,8 @@ fn keyed_err(e: anyhow::Error) -> KeyedError {
 impl Keyed for CliKeyed<'_> {
     fn format(
         &mut self,
-        image: &Path,
-        header: Option<&Path>,
+        image: Target<'_>,
+        header: Option<Target<'_>>,
         data_size: u64,
         luks_type: LuksType,
     ) -> std::result::Result<Formatted, KeyedError> {
@@ -207,8 +208,8 @@ impl Keyed for CliKeyed<'_> {
 impl CliKeyed<'_> {
     fn format_inner(
         &mut self,
-        image: &Path,
-        header: Option<&Path>,
+        image: Target<'_>,
+        header: Option<Target<'_>>,
         data_size: u64,
         luks_type: LuksType,
     ) -> Result<Formatted> {
@@ -231,33 +232,26 @@ impl CliKeyed<'_> {
             .with_context(|| format!("cannot build the {} header", luks_type.as_str()))?;
         let (uuid, data_offset, bytes, kdf) =
             (built.uuid, built.segment.offset, built.bytes, built.kdf);
-        let data = std::fs::OpenOptions::new()
-            .write(true)
-            .open(image)
-            .with_context(|| format!("cannot open {}", image.display()))?;
+        // Both files were made by the manager: written through their descriptors only.
         let len = data_offset
             .checked_add(data_size)
             .context("the size is too large")?;
-        data.set_len(len)
-            .with_context(|| format!("cannot size {} to {len} bytes", image.display()))?;
-        let write = |path: &Path, create: bool| -> Result<()> {
-            use std::os::unix::fs::{FileExt, OpenOptionsExt};
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(create)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            f.write_all_at(&bytes, 0)
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("cannot write the LUKS header to {}", path.display()))
+        image
+            .file
+            .set_len(len)
+            .with_context(|| format!("cannot size {} to {len} bytes", image.path.display()))?;
+        let write = |t: Target<'_>| -> Result<()> {
+            use std::os::unix::fs::FileExt;
+            t.file
+                .write_all_at(&bytes, 0)
+                .and_then(|()| t.file.sync_all())
+                .with_context(|| format!("cannot write the LUKS header to {}", t.path.display()))
         };
-        match header {
-            Some(h) => write(h, true)?,
-            None => write(image, false)?,
-        }
-        data.sync_all()
-            .with_context(|| format!("cannot sync {}", image.display()))?;
+        write(header.unwrap_or(image))?;
+        image
+            .file
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", image.path.display()))?;
         tracing::info!(uuid = %uuid, r#type = luks_type.as_str(), kdf = %crate::commands::kdf_human(&kdf), "formatted");
         Ok(Formatted {
             uuid,
@@ -276,13 +270,25 @@ fn host(e: sealvol_host::Error) -> anyhow::Error {
     }
 }
 
-fn status_json(s: &Status) -> Value {
-    serde_json::to_value(s).expect("status serialises")
+/// The status as JSON; with a `stale_fix` (the command that clears it) when the host has
+/// leftovers.
+fn status_json(s: &Status, root: &Path) -> Value {
+    let mut v = serde_json::to_value(s).expect("status serialises");
+    v["stale_fix"] = if s.stale.is_empty() {
+        Value::Null
+    } else {
+        json!(sweep_command(root))
+    };
+    v
+}
+
+fn sweep_command(root: &Path) -> String {
+    format!("sealvol volume --state-dir {} sweep", root.display())
 }
 
 /// `volume status`: the volume's own status and the running VMs using it as their data disk.
-fn status_with_vms(s: &Status, vms: &[VolumeId]) -> (String, Value) {
-    let mut human = status_human(s);
+fn status_with_vms(s: &Status, vms: &[VolumeId], root: &Path) -> (String, Value) {
+    let mut human = status_human(s, root);
     human.push_str(&format!(
         "\ndata disk of: {}",
         if vms.is_empty() {
@@ -294,14 +300,42 @@ fn status_with_vms(s: &Status, vms: &[VolumeId]) -> (String, Value) {
                 .join(", ")
         }
     ));
-    let mut json = status_json(s);
+    let mut json = status_json(s, root);
     json["data_disk_of"] = json!(vms);
     (human, json)
 }
 
-fn status_human(s: &Status) -> String {
-    format!(
-        "volume:      {}\ntype:        {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}",
+fn status_human(s: &Status, root: &Path) -> String {
+    let mounted = match (s.mounted, s.export_pid, &s.mount_source) {
+        (true, Some(pid), _) => format!("yes (export process {pid})"),
+        (true, None, src) => format!(
+            "yes, from {}, but no live export serves it (stale)",
+            src.as_deref().unwrap_or("?")
+        ),
+        (false, _, _) => "no".to_string(),
+    };
+    let export = match (s.export_pid, s.recorded_export_pid) {
+        (Some(pid), _) => format!("process {pid}, alive"),
+        (None, Some(pid)) => format!("process {pid} (recorded), dead"),
+        (None, None) => "none".to_string(),
+    };
+    let loops = if s.loop_devices.is_empty() {
+        "-".to_string()
+    } else {
+        s.loop_devices
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fuse = match (&s.fuse_file, s.fuse_alive) {
+        (None, _) => "-".to_string(),
+        (Some(f), None) => format!("{} (not mounted)", f.display()),
+        (Some(f), Some(true)) => format!("{} (mounted, answering)", f.display()),
+        (Some(f), Some(false)) => format!("{} (mounted, dead: ENOTCONN)", f.display()),
+    };
+    let mut text = format!(
+        "volume:      {}\ntype:        {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}\nexport:      {}\nloop:        {}\nfuse file:   {}",
         s.id,
         s.params.luks_type.as_str(),
         s.phase.as_str(),
@@ -313,11 +347,28 @@ fn status_human(s: &Status) -> String {
         s.uuid.as_deref().unwrap_or("-"),
         s.image.display(),
         s.mount_path.display(),
-        match (s.mounted, s.export_pid) {
-            (true, Some(pid)) => format!("yes (export process {pid})"),
-            _ => "no".to_string(),
+        mounted,
+        export,
+        loops,
+        fuse,
+    );
+    if s.stale.is_empty() {
+        text.push_str("\nstale:       nothing");
+    } else {
+        for (i, what) in s.stale.iter().enumerate() {
+            text.push_str(if i == 0 {
+                "\nstale:       "
+            } else {
+                "\n             "
+            });
+            text.push_str(what);
         }
-    )
+        text.push_str(&format!(
+            "\n             `{}` clears it",
+            sweep_command(root)
+        ));
+    }
+    text
 }
 
 pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
@@ -350,7 +401,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             for s in &r.swept {
                 out.note(&format!("sealvol: sweep: {}: {}", s.id, s.action));
             }
-            let where_ = if r.status.mounted {
+            let where_ = if r.status.served() {
                 format!("mounted on {}", r.status.mount_path.display())
             } else {
                 "not mounted".to_string()
@@ -366,7 +417,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                     params.fs
                 )
             };
-            let mut v = status_json(&r.status);
+            let mut v = status_json(&r.status, m.root());
             v["created"] = json!(!r.already_existed);
             v["already_existed"] = json!(r.already_existed);
             v["swept"] = json!(r.swept);
@@ -391,7 +442,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             } else {
                 format!("Opened volume {id} on {}.", st.mount_path.display())
             };
-            let mut v = status_json(&st);
+            let mut v = status_json(&st, m.root());
             v["already_open"] = json!(already);
             out.result(&human, v)?;
         }
@@ -410,7 +461,8 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             let id = id(&a.id)?;
             match m.status(&id).map_err(host)? {
                 Some(s) => {
-                    let (human, json) = status_with_vms(&s, &vms.running_users(&id).map_err(host)?);
+                    let (human, json) =
+                        status_with_vms(&s, &vms.running_users(&id).map_err(host)?, m.root());
                     out.result(&human, json)?;
                 }
                 None => {
@@ -426,7 +478,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             let mut human = String::new();
             for s in &all {
                 human.push_str(&format!(
-                    "{:<24} {:<10} {:>9} {:<5} {}\n",
+                    "{:<24} {:<10} {:>9} {:<5} {}{}\n",
                     s.id.as_str(),
                     s.phase.as_str(),
                     volume::human_size(s.params.size),
@@ -435,13 +487,22 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                         s.mount_path.display().to_string()
                     } else {
                         "-".into()
+                    },
+                    if s.stale.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "  STALE: {} (`{}` clears it)",
+                            s.stale.join("; "),
+                            sweep_command(m.root())
+                        )
                     }
                 ));
             }
             if all.is_empty() {
                 human = format!("No volumes in {}.", m.root().display());
             }
-            let v: Vec<Value> = all.iter().map(status_json).collect();
+            let v: Vec<Value> = all.iter().map(|s| status_json(s, m.root())).collect();
             out.result(human.trim_end(), json!(v))?;
         }
         VolumeVerb::Destroy(a) => {
@@ -452,14 +513,23 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 format!("Volume {id} is already absent; nothing to do.")
             } else {
                 format!(
-                    "Destroyed volume {id}: keyslots and both header copies wiped{}, files deleted.",
+                    "Destroyed volume {id}: keyslots and both header copies wiped{}, files deleted.{}",
                     if d.lazy_unmount {
                         " (the busy mount was detached lazily)"
                     } else {
                         ""
-                    }
+                    },
+                    d.refused
+                        .iter()
+                        .map(|(p, why)| format!("\nNot wiped: {} is {why}.", p.display()))
+                        .collect::<String>()
                 )
             };
+            let refused: Vec<Value> = d
+                .refused
+                .iter()
+                .map(|(p, why)| json!({"file": p, "reason": why}))
+                .collect();
             let wiped: Vec<Value> = d
                 .wiped
                 .iter()
@@ -467,7 +537,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 .collect();
             out.result(
                 &human,
-                json!({"id": id, "destroyed": !d.already_absent, "already_absent": d.already_absent, "lazy_unmount": d.lazy_unmount, "wiped": wiped}),
+                json!({"id": id, "destroyed": !d.already_absent, "already_absent": d.already_absent, "lazy_unmount": d.lazy_unmount, "wiped": wiped, "refused": refused}),
             )?;
         }
         VolumeVerb::Sweep => {

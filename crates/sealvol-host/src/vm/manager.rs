@@ -20,8 +20,7 @@
 //! This module does not make or open workload volumes itself: a data volume is created with
 //! `sealvol volume create` and handed over by id.
 
-use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -31,11 +30,12 @@ use serde_json::json;
 
 use super::{probe_accel, Accel, AccelChoice, DataDisk, SecretPipe, Stopped, VmSpec};
 use crate::lock::VolumeLock;
-use crate::state::{volume_id, StateDir};
+use crate::safe_dir::{FileId, Kind, SafeDir};
+use crate::state::StateDir;
 use crate::volume::served::{self, Busy};
 use crate::volume::{
-    self, crash_point, lock_exclusive, now, read_record, remove_durably, sync_dir, write_atomic,
-    Held, KeyedError, Phase,
+    self, crash_point, lock_exclusive, now, read_record, remove_durably, write_record, Held,
+    KeyedError, Phase, Target,
 };
 use crate::{cmd, process, Error, Result};
 
@@ -247,7 +247,8 @@ pub trait DataKey {
     fn qemu_secret(&mut self, image: &Path) -> std::result::Result<SecretPipe, KeyedError>;
 
     /// Starts sealvol's NBD export of `image` (header in `header` when detached) on the unix
-    /// socket `socket`, in the background, logging to `log`; returns its pid once the socket
+    /// socket `socket`, in the background, logging to `log` (a new file the manager made in
+    /// the VM's directory: write it through its descriptor); returns its pid once the socket
     /// accepts connections.
     ///
     /// # Errors
@@ -257,7 +258,7 @@ pub trait DataKey {
         image: &Path,
         header: Option<&Path>,
         socket: &Path,
-        log: &Path,
+        log: Target<'_>,
     ) -> std::result::Result<u32, KeyedError>;
 }
 
@@ -287,15 +288,9 @@ fn exiting(pid: u32) -> bool {
     process::alive(pid) && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
 }
 
-/// Whether the file starts with a LUKS1 binary header (magic, version 1).
-fn is_luks1(image: &Path) -> Result<bool> {
-    let mut f = std::fs::File::open(image)
-        .map_err(|e| Error::io(format!("cannot open {}", image.display()), e))?;
-    let mut b = [0u8; 8];
-    if f.read_exact(&mut b).is_err() {
-        return Ok(false);
-    }
-    Ok(&b[..6] == b"LUKS\xba\xbe" && u16::from_be_bytes([b[6], b[7]]) == 1)
+/// Whether `head` (the start of a file) is a LUKS1 binary header (magic, version 1).
+fn is_luks1(head: &[u8]) -> bool {
+    head.len() >= 8 && &head[..6] == b"LUKS\xba\xbe" && u16::from_be_bytes([head[6], head[7]]) == 1
 }
 
 /// Reads and checks a public ssh key file: one line, a known key type, at most 16 KiB.
@@ -325,17 +320,31 @@ fn read_ssh_key(path: &Path) -> Result<String> {
     Ok(key.to_string())
 }
 
-/// Writes `bytes` to a new file with mode 0600.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)
+/// Writes `bytes` to the new file `name` of `dir` (made exclusively, mode 0600).
+fn write_private(dir: &SafeDir, name: &str, bytes: &[u8]) -> Result<()> {
+    let mut f = dir.create_new(name, 0o600)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(format!("cannot write {}", dir.join(name).display()), e))
+}
+
+/// The path of `name` in the VM directory `dir`, checked right now to be a regular file of
+/// one link reached without any symbolic link, to hand to qemu.
+fn checked_path(dir: &SafeDir, name: &str) -> Result<PathBuf> {
+    let st = dir.stat(name)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{} is missing; destroy the VM and create it again",
+            dir.join(name).display()
+        ))
+    })?;
+    if Kind::of_mode(st.st_mode) != Kind::File || st.st_nlink != 1 {
+        return Err(Error::Planted {
+            path: dir.join(name),
+            found: "not the regular file sealvol made (a link, or another kind of file)".into(),
+            action: "sealvol does not hand it to qemu; destroy the VM and create it again".into(),
+        });
+    }
+    dir.verify(name, FileId::of(&st))
 }
 
 /// The VM manager over `<state>/vm`, next to the volume manager of the same state directory.
@@ -362,18 +371,61 @@ impl VmManager {
         &self.root
     }
 
-    fn sub(&self, s: &str) -> PathBuf {
+    fn sub_path(&self, s: &str) -> PathBuf {
         self.root.join(s)
+    }
+
+    /// `<state>/vm`, created (0700) with the state directory when missing.
+    fn state(&self) -> Result<SafeDir> {
+        self.volumes.state()?.ensure_dir("vm", 0o700)
+    }
+
+    /// `<state>/vm` if it exists.
+    fn existing(&self) -> Result<Option<SafeDir>> {
+        match SafeDir::open_existing_root(self.volumes.root())? {
+            Some(d) => d.open_dir("vm"),
+            None => Ok(None),
+        }
+    }
+
+    /// The subdirectory `s` of `<state>/vm` (created, 0700).
+    fn sub(&self, s: &str) -> Result<SafeDir> {
+        self.state()?.ensure_dir(s, 0o700)
+    }
+
+    fn existing_sub(&self, s: &str) -> Result<Option<SafeDir>> {
+        match self.existing()? {
+            Some(d) => d.open_dir(s),
+            None => Ok(None),
+        }
+    }
+
+    /// `vm/dirs/<id>` if it exists (a link planted there is an error).
+    fn existing_vm_dir(&self, id: &VmId) -> Result<Option<SafeDir>> {
+        match self.existing_sub("dirs")? {
+            Some(d) => d.open_dir(id.as_str()),
+            None => Ok(None),
+        }
+    }
+
+    /// `vm/dirs/<id>`, which must exist.
+    fn vm_safe_dir(&self, id: &VmId) -> Result<SafeDir> {
+        self.existing_vm_dir(id)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "the directory {} of VM {id} is missing; run `sealvol vm sweep`",
+                self.vm_dir(id).display()
+            ))
+        })
     }
 
     /// The record file of `id`.
     pub fn record_path(&self, id: &VmId) -> PathBuf {
-        self.sub("records").join(format!("{id}.json"))
+        self.sub_path("records").join(format!("{id}.json"))
     }
 
     /// The directory of `id`'s files.
     pub fn vm_dir(&self, id: &VmId) -> PathBuf {
-        self.sub("dirs").join(id.as_str())
+        self.sub_path("dirs").join(id.as_str())
     }
 
     fn file(&self, id: &VmId, name: &str) -> PathBuf {
@@ -385,48 +437,52 @@ impl VmManager {
         self.file(id, "console.log")
     }
 
-    fn ensure_dirs(&self) -> Result<()> {
-        for d in ["", "records", "dirs", "locks"] {
-            let p = self.sub(d);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&p)
-                .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+    fn ensure_dirs(&self) -> Result<SafeDir> {
+        let vm = self.state()?;
+        for d in ["records", "dirs", "locks"] {
+            vm.ensure_dir(d, 0o700)?;
         }
-        Ok(())
+        Ok(vm)
     }
 
     fn lock_global(&self, exclusive: bool) -> Result<Held> {
-        self.ensure_dirs()?;
+        let vm = self.ensure_dirs()?;
         if exclusive {
-            lock_exclusive(&self.sub("sweep.lock"))
+            lock_exclusive(&vm, "sweep.lock")
         } else {
-            volume::lock_shared(&self.sub("sweep.lock"))
+            volume::lock_shared(&vm, "sweep.lock")
         }
+    }
+
+    fn lock_id(&self, id: &VmId) -> Result<Held> {
+        lock_exclusive(&self.sub("locks")?, &format!("{id}.lock"))
     }
 
     fn lock(&self, id: &VmId) -> Result<(Held, Held)> {
         let g = self.lock_global(false)?;
-        let l = lock_exclusive(&self.sub("locks").join(format!("{id}.lock")))?;
+        let l = self.lock_id(id)?;
         Ok((g, l))
     }
 
     fn unlink_lock(&self, id: &VmId) {
-        let _ = std::fs::remove_file(self.sub("locks").join(format!("{id}.lock")));
+        if let Ok(Some(locks)) = self.existing_sub("locks") {
+            let _ = locks.remove_file(&format!("{id}.lock"));
+        }
     }
 
     /// The record of `id`, if any.
     ///
     /// # Errors
-    /// A damaged or unreadable record.
+    /// A damaged or unreadable record, or a link planted in its place.
     pub fn load(&self, id: &VmId) -> Result<Option<VmRecord>> {
-        let path = self.record_path(id);
-        let r: Option<VmRecord> = read_record(&path, "sealvol vm sweep")?;
+        let Some(records) = self.existing_sub("records")? else {
+            return Ok(None);
+        };
+        let r: Option<VmRecord> = read_record(&records, &format!("{id}.json"), "sealvol vm sweep")?;
         if let Some(r) = r.as_ref().filter(|r| r.id != *id) {
             return Err(Error::Invalid(format!(
                 "the VM record {} names id {}, not {id}",
-                path.display(),
+                self.record_path(id).display(),
                 r.id
             )));
         }
@@ -435,11 +491,14 @@ impl VmManager {
 
     fn save(&self, r: &VmRecord) -> Result<()> {
         let json = serde_json::to_vec_pretty(r).expect("records serialise");
-        write_atomic(&self.record_path(&r.id), &json)
+        write_record(&self.sub("records")?, &format!("{}.json", r.id), &json)
     }
 
     fn remove_record(&self, id: &VmId) -> Result<()> {
-        remove_durably(&self.record_path(id))
+        match self.existing_sub("records")? {
+            Some(records) => remove_durably(&records, &format!("{id}.json")),
+            None => Ok(()),
+        }
     }
 
     fn ready(&self, id: &VmId) -> Result<VmRecord> {
@@ -457,12 +516,16 @@ impl VmManager {
     }
 
     /// The data volume `vol` as a ready volume: its image and detached header.
+    /// Both checked to be the volume's files (see `volume::Manager::checked_files`), to be
+    /// handed to qemu or an export right away.
     fn data_volume(&self, vol: &VmId) -> Result<(PathBuf, Option<PathBuf>)> {
-        match self.volumes.status(vol)? {
-            Some(s) if s.phase == Phase::Ready => Ok((s.image, s.header)),
-            Some(s) => Err(Error::Invalid(format!(
+        match self.volumes.load(vol)? {
+            Some(r) if r.phase == Phase::Ready => {
+                self.volumes.checked_files(vol, r.params.detached_header)
+            }
+            Some(r) => Err(Error::Invalid(format!(
                 "data volume {vol} is {}; run `sealvol volume sweep` first",
-                s.phase.as_str()
+                r.phase.as_str()
             ))),
             None => Err(Error::Invalid(format!(
                 "there is no data volume {vol} in {}; create it with `sealvol volume create {vol} --size ...`",
@@ -480,7 +543,7 @@ impl VmManager {
                     "data volume {vol} has a detached header, which qemu's LUKS driver (qemu 7.2) cannot read; use --data-via nbd"
                 )));
             }
-            if !is_luks1(&image)? {
+            if !is_luks1(&self.volumes.image_head(vol, 8)?) {
                 return Err(Error::Invalid(format!(
                     "data volume {vol} is not LUKS1, and qemu's LUKS driver reads LUKS1 only; use --data-via nbd (any LUKS version), or a LUKS1 volume (`sealvol volume create --type luks1`)"
                 )));
@@ -607,11 +670,18 @@ impl VmManager {
         ssh_key: Option<&str>,
     ) -> std::result::Result<(), (&'static str, String)> {
         let id = rec.id.clone();
-        let dir = self.vm_dir(&id);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| ("dir", format!("cannot create {}: {e}", dir.display())))?;
+        let vm = self.state().map_err(|e| ("dir", e.to_string()))?;
+        let vdir = vm
+            .ensure_dir("dirs", 0o700)
+            .and_then(|dirs| dirs.create_dir(id.as_str(), 0o700))
+            .map_err(|e| ("dir", e.to_string()))?;
+        // A file qemu-img or genisoimage writes is made here first, exclusively, and its
+        // path checked right before the tool gets it (the tool then truncates that file).
+        let made = |name: &str| -> Result<PathBuf> {
+            let f = vdir.create_new(name, 0o600)?;
+            let made = FileId::of_file(&f)?;
+            vm.verify(&format!("dirs/{id}/{name}"), made)
+        };
 
         // overlay: qcow2 on the base, which qemu opens read-only.
         let info = cmd::run(
@@ -634,7 +704,7 @@ impl VmManager {
                 )
             })?;
         rec.base_format = Some(fmt.clone());
-        let overlay = self.file(&id, "overlay.qcow2");
+        let overlay = made("overlay.qcow2").map_err(|e| ("overlay", e.to_string()))?;
         cmd::run(
             Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-b"])
@@ -662,20 +732,19 @@ impl VmManager {
         )
         .expect("json");
         (|| -> Result<()> {
-            write_private(&self.file(&id, "user-data"), user.as_bytes())?;
-            write_private(&self.file(&id, "meta-data"), meta.as_bytes())?;
+            write_private(&vdir, "user-data", user.as_bytes())?;
+            write_private(&vdir, "meta-data", meta.as_bytes())?;
+            let seed = made("seed.iso")?;
+            let dir = vm.verify(&format!("dirs/{id}"), vdir.id()?)?;
             cmd::run(
                 Command::new("genisoimage")
                     .current_dir(&dir)
-                    .args(["-quiet", "-output", "seed.iso", "-volid", "cidata"])
+                    .args(["-quiet", "-output"])
+                    .arg(&seed)
+                    .args(["-volid", "cidata"])
                     .args(["-joliet", "-rock", "user-data", "meta-data"]),
             )?;
-            std::fs::set_permissions(
-                self.file(&id, "seed.iso"),
-                std::os::unix::fs::PermissionsExt::from_mode(0o600),
-            )
-            .map_err(|e| Error::io("cannot restrict seed.iso", e))?;
-            sync_dir(&dir)
+            vdir.sync()
         })()
         .map_err(|e| ("seed", e.to_string()))?;
         crash_point("vm-create:seed");
@@ -723,7 +792,15 @@ impl VmManager {
             "tcg" => AccelChoice::Tcg,
             _ => AccelChoice::Auto,
         };
-        let verdict = probe_accel(&self.root, choice, PROBE_TIMEOUT)?;
+        let verdict = probe_accel(&self.state()?, choice, PROBE_TIMEOUT)?;
+        let vdir = self.vm_safe_dir(id)?;
+        // What qemu gets by path: made or checked through the VM's directory right now.
+        let root_disk = checked_path(&vdir, "overlay.qcow2")?;
+        let seed_iso = checked_path(&vdir, "seed.iso")?;
+        let console = vdir.replace_file("console.log", 0o600)?;
+        let console_log = vdir.verify("console.log", FileId::of_file(&console)?)?;
+        drop(console);
+        vdir.remove_file("qmp.sock")?;
         let socket = self.file(id, "data.nbd.sock");
         let mut nbd_pid = None;
         // qemu's LUKS driver reads the volume itself: qemu inherits the volume's claim (the
@@ -743,7 +820,10 @@ impl VmManager {
                 }
                 match r.params.data_via {
                     DataVia::Luks => {
-                        let c = VolumeLock::acquire(&self.run, &volume_id(&image)?, &image)
+                        let rid = self.volumes.image_runtime_id(vol).ok_or_else(|| {
+                            Error::Invalid(format!("the image of data volume {vol} is missing"))
+                        })?;
+                        let c = VolumeLock::acquire(&self.run, &rid, &image)
                             .map_err(|e| match e {
                                 Error::AlreadyOpen { .. } => Error::Invalid(format!(
                                     "data volume {vol} is in use by another process (a running VM or an export: `sealvol vm list`, `sealvol volume status {vol}`); stop it first"
@@ -763,13 +843,17 @@ impl VmManager {
                         })
                     }
                     DataVia::Nbd => {
-                        let _ = std::fs::remove_file(&socket);
+                        vdir.remove_file("data.nbd.sock")?;
+                        let log = vdir.replace_file("nbd.log", 0o600)?;
                         let pid = key
                             .start_nbd(
                                 &image,
                                 header.as_deref(),
                                 &socket,
-                                &self.file(id, "nbd.log"),
+                                Target {
+                                    path: &self.file(id, "nbd.log"),
+                                    file: &log,
+                                },
                             )
                             .map_err(|e| fail("nbd-export", e.message, e.wrong_key))?;
                         nbd_pid = Some(pid);
@@ -789,11 +873,11 @@ impl VmManager {
                 .kernel
                 .as_ref()
                 .map(|k| (k.kernel.clone(), k.initrd.clone(), k.append.clone())),
-            root_disk: Some(self.file(id, "overlay.qcow2")),
-            seed_iso: Some(self.file(id, "seed.iso")),
+            root_disk: Some(root_disk),
+            seed_iso: Some(seed_iso),
             data,
             qmp_socket: self.file(id, "qmp.sock"),
-            console_log: self.console_log(id),
+            console_log,
             forwards: r
                 .params
                 .forwards
@@ -810,7 +894,7 @@ impl VmManager {
             Ok(c) => c,
             Err(e) => {
                 if let Some(pid) = nbd_pid {
-                    self.stop_nbd(pid, &socket);
+                    self.stop_nbd(id, pid);
                 }
                 return Err(fail("qemu", e.to_string(), false));
             }
@@ -819,7 +903,7 @@ impl VmManager {
         let pid = child.id();
         if let Ok(Some(status)) = child.try_wait() {
             if let Some(pid) = nbd_pid {
-                self.stop_nbd(pid, &socket);
+                self.stop_nbd(id, pid);
             }
             return Err(fail(
                 "qemu",
@@ -840,7 +924,7 @@ impl VmManager {
         });
         let saved = self
             .save(&r)
-            .and_then(|()| write_atomic(&self.file(id, "qemu.pid"), pid.to_string().as_bytes()));
+            .and_then(|()| vdir.write_atomic("qemu.pid", pid.to_string().as_bytes(), 0o600));
         if let Err(e) = saved {
             let _ = self.stop_locked(&mut r, Duration::from_secs(1));
             return Err(fail("record", e.to_string(), false));
@@ -849,9 +933,10 @@ impl VmManager {
         Ok((false, self.status_of(&r)))
     }
 
-    /// Stops the NBD export `pid` serving on `socket`: its record and the process.
-    /// Returns whether it was running.
-    fn stop_nbd(&self, pid: u32, socket: &Path) -> bool {
+    /// Stops the NBD export `pid` serving VM `id`'s data disk on its socket: its record and
+    /// the process. Returns whether it was running.
+    fn stop_nbd(&self, id: &VmId, pid: u32) -> bool {
+        let socket = &self.file(id, "data.nbd.sock");
         let sock = socket.to_string_lossy();
         let entry =
             self.run.list().into_iter().find(|e| {
@@ -871,7 +956,9 @@ impl VmManager {
                 process::wait_gone(pid, Duration::from_secs(5));
             }
         }
-        let _ = std::fs::remove_file(socket);
+        if let Ok(Some(dir)) = self.existing_vm_dir(id) {
+            let _ = dir.remove_file("data.nbd.sock");
+        }
         was
     }
 
@@ -910,13 +997,15 @@ impl VmManager {
                 process::wait_gone(run.qemu_pid, Duration::from_secs(5));
             }
             if let Some(pid) = run.nbd_pid {
-                report.stopped_nbd = self.stop_nbd(pid, &self.file(&id, "data.nbd.sock"));
+                report.stopped_nbd = self.stop_nbd(&id, pid);
             }
         }
         r.running = None;
         self.save(r)?;
-        for f in ["qemu.pid", "qmp.sock"] {
-            let _ = std::fs::remove_file(self.file(&id, f));
+        if let Ok(Some(dir)) = self.existing_vm_dir(&id) {
+            for f in ["qemu.pid", "qmp.sock"] {
+                let _ = dir.remove_file(f);
+            }
         }
         tracing::info!(id = %id, how = %report.how, "VM stopped");
         Ok(report)
@@ -938,7 +1027,7 @@ impl VmManager {
         destroy_data: bool,
         stop_timeout: Duration,
     ) -> Result<VmDestroyed> {
-        if !self.root.exists() {
+        if self.existing()?.is_none() {
             return Ok(VmDestroyed {
                 id: id.clone(),
                 already_absent: true,
@@ -948,7 +1037,9 @@ impl VmManager {
         }
         let _locks = self.lock(id)?;
         let Some(rec) = self.load(id)? else {
-            let leftovers = self.vm_dir(id).exists();
+            let leftovers = self
+                .existing_sub("dirs")?
+                .is_some_and(|d| d.exists(id.as_str()));
             if leftovers {
                 self.remove_leftovers(id)?;
             }
@@ -1026,14 +1117,12 @@ impl VmManager {
             .into_iter()
             .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
         {
-            self.stop_nbd(e.pid, &sock);
+            self.stop_nbd(id, e.pid);
         }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {}", dir.display()), e)),
-        }
-        sync_dir(&self.sub("dirs"))
+        // Everything in it goes, links removed and never followed.
+        let dirs = self.sub("dirs")?;
+        dirs.remove_tree(id.as_str())?;
+        dirs.sync()
     }
 
     // -----------------------------------------------------------------------------------
@@ -1069,7 +1158,7 @@ impl VmManager {
 
     fn ids_in(&self, sub: &str) -> Vec<VmId> {
         volume::ids_in(
-            &self.sub(sub),
+            self.existing_sub(sub).ok().flatten().as_ref(),
             match sub {
                 "records" => ".json",
                 "locks" => ".lock",
@@ -1143,7 +1232,7 @@ impl VmManager {
             ids.extend(self.ids_in(sub));
         }
         // qemu processes and NBD exports naming a VM directory.
-        let dirs = self.sub("dirs");
+        let dirs = self.sub_path("dirs");
         for pid in qemus_naming(&dirs) {
             if let Some(id) = id_in_cmdline(pid, &dirs) {
                 ids.push(id);
@@ -1164,7 +1253,7 @@ impl VmManager {
         ids.dedup();
         let mut actions = Vec::new();
         for id in ids {
-            let _l = lock_exclusive(&self.sub("locks").join(format!("{id}.lock")))?;
+            let _l = self.lock_id(&id)?;
             actions.extend(self.sweep_id(&id)?);
             if self.load(&id)?.is_none() {
                 self.unlink_lock(&id);
@@ -1225,12 +1314,13 @@ impl VmManager {
                         .into_iter()
                         .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
                     {
-                        self.stop_nbd(e.pid, &sock);
+                        self.stop_nbd(id, e.pid);
                         out.push(act(format!("stopped NBD export {} of a stopped VM", e.pid)));
                     }
-                    if self.file(id, "qemu.pid").exists() {
-                        let _ = std::fs::remove_file(self.file(id, "qemu.pid"));
-                        out.push(act("removed a stale pid file".into()));
+                    if let Some(dir) = self.existing_vm_dir(id)? {
+                        if dir.remove_file("qemu.pid")? {
+                            out.push(act("removed a stale pid file".into()));
+                        }
                     }
                 }
             }
@@ -1242,7 +1332,10 @@ impl VmManager {
                     .list()
                     .into_iter()
                     .any(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()));
-                if dir.exists() || !qemus_naming(&dir).is_empty() || exports {
+                let named = self
+                    .existing_sub("dirs")?
+                    .is_some_and(|d| d.exists(id.as_str()));
+                if named || !qemus_naming(&dir).is_empty() || exports {
                     self.remove_leftovers(id)?;
                     out.push(act(
                         "removed the qemu, NBD export and files of a VM without a record".into(),

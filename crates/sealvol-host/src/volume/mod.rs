@@ -12,6 +12,12 @@
 //! locks/<id>.lock     flock per id; sweep.lock: the global lock
 //! ```
 //!
+//! The directory is made 0700 and refused when another user owns it or others may write in
+//! it; every entry below it is made, read, wiped and removed through a [`SafeDir`] (by
+//! descriptor, never through a symbolic link; a planted link is refused or unlinked, never
+//! followed; a file is wiped only when it is a regular file with one link whose LUKS UUID,
+//! when it still has one, is the record's).
+//!
 //! Records are small JSON files replaced atomically: written to a temporary file, fsynced,
 //! renamed over the old one, then the directory is fsynced. A reader sees the old record or
 //! the new one, never half of one, and a record that a call returned after is on disk. That
@@ -58,21 +64,21 @@
 mod record;
 pub mod served;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::FlockOperation;
 use serde::Serialize;
 
-pub(crate) use record::{ids_in, read_record, remove_durably, sync_dir, write_atomic};
+pub(crate) use record::{ids_in, read_record, remove_durably, write_record};
 pub use record::{LuksType, Params, Phase, Record, VolumeId, MAX_ID_LEN};
 use served::Busy;
 
 use crate::lock::VolumeLock;
-use crate::state::{volume_id, StateDir};
+use crate::safe_dir::{canonical_prefix, FileId, Kind, SafeDir, WipeTarget};
+use crate::state::{runtime_id, StateDir};
 use crate::{loopdev, mount, Error, Result};
 
 /// Default state directory.
@@ -90,7 +96,9 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// How long an export gets to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every step a crash can be injected at, in order (`create:…`, then `destroy:…`).
+/// Every step a crash can be injected at, in order (`create:…`, then `destroy:…`, then
+/// `export:mounted`: an export process, inheriting the variable, killed after it mounted the
+/// file system and before it recorded itself).
 pub const CRASH_STEPS: &[&str] = &[
     "create:journal",
     "create:image",
@@ -102,6 +110,7 @@ pub const CRASH_STEPS: &[&str] = &[
     "destroy:unmount",
     "destroy:erase",
     "destroy:delete",
+    "export:mounted",
 ];
 
 /// Test hook, compiled into debug builds only: when `SEALVOL_TEST_CRASH_AT` names `step`,
@@ -136,23 +145,35 @@ pub struct Formatted {
     pub header_area: u64,
 }
 
+/// A file sealvol made, open, with its path (for messages).
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// Where it is.
+    pub path: &'a Path,
+    /// The file itself, opened read-write: write through this, never through the path.
+    pub file: &'a File,
+}
+
 /// The steps that need the key, provided by the caller, which holds the key.
 pub trait Keyed {
-    /// Formats `image` as `luks_type` (header in `header` when given) with `data_size`
-    /// bytes of data, sizing the (sparse) image, and makes it durable.
+    /// Formats the new, empty `image` as `luks_type` (header in `header` when given) with
+    /// `data_size` bytes of data, sizing the (sparse) image, and makes it durable. Both are
+    /// files the manager created exclusively in the state directory: write them through
+    /// their descriptors.
     ///
     /// # Errors
     /// Any failure, described without key material.
     fn format(
         &mut self,
-        image: &Path,
-        header: Option<&Path>,
+        image: Target<'_>,
+        header: Option<Target<'_>>,
         data_size: u64,
         luks_type: LuksType,
     ) -> std::result::Result<Formatted, KeyedError>;
 
     /// Unlocks the volume and starts its export, mounted on `mount` (after `mkfs` of that
-    /// type, when given).
+    /// type, when given). The paths were checked, right before this call, to name the
+    /// volume's files and its mount point without any symbolic link.
     ///
     /// # Errors
     /// A wrong key (with `wrong_key`), or any failure, described without key material.
@@ -196,6 +217,10 @@ pub struct Destroyed {
     pub lazy_unmount: bool,
     /// Files wiped in place before deletion, and how many bytes of each.
     pub wiped: Vec<(PathBuf, u64)>,
+    /// Entries that were not wiped because they were not the volume's files (a symbolic or
+    /// hard link planted in their place, a LUKS header of another UUID ...), and why: links
+    /// were unlinked, their targets left untouched.
+    pub refused: Vec<(PathBuf, String)>,
 }
 
 /// One repair made by a sweep.
@@ -207,7 +232,7 @@ pub struct Action {
     pub action: String,
 }
 
-/// What is known about one volume.
+/// What is known about one volume: what its record says and what the host has.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     /// The id.
@@ -224,12 +249,39 @@ pub struct Status {
     pub header: Option<PathBuf>,
     /// Where it is (or would be) mounted.
     pub mount_path: PathBuf,
-    /// Whether it is mounted now by a live export.
+    /// Whether something is mounted on `mount_path` now, whatever the record says
+    /// (`export_alive` says whether a live export serves it).
     pub mounted: bool,
-    /// The export process, when open.
+    /// What is mounted there (`/dev/loopN`), when something is.
+    pub mount_source: Option<String>,
+    /// The live export process, when open.
     pub export_pid: Option<u32>,
-    /// The loop device, when open.
+    /// Whether an export of the volume runs and holds the volume.
+    pub export_alive: bool,
+    /// The export process the runtime record names, alive or not.
+    pub recorded_export_pid: Option<u32>,
+    /// The loop device under the mount: the live export's, else the mount's source when it
+    /// is a loop device.
     pub loop_device: Option<PathBuf>,
+    /// Every loop device on the image or on its FUSE file.
+    pub loop_devices: Vec<PathBuf>,
+    /// The volume's FUSE file in the runtime directory (when the image exists).
+    pub fuse_file: Option<PathBuf>,
+    /// Whether a FUSE file system is mounted on it.
+    pub fuse_mounted: bool,
+    /// Whether that FUSE file system answers (`false`: its export died and every access
+    /// fails with ENOTCONN); `None` when none is mounted.
+    pub fuse_alive: Option<bool>,
+    /// What the host has that no live export or finished operation accounts for, in words;
+    /// `sealvol volume sweep` clears it.
+    pub stale: Vec<String>,
+}
+
+impl Status {
+    /// Mounted by a live export (what `open`, `create --mount` and `bind-args` want).
+    pub fn served(&self) -> bool {
+        self.mounted && self.export_alive
+    }
 }
 
 /// Container runtime arguments that bind a mounted volume.
@@ -325,22 +377,17 @@ pub fn free_space(path: &Path) -> Result<u64> {
     }
 }
 
-/// Overwrites the allocated parts of `[0, len)` of `path` with zeros in place and fsyncs it
-/// (holes hold nothing and are skipped, so a full disk does not stop a wipe). Returns the
-/// bytes it covered, or `None` when the file does not exist.
-fn wipe(path: &Path, len: Option<u64>) -> Result<Option<u64>> {
+/// Overwrites the allocated parts of `[0, len)` of the open file `f` (named `path` in
+/// messages) with zeros in place and fsyncs it (holes hold nothing and are skipped, so a
+/// full disk does not stop a wipe). Returns the bytes it covered.
+fn wipe(f: &mut File, path: &Path, len: Option<u64>) -> Result<u64> {
     let io = |e| Error::io(format!("cannot wipe {}", path.display()), e);
-    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
     let file_len = f.metadata().map_err(io)?.len();
     let end = len.map_or(file_len, |l| l.min(file_len));
     let zeros = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     while pos < end {
-        let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
+        let data = match rustix::fs::seek(&*f, rustix::fs::SeekFrom::Data(pos)) {
             Ok(d) => d,
             Err(rustix::io::Errno::NXIO) => break, // only holes from here on
             Err(e) => return Err(io(e.into())),
@@ -348,7 +395,7 @@ fn wipe(path: &Path, len: Option<u64>) -> Result<Option<u64>> {
         if data >= end {
             break;
         }
-        let hole = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(data))
+        let hole = rustix::fs::seek(&*f, rustix::fs::SeekFrom::Hole(data))
             .map_err(|e| io(e.into()))?
             .min(end);
         f.seek(SeekFrom::Start(data)).map_err(io)?;
@@ -361,7 +408,62 @@ fn wipe(path: &Path, len: Option<u64>) -> Result<Option<u64>> {
         pos = hole;
     }
     f.sync_all().map_err(io)?;
-    Ok(Some(end))
+    Ok(end)
+}
+
+/// The LUKS magic at the start of a LUKS1 or LUKS2 header.
+const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
+/// Where LUKS1 and LUKS2 both keep the UUID (40 bytes, NUL-padded).
+const LUKS_UUID_AT: usize = 168;
+
+/// The LUKS UUID of the header at the start of `f`, when the magic is still there.
+fn luks_uuid(f: &mut File) -> Option<String> {
+    let mut b = [0u8; LUKS_UUID_AT + 40];
+    f.seek(SeekFrom::Start(0)).ok()?;
+    f.read_exact(&mut b).ok()?;
+    if &b[..6] != LUKS_MAGIC {
+        return None;
+    }
+    let uuid = &b[LUKS_UUID_AT..];
+    let end = uuid.iter().position(|&c| c == 0).unwrap_or(uuid.len());
+    Some(String::from_utf8_lossy(&uuid[..end]).into_owned())
+}
+
+/// What [`wipe_checked`] did.
+#[derive(Debug)]
+enum WipeOutcome {
+    Absent,
+    Done(PathBuf, u64),
+    Refused(PathBuf, String),
+}
+
+/// Wipes `[0, len)` of `name` in `dir` (all of it for `None`) through a descriptor checked
+/// to be the volume's: a regular file with one link, reached without any symbolic link,
+/// and, when `uuid` is known and the file still starts with a LUKS header, of that UUID.
+/// Anything else is refused (a planted link unlinked, never followed) and logged.
+fn wipe_checked(
+    dir: &SafeDir,
+    name: &str,
+    len: Option<u64>,
+    uuid: Option<&str>,
+) -> Result<WipeOutcome> {
+    let mut f = match dir.open_for_wipe(name)? {
+        WipeTarget::Absent => return Ok(WipeOutcome::Absent),
+        WipeTarget::Refused { path, reason } => return Ok(WipeOutcome::Refused(path, reason)),
+        WipeTarget::File(f) => f,
+    };
+    let path = dir.join(name);
+    if let (Some(want), Some(found)) = (uuid, luks_uuid(&mut f)) {
+        if !found.eq_ignore_ascii_case(want) {
+            let reason = format!(
+                "a LUKS header of UUID {found:?}, not the volume's {want}: not wiped (it is deleted with the volume's files)"
+            );
+            tracing::warn!(path = %path.display(), reason = %reason, "not wiping");
+            return Ok(WipeOutcome::Refused(path, reason));
+        }
+    }
+    let n = wipe(&mut f, &path, len)?;
+    Ok(WipeOutcome::Done(path, n))
 }
 
 pub(crate) fn now() -> u64 {
@@ -376,30 +478,51 @@ pub struct Held {
     _file: File,
 }
 
-/// Takes the exclusive lock file `path`, waiting for whoever holds it. An owner that
-/// removes the lock file while holding it (a destroy) leaves a waiter holding a lock on a
-/// removed file: the waiter sees that the path no longer names it and tries again.
-pub(crate) fn lock_exclusive(path: &Path) -> Result<Held> {
+/// Takes the exclusive lock file `name` in `dir`, waiting for whoever holds it. An owner
+/// that removes the lock file while holding it (a destroy, a sweep) leaves a waiter holding
+/// a lock on a removed file: the waiter sees that the name no longer names it and tries
+/// again.
+pub(crate) fn lock_exclusive(dir: &SafeDir, name: &str) -> Result<Held> {
     loop {
-        let file = Manager::flock(path, FlockOperation::LockExclusive)?;
-        let held = file
-            .metadata()
-            .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
-        match std::fs::metadata(path) {
-            Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
-                return Ok(Held { _file: file })
-            }
-            _ => continue,
+        let file = flock(dir, name, FlockOperation::LockExclusive)?;
+        let held = FileId::of_file(&file)?;
+        if dir.stat(name)?.is_some_and(|st| FileId::of(&st) == held) {
+            return Ok(Held { _file: file });
         }
     }
 }
 
-/// Takes the lock file `path` shared, waiting for an exclusive holder.
-pub(crate) fn lock_shared(path: &Path) -> Result<Held> {
+/// Takes the lock file `name` in `dir` shared, waiting for an exclusive holder.
+pub(crate) fn lock_shared(dir: &SafeDir, name: &str) -> Result<Held> {
     Ok(Held {
-        _file: Manager::flock(path, FlockOperation::LockShared)?,
+        _file: flock(dir, name, FlockOperation::LockShared)?,
     })
 }
+
+fn flock(dir: &SafeDir, name: &str, op: FlockOperation) -> Result<File> {
+    let file = dir.lock_file(name)?;
+    rustix::fs::flock(&file, op).map_err(|e| {
+        Error::io(
+            format!("cannot lock {}", dir.join(name).display()),
+            e.into(),
+        )
+    })?;
+    Ok(file)
+}
+
+/// What [`Manager::clear_host`] did.
+#[derive(Debug, Default)]
+struct Cleared {
+    /// An export, a mount or a loop device was there.
+    open: bool,
+    /// A mount was detached lazily.
+    lazy: bool,
+    /// What was done, in words.
+    actions: Vec<String>,
+}
+
+/// The subdirectories of a state directory.
+const SUBDIRS: [&str; 4] = ["records", "volumes", "mnt", "locks"];
 
 /// The volume manager over one state directory.
 #[derive(Clone, Debug)]
@@ -409,11 +532,12 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// A manager of the state directory `root`, whose exports keep their runtime records in
-    /// `run`.
+    /// A manager of the state directory `root` (its existing part made canonical: mount
+    /// tables and loop devices report canonical paths), whose exports keep their runtime
+    /// records in `run`.
     pub fn new(root: impl Into<PathBuf>, run: StateDir) -> Self {
         Manager {
-            root: root.into(),
+            root: canonical_prefix(&root.into()),
             run,
         }
     }
@@ -421,6 +545,38 @@ impl Manager {
     /// The state directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The runtime directory its exports use.
+    pub fn run(&self) -> &StateDir {
+        &self.run
+    }
+
+    /// Opens the state directory, creating it (0700) when missing; refuses one that
+    /// another user owns or others may write in.
+    ///
+    /// # Errors
+    /// [`Error::UnsafeDir`] with the fix; [`Error::Io`].
+    pub fn state(&self) -> Result<SafeDir> {
+        SafeDir::open_root(&self.root)
+    }
+
+    /// The state directory if it exists (checked as [`Manager::state`]).
+    fn existing(&self) -> Result<Option<SafeDir>> {
+        SafeDir::open_existing_root(&self.root)
+    }
+
+    /// The subdirectory `sub` (created, 0700).
+    fn sub(&self, sub: &str) -> Result<SafeDir> {
+        self.state()?.ensure_dir(sub, 0o700)
+    }
+
+    /// The subdirectory `sub`, if it exists.
+    fn existing_sub(&self, sub: &str) -> Result<Option<SafeDir>> {
+        match self.existing()? {
+            Some(d) => d.open_dir(sub),
+            None => Ok(None),
+        }
     }
 
     fn dir(&self, sub: &str) -> PathBuf {
@@ -452,53 +608,35 @@ impl Manager {
         self.dir("mnt").join(id.as_str())
     }
 
-    fn ensure_dirs(&self) -> Result<()> {
-        for d in ["", "records", "volumes", "mnt", "locks"] {
-            let p = self.dir(d);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&p)
-                .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))?;
+    fn ensure_dirs(&self) -> Result<SafeDir> {
+        let root = self.state()?;
+        for d in SUBDIRS {
+            root.ensure_dir(d, 0o700)?;
         }
-        Ok(())
-    }
-
-    fn flock(path: &Path, op: FlockOperation) -> Result<File> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(format!("cannot open the lock {}", path.display()), e))?;
-        rustix::fs::flock(&file, op)
-            .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e.into()))?;
-        Ok(file)
+        Ok(root)
     }
 
     /// Takes the global lock: shared for calls on one id, exclusive for a sweep.
     fn lock_global(&self, exclusive: bool) -> Result<Held> {
-        self.ensure_dirs()?;
-        let op = if exclusive {
-            FlockOperation::LockExclusive
+        let root = self.ensure_dirs()?;
+        if exclusive {
+            lock_exclusive(&root, "sweep.lock")
         } else {
-            FlockOperation::LockShared
-        };
-        Ok(Held {
-            _file: Self::flock(&self.dir("sweep.lock"), op)?,
-        })
+            lock_shared(&root, "sweep.lock")
+        }
     }
 
     /// Takes the lock of `id`, waiting for whoever holds it. A `destroy` removes the lock
     /// file while holding it; a waiter that then gets the lock on the removed file sees that
-    /// the path no longer names it and tries again.
+    /// the name no longer names it and tries again.
     fn lock_id(&self, id: &VolumeId) -> Result<Held> {
-        lock_exclusive(&self.dir("locks").join(format!("{id}.lock")))
+        lock_exclusive(&self.sub("locks")?, &format!("{id}.lock"))
     }
 
     fn unlink_lock(&self, id: &VolumeId) {
-        let _ = std::fs::remove_file(self.dir("locks").join(format!("{id}.lock")));
+        if let Ok(Some(locks)) = self.existing_sub("locks") {
+            let _ = locks.remove_file(&format!("{id}.lock"));
+        }
     }
 
     /// Both locks for a call on `id`.
@@ -512,14 +650,18 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a record that does not parse (never written by sealvol: the
-    /// writes are atomic); [`Error::Io`] when it cannot be read.
+    /// writes are atomic); [`Error::Planted`] for a link in its place; [`Error::Io`] when it
+    /// cannot be read.
     pub fn load(&self, id: &VolumeId) -> Result<Option<Record>> {
-        let path = self.record_path(id);
-        let r: Option<Record> = read_record(&path, "sealvol volume sweep")?;
+        let Some(records) = self.existing_sub("records")? else {
+            return Ok(None);
+        };
+        let r: Option<Record> =
+            read_record(&records, &format!("{id}.json"), "sealvol volume sweep")?;
         if let Some(r) = r.as_ref().filter(|r| r.id != *id) {
             return Err(Error::Invalid(format!(
                 "the record {} names id {}, not {id}",
-                path.display(),
+                self.record_path(id).display(),
                 r.id
             )));
         }
@@ -528,30 +670,230 @@ impl Manager {
 
     fn save(&self, r: &Record) -> Result<()> {
         let json = serde_json::to_vec_pretty(r).expect("records serialise");
-        write_atomic(&self.record_path(&r.id), &json)
+        write_record(&self.sub("records")?, &format!("{}.json", r.id), &json)
     }
 
     fn remove_record(&self, id: &VolumeId) -> Result<()> {
-        remove_durably(&self.record_path(id))
+        match self.existing_sub("records")? {
+            Some(records) => remove_durably(&records, &format!("{id}.json")),
+            None => Ok(()),
+        }
     }
 
+    /// `volumes/<id>` if it is there; a link planted in its place is an error.
+    fn vol_dir(&self, id: &VolumeId) -> Result<Option<SafeDir>> {
+        match self.existing_sub("volumes")? {
+            Some(v) => v.open_dir(id.as_str()),
+            None => Ok(None),
+        }
+    }
+
+    /// The identity of `id`'s image when it is a regular file of one link (reached without
+    /// any symbolic link); `None` when absent.
+    ///
+    /// # Errors
+    /// [`Error::Planted`] for a link or another kind of file.
+    fn image_file_id(&self, id: &VolumeId) -> Result<Option<FileId>> {
+        let Some(dir) = self.vol_dir(id)? else {
+            return Ok(None);
+        };
+        checked_file(&dir, "disk.img")
+    }
+
+    /// The runtime id of `id`'s image (`vol-<dev>-<ino>`: its exports' records, FUSE file
+    /// and claim), when the image is there and is the volume's file.
+    pub(crate) fn image_runtime_id(&self, id: &VolumeId) -> Option<String> {
+        self.image_file_id(id).ok().flatten().map(runtime_id)
+    }
+
+    /// The image (and detached header) of `id`, each checked right now to be the regular
+    /// file of one link sealvol made, reached without any symbolic link: paths to hand to
+    /// an export or to qemu right away.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when missing; [`Error::Planted`] for links.
+    pub(crate) fn checked_files(
+        &self,
+        id: &VolumeId,
+        detached: bool,
+    ) -> Result<(PathBuf, Option<PathBuf>)> {
+        let root = self.state()?;
+        let missing = |what: &str| {
+            Error::Invalid(format!(
+                "the {what} of volume {id} is missing; run `sealvol volume sweep`, or destroy and create it again"
+            ))
+        };
+        let dir = self.vol_dir(id)?.ok_or_else(|| missing("directory"))?;
+        let image_id = checked_file(&dir, "disk.img")?.ok_or_else(|| missing("image"))?;
+        let image = root.verify(&format!("volumes/{id}/disk.img"), image_id)?;
+        let header = if detached {
+            let h = checked_file(&dir, "header.img")?.ok_or_else(|| missing("header"))?;
+            Some(root.verify(&format!("volumes/{id}/header.img"), h)?)
+        } else {
+            None
+        };
+        Ok((image, header))
+    }
+
+    /// The first `n` bytes (or fewer) of `id`'s image, read through a descriptor checked as
+    /// in [`Manager::checked_files`].
+    ///
+    /// # Errors
+    /// As [`Manager::checked_files`].
+    pub(crate) fn image_head(&self, id: &VolumeId, n: usize) -> Result<Vec<u8>> {
+        let dir = self
+            .vol_dir(id)?
+            .ok_or_else(|| Error::Invalid(format!("there is no image of volume {id}")))?;
+        checked_file(&dir, "disk.img")?;
+        let f = dir
+            .open_read("disk.img")?
+            .ok_or_else(|| Error::Invalid(format!("there is no image of volume {id}")))?;
+        let mut head = Vec::with_capacity(n);
+        f.take(n as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::io(format!("cannot read {}", self.image(id).display()), e))?;
+        Ok(head)
+    }
+
+    /// The paths the export gets: the image (and detached header) and the mount point,
+    /// each checked right now to name the volume's file or directory without any symbolic
+    /// link (the mount point is made when missing; a link in its place is unlinked).
+    fn paths_for_open(
+        &self,
+        id: &VolumeId,
+        detached: bool,
+    ) -> Result<(PathBuf, Option<PathBuf>, PathBuf)> {
+        let (image, header) = self.checked_files(id, detached)?;
+        let root = self.state()?;
+        let mnts = root.ensure_dir("mnt", 0o700)?;
+        let mnt = mnts.ensure_dir_replacing(id.as_str(), 0o700)?;
+        let mnt = root.verify(&format!("mnt/{id}"), mnt.id()?)?;
+        Ok((image, header, mnt))
+    }
+
+    /// What the host has for `id` whatever the record says: mounts, loop devices, the FUSE
+    /// file and the export.
     fn status_of(&self, r: &Record) -> Status {
         let image = self.image(&r.id);
+        let mount_path = self.mount_point(&r.id);
         let entry = served::find(&self.run, &image);
         let live = entry
             .as_ref()
             .filter(|e| served::alive(&self.run, e))
             .cloned();
-        let mount_path = self.mount_point(&r.id);
+        let rid = entry
+            .as_ref()
+            .map(|e| e.id.clone())
+            .or_else(|| self.image_runtime_id(&r.id));
+        let fuse_file = rid.as_ref().map(|rid| self.run.fuse_file(rid));
+        // A link planted at mnt/<id> is not the volume's mount point.
+        let mount_source = self
+            .existing_sub("mnt")
+            .ok()
+            .flatten()
+            .filter(|m| m.kind(r.id.as_str()).ok().flatten() == Some(Kind::Dir))
+            .and_then(|_| mount::source_at(&mount_path));
+        let mut loop_devices = loopdev::find_by_backing(&image);
+        if let Some(f) = &fuse_file {
+            loop_devices.extend(loopdev::find_by_backing(f));
+        }
+        loop_devices.sort();
+        loop_devices.dedup();
+        let fuse_mounted = fuse_file.as_deref().is_some_and(mount::mounted_at);
+        let fuse_alive = fuse_file
+            .as_deref()
+            .filter(|_| fuse_mounted)
+            .map(mount::fuse_answers);
+        let loop_device = live
+            .as_ref()
+            .and_then(|e| e.loop_device.clone())
+            .or_else(|| {
+                mount_source
+                    .as_ref()
+                    .filter(|s| s.starts_with("/dev/loop"))
+                    .map(PathBuf::from)
+            });
+
+        let mut stale = Vec::new();
+        match r.phase {
+            Phase::Ready => {}
+            p => stale.push(format!(
+                "an interrupted {} (phase {})",
+                if p == Phase::Creating {
+                    "create"
+                } else {
+                    "destroy"
+                },
+                p.as_str()
+            )),
+        }
+        if live.is_none() {
+            if let Some(e) = &entry {
+                stale.push(format!(
+                    "the runtime record {} names export process {}, which is gone (or no longer holds the volume)",
+                    self.run.root().join(format!("{}.json", e.id)).display(),
+                    e.pid
+                ));
+            }
+            if let Some(src) = &mount_source {
+                stale.push(format!(
+                    "{} is mounted (from {src}) with no live export behind it",
+                    mount_path.display()
+                ));
+            }
+            for dev in &loop_devices {
+                let on = loopdev::backing_file(dev).unwrap_or_default();
+                stale.push(format!(
+                    "loop device {} on {} with no live export",
+                    dev.display(),
+                    on.display()
+                ));
+            }
+        }
+        match (fuse_alive, &fuse_file) {
+            (Some(false), Some(f)) => stale.push(format!(
+                "a dead FUSE mount on {} (its export died; accesses fail with ENOTCONN)",
+                f.display()
+            )),
+            (Some(true), Some(f)) if live.is_none() => stale.push(format!(
+                "a FUSE mount on {} with no export holding the volume",
+                f.display()
+            )),
+            _ => {}
+        }
+        if live.is_none() {
+            if let Some(rid) = &rid {
+                let there = self
+                    .run
+                    .existing()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d.exists(rid));
+                if there && !VolumeLock::is_held(&self.run, rid) {
+                    stale.push(format!(
+                        "the runtime directory {} of an export that is gone",
+                        self.run.root().join(rid).display()
+                    ));
+                }
+            }
+        }
         Status {
             id: r.id.clone(),
             phase: r.phase,
             params: r.params.clone(),
             uuid: r.uuid.clone(),
             header: r.params.detached_header.then(|| self.header(&r.id)),
-            mounted: live.is_some() && mount::is_mountpoint(&mount_path),
+            mounted: mount_source.is_some(),
+            mount_source,
             export_pid: live.as_ref().map(|e| e.pid),
-            loop_device: live.and_then(|e| e.loop_device),
+            export_alive: live.is_some(),
+            recorded_export_pid: entry.as_ref().map(|e| e.pid),
+            loop_device,
+            loop_devices,
+            fuse_file,
+            fuse_mounted,
+            fuse_alive,
+            stale,
             image,
             mount_path,
         }
@@ -599,7 +941,7 @@ impl Manager {
                 return Err(self.param_mismatch(&r, params));
             }
             let mut status = self.status_of(&r);
-            if opts.mount && !status.mounted {
+            if opts.mount && !status.served() {
                 self.open_locked(&r, keyed)?;
                 status = self.status_of(&r);
             }
@@ -623,7 +965,7 @@ impl Manager {
         match self.create_steps(&mut rec, opts, keyed) {
             Ok(()) => {
                 let status = self.status_of(&rec);
-                tracing::info!(id = %id, mounted = status.mounted, "volume created");
+                tracing::info!(id = %id, mounted = status.served(), "volume created");
                 Ok(Created {
                     already_existed: false,
                     status,
@@ -681,50 +1023,56 @@ impl Manager {
         keyed: &mut dyn Keyed,
     ) -> std::result::Result<(), (&'static str, KeyedError)> {
         let id = rec.id.clone();
-        let image = self.image(&id);
-        let header = rec.params.detached_header.then(|| self.header(&id));
-        let mnt = self.mount_point(&id);
-        // image: the directory and an empty image file, made durable.
-        (|| -> Result<()> {
-            let dir = self.volume_dir(&id);
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-            File::create(&image)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(format!("cannot create {}", image.display()), e))?;
-            sync_dir(&dir)?;
-            sync_dir(&self.dir("volumes"))
+        let image_path = self.image(&id);
+        let header_path = self.header(&id);
+        // image: the directory and an empty image file, made exclusively, made durable.
+        let (dir, image) = (|| -> Result<(SafeDir, File)> {
+            let volumes = self.sub("volumes")?;
+            let dir = volumes.create_dir(id.as_str(), 0o700)?;
+            let image = dir.create_new("disk.img", 0o600)?;
+            image
+                .sync_all()
+                .map_err(|e| Error::io(format!("cannot sync {}", image_path.display()), e))?;
+            dir.sync()?;
+            volumes.sync()?;
+            Ok((dir, image))
         })()
         .map_err(|e| ("image", host_err(e)))?;
         self.step_done(rec, "image").map_err(|e| ("image", e))?;
 
         // format: header and keyslot durable before anything depends on them.
+        let header = rec
+            .params
+            .detached_header
+            .then(|| dir.create_new("header.img", 0o600))
+            .transpose()
+            .map_err(|e| ("format", host_err(e)))?;
         let f = keyed
             .format(
-                &image,
-                header.as_deref(),
+                Target {
+                    path: &image_path,
+                    file: &image,
+                },
+                header.as_ref().map(|h| Target {
+                    path: &header_path,
+                    file: h,
+                }),
                 rec.params.size,
                 rec.params.luks_type,
             )
             .map_err(|e| ("format", e))?;
+        drop((image, header));
         rec.uuid = Some(f.uuid);
         rec.header_area = Some(f.header_area);
-        if let Some(h) = &header {
-            sync_dir(h.parent().unwrap_or(Path::new("."))).map_err(|e| ("format", host_err(e)))?;
+        if rec.params.detached_header {
+            dir.sync().map_err(|e| ("format", host_err(e)))?;
         }
         self.step_done(rec, "format").map_err(|e| ("format", e))?;
 
         // mkfs: through the export, which leaves it mounted.
-        match std::fs::DirBuilder::new().mode(0o700).create(&mnt) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                let e = Error::io(format!("cannot create {}", mnt.display()), e);
-                return Err(("mkfs", host_err(e)));
-            }
-        }
+        let (image, header, mnt) = self
+            .paths_for_open(&id, rec.params.detached_header)
+            .map_err(|e| ("mkfs", host_err(e)))?;
         keyed
             .open(&image, header.as_deref(), &mnt, Some(&rec.params.fs))
             .map_err(|e| ("mkfs", e))?;
@@ -745,24 +1093,30 @@ impl Manager {
     // -----------------------------------------------------------------------------------
     // open / close
 
-    /// Mounts volume `id` on its mount point (a no-op when it is mounted). Returns whether
-    /// it was mounted already, and the status.
+    /// Mounts volume `id` on its mount point (a no-op when a live export has it mounted).
+    /// Returns whether it was mounted already, and the status.
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the id does not exist or is not ready; [`Error::Step`] (with
-    /// `wrong_key` for a key that opens nothing: then nothing changed).
+    /// [`Error::Invalid`] when the id does not exist or is not ready; [`Error::Planted`]
+    /// when its files are not the ones sealvol made; [`Error::Step`] (with `wrong_key` for
+    /// a key that opens nothing: then nothing changed).
     pub fn open(&self, id: &VolumeId, keyed: &mut dyn Keyed) -> Result<(bool, Status)> {
         self.ready(id)?; // before the locks make any directory
         let _locks = self.lock(id)?;
         let r = self.ready(id)?;
         let st = self.status_of(&r);
-        if st.mounted {
+        if st.served() {
             return Ok((true, st));
         }
         // A dead export or a stale mount is cleared first.
         self.stop_exports(id, Busy::Fail)?;
         // No export left, yet claimed: a VM's qemu reads it through its own LUKS driver.
-        if VolumeLock::is_held(&self.run, &volume_id(&self.image(id))?) {
+        let image = self.image_file_id(id)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "the image of volume {id} is missing; run `sealvol volume sweep`, or destroy and create it again"
+            ))
+        })?;
+        if VolumeLock::is_held(&self.run, &runtime_id(image)) {
             return Err(Error::Invalid(format!(
                 "volume {id} is in use by another process (a running VM reading it as its data disk: `sealvol vm list`); stop that VM first"
             )));
@@ -772,16 +1126,9 @@ impl Manager {
     }
 
     fn open_locked(&self, r: &Record, keyed: &mut dyn Keyed) -> Result<()> {
-        let mnt = self.mount_point(&r.id);
-        if !mnt.is_dir() {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&mnt)
-                .map_err(|e| Error::io(format!("cannot create {}", mnt.display()), e))?;
-        }
-        let header = r.params.detached_header.then(|| self.header(&r.id));
+        let (image, header, mnt) = self.paths_for_open(&r.id, r.params.detached_header)?;
         keyed
-            .open(&self.image(&r.id), header.as_deref(), &mnt, None)
+            .open(&image, header.as_deref(), &mnt, None)
             .map_err(|e| Error::Step {
                 verb: "open",
                 id: r.id.to_string(),
@@ -822,23 +1169,55 @@ impl Manager {
     /// Stops every export of `id`'s image and clears a mount on its mount point that has no
     /// live export. Returns whether anything was open.
     fn stop_exports(&self, id: &VolumeId, busy: Busy) -> Result<bool> {
+        Ok(self.clear_host(id, busy)?.open)
+    }
+
+    /// Stops every export of `id`'s image, then clears what dead exports left: a mount on
+    /// its mount point, loop devices on the image or on its FUSE file, a dead FUSE mount,
+    /// runtime records, files and lock files (never those of a process that holds the
+    /// volume's claim).
+    fn clear_host(&self, id: &VolumeId, busy: Busy) -> Result<Cleared> {
         let image = self.image(id);
-        let mut any = false;
+        let mut c = Cleared::default();
         while let Some(entry) = served::find(&self.run, &image) {
-            served::stop(&self.run, &entry, busy, STOP_TIMEOUT)?;
-            any = true;
+            let alive = served::alive(&self.run, &entry);
+            c.lazy |= served::stop(&self.run, &entry, busy, STOP_TIMEOUT)?.lazy;
+            c.open = true;
+            c.actions.push(if alive {
+                format!("stopped export {}", entry.pid)
+            } else {
+                format!(
+                    "closed export {} that had died (its mount and loop device)",
+                    entry.pid
+                )
+            });
         }
         let mnt = self.mount_point(id);
-        if mount::is_mountpoint(&mnt) {
+        let is_dir = self
+            .existing_sub("mnt")?
+            .is_some_and(|m| m.kind(id.as_str()).ok().flatten() == Some(Kind::Dir));
+        if is_dir && mount::mounted_at(&mnt) {
             tracing::warn!(mount = %mnt.display(), "mounted without a live export; unmounting lazily");
-            mount::umount(&mnt, true)?;
-            any = true;
+            mount::unmount_nofollow(&mnt, true)?;
+            c.lazy = true;
+            c.open = true;
+            c.actions
+                .push(format!("unmounted {} (no live export)", mnt.display()));
+        }
+        if let Some(rid) = self.image_runtime_id(id) {
+            let done = served::clear_runtime(&self.run, &rid)?;
+            c.open |= done.mounts;
+            c.actions.extend(done.actions);
         }
         for dev in loopdev::find_by_backing(&image) {
             loopdev::detach(&dev, None)?;
-            any = true;
+            c.open = true;
+            c.actions.push(format!(
+                "detached {} (a loop device on the image)",
+                dev.display()
+            ));
         }
-        Ok(any)
+        Ok(c)
     }
 
     // -----------------------------------------------------------------------------------
@@ -846,31 +1225,29 @@ impl Manager {
 
     /// Destroys volume `id`: unmount (busy: bounded retry, then lazy), stop the export, wipe
     /// the header area and every other file of the id in place, delete the files, remove the
-    /// record. An absent id is a success that says so.
+    /// record. An absent id is a success that says so. Only the volume's own files are
+    /// wiped (see [`Destroyed::refused`]).
     ///
     /// # Errors
     /// [`Error::Step`] when a step fails; the record stays `destroying` and the next
     /// `destroy` or `sweep` finishes it.
     pub fn destroy(&self, id: &VolumeId) -> Result<Destroyed> {
-        if !self.root.exists() {
-            return Ok(Destroyed {
-                id: id.clone(),
-                already_absent: true,
-                lazy_unmount: false,
-                wiped: Vec::new(),
-            });
+        let absent = || Destroyed {
+            id: id.clone(),
+            already_absent: true,
+            lazy_unmount: false,
+            wiped: Vec::new(),
+            refused: Vec::new(),
+        };
+        if self.existing()?.is_none() {
+            return Ok(absent());
         }
         let _locks = self.lock(id)?;
         let rec = match self.load(id)? {
             Some(r) => r,
-            None if !self.has_leftovers(id) => {
+            None if !self.has_leftovers(id)? => {
                 self.unlink_lock(id);
-                return Ok(Destroyed {
-                    id: id.clone(),
-                    already_absent: true,
-                    lazy_unmount: false,
-                    wiped: Vec::new(),
-                });
+                return Ok(absent());
             }
             None => self.orphan_record(id),
         };
@@ -891,13 +1268,18 @@ impl Manager {
     /// A `destroying` record for files, mounts or exports of `id` that have no record, so
     /// that [`Manager::teardown`] removes them like any interrupted destroy.
     fn orphan_record(&self, id: &VolumeId) -> Record {
+        let detached = self
+            .vol_dir(id)
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.exists("header.img"));
         Record {
             id: id.clone(),
             phase: Phase::Destroying,
             params: Params {
                 size: 0,
                 fs: String::new(),
-                detached_header: self.header(id).exists(),
+                detached_header: detached,
                 luks_type: LuksType::default(),
             },
             steps: Vec::new(),
@@ -907,10 +1289,18 @@ impl Manager {
         }
     }
 
-    fn has_leftovers(&self, id: &VolumeId) -> bool {
-        self.volume_dir(id).exists()
-            || self.mount_point(id).exists()
-            || served::find(&self.run, &self.image(id)).is_some()
+    /// Whether anything of `id` is on the host (a dangling link counts: it is removed).
+    fn has_leftovers(&self, id: &VolumeId) -> Result<bool> {
+        let named = |sub: &str| -> Result<bool> {
+            Ok(self
+                .existing_sub(sub)?
+                .is_some_and(|d| d.exists(id.as_str())))
+        };
+        Ok(
+            named("volumes")?
+                || named("mnt")?
+                || served::find(&self.run, &self.image(id)).is_some(),
+        )
     }
 
     /// Undoes or finishes: records `destroying`, then stops, wipes, deletes, unrecords.
@@ -925,67 +1315,58 @@ impl Manager {
             self.save(&r)?;
         }
         crash_point("destroy:journal");
-        let mnt = self.mount_point(id);
-        let image = self.image(id);
-        let mut lazy = false;
-        while let Some(entry) = served::find(&self.run, &image) {
-            lazy |= served::stop(
-                &self.run,
-                &entry,
-                Busy::RetryThenLazy(BUSY_WAIT),
-                STOP_TIMEOUT,
-            )?
-            .lazy;
-        }
-        if mount::is_mountpoint(&mnt) {
-            mount::umount(&mnt, true)?;
-            lazy = true;
-        }
-        for dev in loopdev::find_by_backing(&image) {
-            loopdev::detach(&dev, None)?;
-        }
+        let lazy = self.clear_host(id, Busy::RetryThenLazy(BUSY_WAIT))?.lazy;
         crash_point("destroy:unmount");
 
-        // Keys first: the header area of the image, then every other file of the id whole.
+        // Keys first: the header area of the image, then every other file of the id whole,
+        // each through a descriptor checked to be the volume's.
         let mut wiped = Vec::new();
-        let dir = self.volume_dir(id);
-        let header_area = if rec.params.detached_header {
-            0
-        } else {
-            rec.header_area.unwrap_or(DEFAULT_HEADER_AREA)
+        let mut refused = Vec::new();
+        let mut note = |w: WipeOutcome| match w {
+            WipeOutcome::Absent => {}
+            WipeOutcome::Done(p, n) => wiped.push((p, n)),
+            WipeOutcome::Refused(p, why) => refused.push((p, why)),
         };
-        if let Some(n) = wipe(&image, Some(header_area))? {
-            wiped.push((image.clone(), n));
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p != image && e.file_type().is_ok_and(|t| t.is_file()) {
-                    if let Some(n) = wipe(&p, None)? {
-                        wiped.push((p, n));
+        let root = self.state()?;
+        let volumes = root.ensure_dir("volumes", 0o700)?;
+        match volumes.kind(id.as_str())? {
+            Some(Kind::Dir) => {
+                let dir = volumes.open_dir(id.as_str())?.ok_or_else(|| {
+                    Error::io(
+                        format!("{} vanished", self.volume_dir(id).display()),
+                        std::io::ErrorKind::NotFound.into(),
+                    )
+                })?;
+                let header_area = if rec.params.detached_header {
+                    0
+                } else {
+                    rec.header_area.unwrap_or(DEFAULT_HEADER_AREA)
+                };
+                let uuid = rec.uuid.as_deref();
+                note(wipe_checked(&dir, "disk.img", Some(header_area), uuid)?);
+                for (name, kind) in dir.entries()? {
+                    if name != "disk.img" && matches!(kind, Kind::File | Kind::Symlink) {
+                        note(wipe_checked(&dir, &name, None, uuid)?);
                     }
                 }
             }
+            Some(k) => {
+                let path = self.volume_dir(id);
+                let why =
+                    format!("{k:?} where the volume's directory belongs: removed, never followed");
+                tracing::warn!(path = %path.display(), reason = %why, "not wiping");
+                refused.push((path, why));
+            }
+            None => {}
         }
         crash_point("destroy:erase");
 
-        // Then the data.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let p = e.path();
-                std::fs::remove_file(&p)
-                    .map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
-            }
-        }
-        for d in [&dir, &mnt] {
-            match std::fs::remove_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("cannot remove {}", d.display()), e)),
-            }
-        }
-        sync_dir(&self.dir("volumes"))?;
-        sync_dir(&self.dir("mnt"))?;
+        // Then the data (links are removed, never followed; a mount below is an error).
+        volumes.remove_tree(id.as_str())?;
+        let mnt = root.ensure_dir("mnt", 0o700)?;
+        mnt.remove_dir(id.as_str())?;
+        volumes.sync()?;
+        mnt.sync()?;
         crash_point("destroy:delete");
         self.remove_record(id)?;
         Ok(Destroyed {
@@ -993,6 +1374,7 @@ impl Manager {
             already_absent: false,
             lazy_unmount: lazy,
             wiped,
+            refused,
         })
     }
 
@@ -1012,6 +1394,8 @@ impl Manager {
     /// # Errors
     /// A damaged record.
     pub fn list(&self) -> Result<Vec<Status>> {
+        // An unsafe state directory is refused here too, not listed as empty.
+        self.existing()?;
         let mut out = Vec::new();
         for id in self.ids_in("records") {
             if let Some(r) = self.load(&id)? {
@@ -1025,7 +1409,7 @@ impl Manager {
     /// that are not valid ids are not sealvol's and are ignored.
     fn ids_in(&self, sub: &str) -> Vec<VolumeId> {
         ids_in(
-            &self.dir(sub),
+            self.existing_sub(sub).ok().flatten().as_ref(),
             match sub {
                 "records" => ".json",
                 "locks" => ".lock",
@@ -1052,7 +1436,7 @@ impl Manager {
                 "there is no volume {id}; create it with `sealvol volume create {id} --mount`"
             ))
         })?;
-        if !st.mounted {
+        if !st.served() {
             return Err(Error::Invalid(format!(
                 "volume {id} is not mounted; run `sealvol volume open {id}` first"
             )));
@@ -1072,19 +1456,20 @@ impl Manager {
     /// Finds what crashes left behind and finishes or undoes it, under the global lock:
     /// interrupted creates (undone), interrupted destroys (finished), files, mounts, exports
     /// and loop devices of ids without a record (removed), dead exports and mounts without
-    /// a live export of ready volumes (closed). Returns what it did; each action is logged.
+    /// a live export of ready volumes (closed), and in the runtime directory the records,
+    /// directories (FUSE file, log) and lock files of exports that died (never anything a
+    /// process holding a volume's claim uses). Returns what it did; each action is logged.
     ///
     /// # Errors
     /// The first repair that fails (the rest are left for the next sweep).
     pub fn sweep(&self) -> Result<Vec<Action>> {
         let _global = self.lock_global(true)?;
         let mut ids = Vec::new();
-        for sub in ["records", "volumes", "mnt", "locks"] {
+        for sub in SUBDIRS {
             ids.extend(self.ids_in(sub));
         }
-        // Exports and loop devices on images in this state directory.
+        // Exports on images in this state directory.
         let volumes = self.dir("volumes");
-        let volumes = std::fs::canonicalize(&volumes).unwrap_or(volumes);
         for e in self.run.list() {
             if let Ok(rest) = e.volume.strip_prefix(&volumes) {
                 if let Some(Ok(id)) = rest
@@ -1105,6 +1490,9 @@ impl Manager {
             if self.load(&id)?.is_none() {
                 self.unlink_lock(&id);
             }
+        }
+        for (id, what) in served::sweep_runtime(&self.run)? {
+            actions.push(Action { id, action: what });
         }
         Ok(actions)
     }
@@ -1135,33 +1523,24 @@ impl Manager {
                 self.teardown(&r)?;
                 out.push(act("finished an interrupted destroy".into()));
             }
-            Some(r) => {
+            Some(_) => {
                 let image = self.image(id);
-                if let Some(e) = served::find(&self.run, &image) {
-                    if !served::alive(&self.run, &e) {
-                        served::stop(&self.run, &e, Busy::RetryThenLazy(BUSY_WAIT), STOP_TIMEOUT)?;
+                let live =
+                    served::find(&self.run, &image).is_some_and(|e| served::alive(&self.run, &e));
+                if live {
+                    for dev in loopdev::find_by_backing(&image) {
+                        loopdev::detach(&dev, None)?;
                         out.push(act(format!(
-                            "closed export {} that had died (its mount and loop device)",
-                            e.pid
+                            "detached {} (a loop device on the image)",
+                            dev.display()
                         )));
                     }
-                }
-                if served::find(&self.run, &image).is_none() {
-                    let mnt = self.mount_point(&r.id);
-                    if mount::is_mountpoint(&mnt) {
-                        mount::umount(&mnt, true)?;
-                        out.push(act(format!("unmounted {} (no live export)", mnt.display())));
-                    }
-                }
-                for dev in loopdev::find_by_backing(&image) {
-                    loopdev::detach(&dev, None)?;
-                    out.push(act(format!(
-                        "detached {} (a loop device on the image)",
-                        dev.display()
-                    )));
+                } else {
+                    let c = self.clear_host(id, Busy::RetryThenLazy(BUSY_WAIT))?;
+                    out.extend(c.actions.into_iter().map(act));
                 }
             }
-            None if self.has_leftovers(id) => {
+            None if self.has_leftovers(id)? => {
                 self.teardown(&self.orphan_record(id))?;
                 out.push(act(
                     "removed files, mounts and exports that had no record".into()
@@ -1170,6 +1549,30 @@ impl Manager {
             None => {}
         }
         Ok(out)
+    }
+}
+
+/// The identity of the file `name` in `dir` when it is a regular file of one link;
+/// `None` when absent.
+///
+/// # Errors
+/// [`Error::Planted`] for a symbolic link, a hard link or another kind of file.
+fn checked_file(dir: &SafeDir, name: &str) -> Result<Option<FileId>> {
+    let Some(st) = dir.stat(name)? else {
+        return Ok(None);
+    };
+    let planted = |found: String| {
+        Error::Planted {
+        path: dir.join(name),
+        found,
+        action: "sealvol uses only the files it made there and left it untouched; remove it (or `sealvol volume destroy` the volume)".into(),
+    }
+    };
+    match Kind::of_mode(st.st_mode) {
+        Kind::File if st.st_nlink == 1 => Ok(Some(FileId::of(&st))),
+        Kind::File => Err(planted(format!("a hard link ({} links)", st.st_nlink))),
+        Kind::Symlink => Err(planted("a symbolic link".into())),
+        k => Err(planted(format!("not a regular file ({k:?})"))),
     }
 }
 
@@ -1223,13 +1626,60 @@ mod tests {
         f.seek(SeekFrom::Start((1 << 20) - 4096)).unwrap();
         f.write_all(&[0xbb; 4096]).unwrap();
         drop(f);
-        assert_eq!(wipe(&p, Some(1 << 19)).unwrap(), Some(1 << 19));
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        assert_eq!(wipe(&mut f, &p, Some(1 << 19)).unwrap(), 1 << 19);
         let b = std::fs::read(&p).unwrap();
         assert!(b[..1 << 19].iter().all(|&x| x == 0));
         assert!(b[b.len() - 4096..].iter().all(|&x| x == 0xbb));
-        wipe(&p, None).unwrap();
+        wipe(&mut f, &p, None).unwrap();
         assert!(std::fs::read(&p).unwrap().iter().all(|&x| x == 0));
-        assert_eq!(wipe(&dir.path().join("none"), None).unwrap(), None);
+    }
+
+    /// A LUKS header with `uuid` at the LUKS1/LUKS2 offset, then data.
+    fn luks_like(uuid: &str) -> Vec<u8> {
+        let mut b = vec![0x5a; 8192];
+        b[..6].copy_from_slice(LUKS_MAGIC);
+        b[6..8].copy_from_slice(&[0, 2]);
+        b[LUKS_UUID_AT..LUKS_UUID_AT + 40].fill(0);
+        b[LUKS_UUID_AT..LUKS_UUID_AT + uuid.len()].copy_from_slice(uuid.as_bytes());
+        b
+    }
+
+    #[test]
+    fn checked_wipes_touch_only_the_volume_s_own_file() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = SafeDir::open_root(&t.path().join("v")).unwrap();
+        let uuid = "0b5a3c2e-7d41-4f6e-9a0b-1c2d3e4f5a6b";
+        let canary = t.path().join("canary");
+        std::fs::write(&canary, luks_like(uuid)).unwrap();
+        // A hard link to a file outside (even one with the right UUID) is never written.
+        std::fs::hard_link(&canary, dir.join("disk.img")).unwrap();
+        let w = wipe_checked(&dir, "disk.img", None, Some(uuid)).unwrap();
+        assert!(matches!(w, WipeOutcome::Refused(..)), "{w:?}");
+        std::os::unix::fs::symlink(&canary, dir.join("header.img")).unwrap();
+        let w = wipe_checked(&dir, "header.img", None, Some(uuid)).unwrap();
+        assert!(matches!(w, WipeOutcome::Refused(..)), "{w:?}");
+        assert_eq!(std::fs::read(&canary).unwrap(), luks_like(uuid));
+        assert!(!dir.exists("disk.img") && !dir.exists("header.img"));
+        // Another volume's header: refused; the volume's own: wiped.
+        std::fs::write(dir.join("disk.img"), luks_like("other-uuid")).unwrap();
+        let w = wipe_checked(&dir, "disk.img", Some(4096), Some(uuid)).unwrap();
+        assert!(
+            matches!(&w, WipeOutcome::Refused(_, why) if why.contains("other-uuid")),
+            "{w:?}"
+        );
+        std::fs::write(dir.join("disk.img"), luks_like(&uuid.to_uppercase())).unwrap();
+        let w = wipe_checked(&dir, "disk.img", Some(4096), Some(uuid)).unwrap();
+        assert!(matches!(w, WipeOutcome::Done(_, 4096)), "{w:?}");
+        let b = std::fs::read(dir.join("disk.img")).unwrap();
+        assert!(b[..4096].iter().all(|&x| x == 0) && b[4096] == 0x5a);
+        // Without the magic (a wipe was interrupted), the UUID cannot be checked: wiped.
+        let w = wipe_checked(&dir, "disk.img", None, Some("other")).unwrap();
+        assert!(matches!(w, WipeOutcome::Done(_, 8192)), "{w:?}");
+        assert!(matches!(
+            wipe_checked(&dir, "none", None, None).unwrap(),
+            WipeOutcome::Absent
+        ));
     }
 
     #[test]

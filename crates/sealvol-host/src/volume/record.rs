@@ -1,11 +1,8 @@
 //! Volume ids and the per-id record (the journal of what exists).
 
-use std::fs::File;
-use std::io::Write;
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
+use crate::safe_dir::SafeDir;
 use crate::{Error, Result};
 
 /// Longest id, in bytes.
@@ -152,77 +149,47 @@ pub struct Record {
     pub created: u64,
 }
 
-/// Writes `bytes` to `path` atomically and durably: a temporary file in the same directory,
-/// fsync, rename over `path`, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
-    let mut f = File::create(&tmp).map_err(io)?;
-    let written = f.write_all(bytes).and_then(|()| f.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    sync_dir(dir)
-}
-
-/// Reads the JSON record at `path`: `None` when there is none. `sweep` names the command
-/// that repairs a damaged one.
+/// Reads the JSON record `name` in `dir`: `None` when there is none. `sweep` names the
+/// command that repairs a damaged one; a link planted in its place is refused (not read).
 pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
-    path: &Path,
+    dir: &SafeDir,
+    name: &str,
     sweep: &str,
 ) -> Result<Option<T>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+    let Some(bytes) = dir.read(name)? else {
+        return Ok(None);
     };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         Error::Invalid(format!(
             "the record {} is damaged ({e}); move it away and run `{sweep}`",
-            path.display()
+            dir.join(name).display()
         ))
     })
 }
 
-/// Removes `path` (absent is fine) and makes the removal durable.
-pub(crate) fn remove_durably(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("cannot remove {}", path.display()), e)),
-    }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+/// Writes the record `name` in `dir` atomically and durably (see [`SafeDir::write_atomic`]).
+pub(crate) fn write_record(dir: &SafeDir, name: &str, bytes: &[u8]) -> Result<()> {
+    dir.write_atomic(name, bytes, 0o600)
+}
+
+/// Removes `name` from `dir` (absent is fine) and makes the removal durable.
+pub(crate) fn remove_durably(dir: &SafeDir, name: &str) -> Result<()> {
+    dir.remove_file(name)?;
+    dir.sync()
 }
 
 /// The ids named by the entries of `dir` (`<id><suffix>`, or `<id>` for an empty suffix),
 /// sorted; names that are not valid ids are not sealvol's and are ignored.
-pub(crate) fn ids_in(dir: &Path, suffix: &str) -> Vec<VolumeId> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+pub(crate) fn ids_in(dir: Option<&SafeDir>, suffix: &str) -> Vec<VolumeId> {
+    let Some(entries) = dir.and_then(|d| d.entries().ok()) else {
         return Vec::new();
     };
     let mut ids: Vec<VolumeId> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            VolumeId::parse(name.strip_suffix(suffix)?).ok()
-        })
+        .into_iter()
+        .filter_map(|(name, _)| VolumeId::parse(name.strip_suffix(suffix)?).ok())
         .collect();
     ids.sort();
     ids
-}
-
-/// fsyncs a directory, so that creations, renames and removals in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
 }
 
 #[cfg(test)]
@@ -282,12 +249,22 @@ mod tests {
     }
 
     #[test]
-    fn atomic_writes_leave_no_temporary_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    fn records_are_read_and_listed_through_the_safe_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = SafeDir::open_root(t.path()).unwrap();
+        write_record(&dir, "a.json", b"1").unwrap();
+        write_record(&dir, "a.json", b"2").unwrap();
+        assert_eq!(read_record::<u32>(&dir, "a.json", "x").unwrap(), Some(2));
+        write_record(&dir, "Bad.json", b"3").unwrap();
+        assert_eq!(
+            ids_in(Some(&dir), ".json"),
+            vec![VolumeId::parse("a").unwrap()]
+        );
+        std::fs::write(t.path().join("b.json"), b"{").unwrap();
+        let e = read_record::<u32>(&dir, "b.json", "sealvol volume sweep").unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+        remove_durably(&dir, "a.json").unwrap();
+        remove_durably(&dir, "a.json").unwrap();
+        assert_eq!(read_record::<u32>(&dir, "a.json", "x").unwrap(), None);
     }
 }

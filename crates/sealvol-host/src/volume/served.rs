@@ -32,12 +32,11 @@ pub struct Stopped {
     pub killed: bool,
 }
 
-/// The export record (in `run`) of the volume file `volume`, if one is open.
+/// The export record (in `run`) of the volume file `volume`, if one is open. `volume` is
+/// compared as recorded (exports record canonical paths) and never resolved: a link
+/// planted at a path must not lead to another volume's export.
 pub fn find(run: &StateDir, volume: &Path) -> Option<Entry> {
-    let want = std::fs::canonicalize(volume).unwrap_or_else(|_| volume.to_path_buf());
-    run.list()
-        .into_iter()
-        .find(|e| e.volume == want || e.volume == volume)
+    run.list().into_iter().find(|e| e.volume == volume)
 }
 
 /// Whether the export behind `entry` is alive (its process runs and holds the volume lock).
@@ -58,7 +57,7 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
     };
     if let Some(dir) = &entry.mount_point {
         done.unmounted = match busy {
-            Busy::Fail => mount::umount(dir, !done.export_was_running).map_err(|e| {
+            Busy::Fail => mount::unmount_nofollow(dir, !done.export_was_running).map_err(|e| {
                 Error::Invalid(format!(
                     "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and try again ({e})",
                     dir.display(),
@@ -68,7 +67,7 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
             Busy::RetryThenLazy(wait) => {
                 let start = Instant::now();
                 loop {
-                    match mount::umount(dir, false) {
+                    match mount::unmount_nofollow(dir, false) {
                         Ok(u) => break u,
                         Err(e) if start.elapsed() < wait => {
                             tracing::info!(mount = %dir.display(), error = %e, "busy; retrying");
@@ -77,7 +76,7 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
                         Err(e) => {
                             tracing::warn!(mount = %dir.display(), error = %e, "still busy; detaching lazily");
                             done.lazy = true;
-                            break mount::umount(dir, true)?;
+                            break mount::unmount_nofollow(dir, true)?;
                         }
                     }
                 }
@@ -113,8 +112,125 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
     // the loop device on top was still busy after a lazy unmount), a dead FUSE mount is left
     // behind, and the next export at this path would fail with ENOTCONN: take it away.
     if let Some(f) = &entry.fuse_file {
-        let _ = mount::umount(f, true);
+        let _ = mount::unmount_nofollow(f, true);
     }
     run.remove(&entry.id);
+    // The claim's lock file, once nobody holds it.
+    if let Ok(Some(dir)) = run.existing() {
+        let _ = crate::lock::remove_if_free(&dir, &format!("{}.lock", entry.id));
+    }
     Ok(done)
+}
+
+/// What [`clear_runtime`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleared {
+    /// A mount, a loop device or a FUSE mount was left and has been taken away (not only
+    /// files).
+    pub mounts: bool,
+    /// What was done, in words, one entry per action.
+    pub actions: Vec<String>,
+}
+
+/// Clears what an export of runtime id `id` left when it died, under the volume's claim:
+/// mounts of loop devices on its FUSE file, those loop devices, a dead FUSE mount, its
+/// record, its runtime directory (FUSE file, log) and its lock file. Does nothing when a
+/// process holds the claim: a live export, one being set up, or a VM's qemu reading the
+/// volume.
+///
+/// # Errors
+/// The first step that fails.
+pub fn clear_runtime(run: &StateDir, id: &str) -> Result<Cleared> {
+    let Some(dir) = run.existing()? else {
+        return Ok(Cleared::default());
+    };
+    let fuse = run.fuse_file(id);
+    let record_name = format!("{id}.json");
+    let lock_name = format!("{id}.lock");
+    let anything = [record_name.as_str(), id, lock_name.as_str()]
+        .iter()
+        .any(|n| dir.exists(n))
+        || mount::mounted_at(&fuse)
+        || !loopdev::find_by_backing(&fuse).is_empty();
+    if !anything {
+        return Ok(Cleared::default());
+    }
+    let claim = match VolumeLock::acquire(run, id, Path::new(id)) {
+        Ok(c) => c,
+        Err(Error::AlreadyOpen { .. }) => return Ok(Cleared::default()),
+        Err(e) => return Err(e),
+    };
+    let mut done = Vec::new();
+    let record = run.load(id);
+    // Whatever a loop device on the FUSE file is mounted on: the record's mount point, or
+    // one the export made before it could record it.
+    for dev in loopdev::find_by_backing(&fuse) {
+        for point in mount::mounted_from(dev.to_string_lossy().as_ref()) {
+            mount::unmount_nofollow(&point, true)?;
+            done.push(format!(
+                "unmounted {} ({} on a dead export's FUSE file)",
+                point.display(),
+                dev.display()
+            ));
+        }
+        if loopdev::detach(&dev, Some(&fuse))? {
+            done.push(format!(
+                "detached {} (a loop device on a dead export's FUSE file)",
+                dev.display()
+            ));
+        }
+    }
+    if mount::mounted_at(&fuse) {
+        mount::unmount_nofollow(&fuse, true)?;
+        done.push(format!(
+            "detached the dead FUSE mount on {}",
+            fuse.display()
+        ));
+    }
+    let mounts = !done.is_empty();
+    if record.is_some() || dir.exists(&record_name) {
+        done.push(match &record {
+            Some(e) => format!("removed the record of export {}, which had died", e.pid),
+            None => format!("removed {}", dir.join(&record_name).display()),
+        });
+    }
+    if dir.exists(id) {
+        done.push(format!(
+            "removed the runtime directory {} (FUSE file, log)",
+            dir.join(id).display()
+        ));
+    }
+    dir.remove_file(&record_name)?;
+    dir.remove_tree(id)?;
+    dir.sync()?;
+    if claim.release_and_remove()? && done.is_empty() {
+        done.push(format!(
+            "removed the lock file {} that no process held",
+            dir.join(&lock_name).display()
+        ));
+    }
+    Ok(Cleared {
+        mounts,
+        actions: done,
+    })
+}
+
+/// Clears every runtime entry of `run` whose export died ([`clear_runtime`] for each id
+/// with a record, a directory or a lock file). Returns `(id, what was done)`.
+///
+/// # Errors
+/// The first step that fails.
+pub fn sweep_runtime(run: &StateDir) -> Result<Vec<(String, String)>> {
+    // An unsafe runtime directory is refused (with the fix), not skipped.
+    if run.existing()?.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for id in run.ids() {
+        for what in clear_runtime(run, &id)?.actions {
+            tracing::warn!(id = %id, action = %what, "sweep of the runtime directory");
+            out.push((id.clone(), what));
+        }
+    }
+    Ok(out)
 }
