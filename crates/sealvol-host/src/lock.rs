@@ -2,15 +2,25 @@
 //!
 //! The lock is on a file of sealvol's own, not on the volume, so that `cryptsetup` (which
 //! takes its own locks on the volume) still reads the header of a served volume.
+//!
+//! Not only exports take the lock: a status check probes it for a moment, and a sweep holds
+//! a free claim while it clears a dead export's leftovers. So a claim that is busy while no
+//! live export is recorded for it is waited for (up to [`CLAIM_WAIT`]) before the volume is
+//! called "already open".
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::fs::FlockOperation;
 
 use crate::safe_dir::{FileId, Kind, SafeDir};
 use crate::state::StateDir;
 use crate::{Error, Result};
+
+/// How long [`VolumeLock::acquire`] waits for a claim that is busy while no live export is
+/// recorded for the volume (a sweep or a status check passing by, a VM's qemu).
+pub const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// An exclusive claim on a volume, released when dropped (or when the process dies).
 #[derive(Debug)]
@@ -36,6 +46,7 @@ impl VolumeLock {
     pub fn acquire(state: &StateDir, id: &str, volume: &Path) -> Result<Self> {
         let dir = state.dir()?;
         let name = format!("{id}.lock");
+        let started = Instant::now();
         loop {
             let file = dir.lock_file(&name)?;
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
@@ -50,6 +61,12 @@ impl VolumeLock {
                 }
                 Err(rustix::io::Errno::WOULDBLOCK) => {
                     let entry = state.load(id);
+                    let live = entry.as_ref().is_some_and(|e| crate::process::alive(e.pid));
+                    if !live && started.elapsed() < CLAIM_WAIT {
+                        drop(file);
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
                     let pid = entry
                         .as_ref()
                         .map_or_else(|| "unknown".to_string(), |e| e.pid.to_string());
@@ -188,6 +205,50 @@ mod tests {
         });
         assert!(released, "the claim outlived its holder");
         VolumeLock::acquire(&state, "vol-1", vol).unwrap();
+    }
+
+    /// A sweep or a status check holds a free claim for a moment: an export starting then
+    /// waits for it instead of calling the volume "already open". A claim recorded for a live
+    /// export is refused at once.
+    #[test]
+    fn a_claim_held_by_no_live_export_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let vol = Path::new("/v.img");
+        let passing = VolumeLock::acquire(&state, "vol-3", vol).unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(passing);
+        });
+        let start = Instant::now();
+        VolumeLock::acquire(&state, "vol-3", vol).expect("the passing claim is waited for");
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        t.join().unwrap();
+
+        let held = VolumeLock::acquire(&state, "vol-4", vol).unwrap();
+        state
+            .save(&crate::state::Entry {
+                id: "vol-4".into(),
+                kind: "nbd".into(),
+                volume: vol.to_path_buf(),
+                header: None,
+                pid: crate::process::this_pid(),
+                read_only: false,
+                fuse_file: None,
+                loop_device: None,
+                mount_point: None,
+                nbd: Some("/s".into()),
+                started: 0,
+            })
+            .unwrap();
+        let start = Instant::now();
+        let err = VolumeLock::acquire(&state, "vol-4", vol).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "a live export is not waited for"
+        );
+        assert!(err.to_string().contains("served over NBD at /s"), "{err}");
+        drop(held);
     }
 
     #[test]
