@@ -138,7 +138,7 @@ fn nbd_writes_from_qemu_over_tcp_land_encrypted() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let _s = serve(&vol, &key, &["--listen", &addr], &[]);
+    let _s = serve(&vol, &key, &["--listen", &addr], &["--insecure-plaintext"]);
     wait_for("the NBD port", || {
         std::net::TcpStream::connect(&addr).is_ok()
     });
