@@ -133,8 +133,9 @@ pub struct ServeNbdArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub handshake_limit: u64,
-    /// End a connection whose client has not read a reply within SECONDS (a client that
-    /// stopped reading must not hold the server's threads and memory).
+    /// End a connection whose client has not read a reply within SECONDS, or stopped
+    /// sending a request halfway (a write's data) for that long: such a client must not hold
+    /// the server's threads and memory. Idle time between requests is not limited.
     #[arg(
         long,
         value_name = "SECONDS",

@@ -15,9 +15,9 @@
 //! Nothing a client does can wedge the server ([`NbdOptions`] has the limits):
 //! - at most [`NbdOptions::max_connections`] clients; more are refused (closed) and logged;
 //! - the whole handshake (TLS included) must end within [`NbdOptions::handshake_timeout`];
-//! - a reply the client does not read within [`NbdOptions::send_timeout`] ends the
-//!   connection; a client that vanishes ends it at once, with its workers, and every byte it
-//!   held is freed;
+//! - a reply the client does not read within [`NbdOptions::send_timeout`], or a request it
+//!   stops sending halfway for that long, ends the connection; a client that vanishes ends
+//!   it at once, with its workers, and every byte it held is freed;
 //! - the bytes held for requests in flight (write payloads read, read replies not yet sent)
 //!   stay under [`NbdOptions::max_in_flight`] across all connections; a single request
 //!   larger than that runs alone;
@@ -70,7 +70,9 @@ pub struct NbdOptions {
     pub max_connections: usize,
     /// Time a client has for the whole handshake (TLS included) before it is dropped.
     pub handshake_timeout: Duration,
-    /// Time a client has to read a reply before its connection is ended.
+    /// Time a client has to read a reply, or to finish sending a request it began (a
+    /// write's payload), before its connection is ended. Idle time between requests is
+    /// not limited.
     pub send_timeout: Duration,
     /// Bytes held for requests in flight across all connections: write payloads read and
     /// read replies not yet sent. A request larger than this still runs, alone.

@@ -49,6 +49,15 @@ impl Conn {
         }
     }
 
+    /// Makes a read that gets no byte for `t` fail (`SO_RCVTIMEO`).
+    pub(crate) fn set_receive_timeout(&self, t: Duration) -> io::Result<()> {
+        let t = Some(t.max(Duration::from_millis(1)));
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
     pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
             Conn::Unix(s) => s.set_nonblocking(on),

@@ -413,3 +413,26 @@ fn handshake_limit_drops_silent_and_dribbling_clients() {
         assert_eq!(c.simple(512).0, 0, "the limit ends with the handshake");
     });
 }
+
+#[test]
+fn a_client_that_stops_mid_payload_is_dropped_and_an_idle_one_is_not() {
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    let opts = NbdOptions {
+        send_timeout: Duration::from_millis(300),
+        ..NbdOptions::default()
+    };
+    let (mut c, t) = start(Arc::clone(&dev), opts.clone());
+    c.option(OPT_GO, &go_data("", &[]));
+    while c.reply().1 != REP_ACK {}
+    // Idle for longer than the timeout between requests: still served.
+    std::thread::sleep(Duration::from_millis(800));
+    c.request(CMD_READ, 0, 1, 0, 512, &[]);
+    assert_eq!(c.simple(512).0, 0);
+    // Half a write's payload, then nothing.
+    c.request(CMD_WRITE, 0, 2, 0, 1 << 20, &[3; 1 << 19]);
+    let err = within(Duration::from_secs(3), "dropping a stalled request", || {
+        t.join().unwrap().unwrap_err()
+    });
+    assert!(format!("{err}").contains("and then nothing"), "{err}");
+    drop(c);
+}

@@ -240,12 +240,59 @@ fn send_reply(
     Ok(())
 }
 
+/// Reads all of `buf` (a request header or payload) from `conn`, whose receive timeout is
+/// `timeout`. Before the first byte the client may idle as long as it likes when `idle_ok`
+/// (between requests); once a message has begun, it must arrive within about `timeout`, so
+/// a client that stops in the middle of a write's payload cannot hold that payload's budget.
+fn read_message(
+    conn: &mut Conn,
+    buf: &mut [u8],
+    idle_ok: bool,
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut got = 0;
+    let mut started = Instant::now();
+    while got < buf.len() {
+        match conn.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if idle_ok && got == 0 {
+                    started = Instant::now();
+                    continue;
+                }
+                if started.elapsed() >= timeout {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the client sent {got} of {} bytes of a request and then nothing \
+                             for {} s (--send-timeout)",
+                            buf.len(),
+                            timeout.as_secs_f32()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Serves requests on `conn` until the client disconnects, the connection fails, or the
 /// server stops. Returns once every worker has ended.
 pub(crate) fn transmission(setup: &Setup<'_>, mut conn: Conn) -> Result<()> {
     let io_err = |e: io::Error| Error::io("NBD connection", e);
     conn.widen_send_buffer();
     conn.set_send_timeout(setup.send_timeout).map_err(io_err)?;
+    conn.set_receive_timeout(setup.send_timeout)
+        .map_err(io_err)?;
     let writer = Mutex::new(conn.try_clone().map_err(io_err)?);
     let queue: Queue<Job> = Queue::new(setup.workers.max(1));
     // The first reason the connection failed (a worker's or the reader's).
@@ -288,7 +335,7 @@ pub(crate) fn transmission(setup: &Setup<'_>, mut conn: Conn) -> Result<()> {
         let mut read_requests = || -> Result<()> {
             let mut head = [0u8; Request::LEN];
             loop {
-                match conn.read_exact(&mut head) {
+                match read_message(&mut conn, &mut head, true, setup.send_timeout) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                     Err(e) => return Err(io_err(e)),
@@ -316,7 +363,8 @@ pub(crate) fn transmission(setup: &Setup<'_>, mut conn: Conn) -> Result<()> {
                 let mut job = Job { req, grant };
                 if req.payload_len() > 0 {
                     if let Some(g) = job.grant.as_mut() {
-                        conn.read_exact(&mut g.buf).map_err(io_err)?;
+                        read_message(&mut conn, &mut g.buf, false, setup.send_timeout)
+                            .map_err(io_err)?;
                     }
                 }
                 if !queue.push(job) {
