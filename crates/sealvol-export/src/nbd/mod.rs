@@ -210,6 +210,9 @@ impl Server {
             budget: Budget::new(self.opts.max_in_flight),
             stop,
         };
+        self.listener
+            .set_nonblocking()
+            .map_err(|e| Error::io("cannot configure the listening socket", e))?;
         let live: Mutex<Vec<Live>> = Mutex::new(Vec::new());
         let lock_live = || live.lock().unwrap_or_else(|e| e.into_inner());
         let next_id = AtomicU64::new(0);
@@ -238,7 +241,8 @@ impl Server {
                     Err(e) => break Err(Error::io("waiting for clients", e.into())),
                 }
                 let conn = match self.listener.accept() {
-                    Ok(c) => c,
+                    Ok(c) if c.set_nonblocking(false).is_ok() => c,
+                    Ok(_) => continue,
                     Err(e)
                         if matches!(
                             e.kind(),

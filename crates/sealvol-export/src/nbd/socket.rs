@@ -133,7 +133,17 @@ impl AsFd for Listener {
 }
 
 impl Listener {
-    /// Accepts a client (blocking); TCP clients get `TCP_NODELAY`.
+    /// Makes `accept` return `WouldBlock` instead of waiting (a client that left between
+    /// `poll` and `accept` must not hold the accept loop). Accepted sockets stay blocking:
+    /// Linux does not pass the flag on.
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Unix { listener, .. } => listener.set_nonblocking(true),
+            Listener::Tcp(l) => l.set_nonblocking(true),
+        }
+    }
+
+    /// Accepts a client; TCP clients get `TCP_NODELAY`.
     pub(crate) fn accept(&self) -> io::Result<Conn> {
         match self {
             Listener::Unix { listener, .. } => listener.accept().map(|(c, _)| Conn::Unix(c)),
