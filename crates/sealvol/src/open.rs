@@ -21,6 +21,7 @@ use clap::{Args, Subcommand};
 use sealvol_block::{BlockDevice, CryptDevice, FileDevice, FileOptions};
 use sealvol_crypto::SecretBytes;
 use sealvol_export::fuse::{FileExport, FuseOptions};
+use sealvol_export::nbd::tls::TlsCreds;
 use sealvol_export::nbd::{NbdOptions, Server};
 use sealvol_host::lock::VolumeLock;
 use sealvol_host::loopdev::{self, LoopOptions};
@@ -30,7 +31,7 @@ use sealvol_host::{mount, process};
 use sealvol_luks::DataSegment;
 use serde_json::{json, Value};
 
-use crate::cli::{KeyArgs, VolumeArgs};
+use crate::cli::{parse_size, KeyArgs, VolumeArgs};
 use crate::commands::{open_volume, refuse_read_only, unlock, unlock_with};
 use crate::keys::KeySource;
 use crate::output::Output;
@@ -71,8 +72,14 @@ pub struct CloseArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ServeCommand {
-    /// Serve the decrypted volume over NBD (qemu: `nbd+unix:///?socket=PATH` or
-    /// `nbd://127.0.0.1:PORT`) until SIGTERM or SIGINT.
+    /// Serve the decrypted volume over NBD (qemu: `nbd+unix:///?socket=PATH`, or
+    /// `nbd://127.0.0.1:PORT` with TLS) until SIGTERM, SIGINT or `sealvol close`.
+    ///
+    /// Nothing a client does can hold the server: at most --shared clients at once, each with
+    /// --handshake-limit seconds to negotiate and --send-timeout seconds to read a reply, and
+    /// at most --max-in-flight bytes of requests held across all of them. On SIGTERM, SIGINT
+    /// or `sealvol close` every connection ends, the volume is flushed and the socket file
+    /// removed, within a second or two.
     Nbd(ServeNbdArgs),
 }
 
@@ -83,12 +90,64 @@ pub struct ServeNbdArgs {
     pub volume: VolumeArgs,
     #[command(flatten)]
     pub key: KeyArgs,
-    /// Listen on this unix socket.
+    /// Listen on this unix socket. It is made with mode 0600 whatever the umask, so only its
+    /// owner (root) can connect. A stale socket there is replaced; any other file, or a
+    /// symlink, is refused.
     #[arg(long, value_name = "PATH", group = "endpoint")]
     pub socket: Option<PathBuf>,
-    /// Listen on this loopback TCP address (127.0.0.1:PORT or [::1]:PORT).
+    /// Listen on this loopback TCP address (127.0.0.1:PORT or [::1]:PORT; port 0 picks one).
+    /// Every local user can reach a TCP port, so this needs --tls-creds (or, knowingly,
+    /// --insecure-plaintext).
     #[arg(long, value_name = "ADDR", group = "endpoint")]
     pub listen: Option<SocketAddr>,
+    /// Speak only TLS, with the x509 credentials in DIR, laid out as for qemu's
+    /// `--object tls-creds-x509,dir=DIR,endpoint=server`: ca-cert.pem (the CA that signs the
+    /// client certificates), server-cert.pem and server-key.pem. A client must present a
+    /// certificate signed by that CA; with qemu: `--object
+    /// tls-creds-x509,id=tls0,dir=CLIENTDIR,endpoint=client` (CLIENTDIR holding ca-cert.pem,
+    /// client-cert.pem, client-key.pem) and `tls-creds=tls0` in the NBD options. x509 only:
+    /// there is no TLS-PSK. Works with --socket too.
+    #[arg(long, value_name = "DIR", visible_alias = "tls-certificates")]
+    pub tls_creds: Option<PathBuf>,
+    /// Serve --listen without TLS: every local user can then read and write the volume's
+    /// plaintext. Only for a machine whose every user you trust.
+    #[arg(long, requires = "listen", conflicts_with = "tls_creds")]
+    pub insecure_plaintext: bool,
+    /// Serve at most NUM clients at once (as qemu-nbd's --shared); one more is refused
+    /// (closed at once) and logged.
+    #[arg(
+        long = "shared",
+        visible_alias = "max-connections",
+        value_name = "NUM",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=4096)
+    )]
+    pub shared: u32,
+    /// Drop a client that has not finished the handshake (TLS included) after SECONDS, as
+    /// qemu-nbd's --handshake-limit: a client that connects and says nothing, or sends its
+    /// options a byte at a time, holds a slot no longer.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub handshake_limit: u64,
+    /// End a connection whose client has not read a reply within SECONDS, or stopped
+    /// sending a request halfway (a write's data) for that long: such a client must not hold
+    /// the server's threads and memory. Idle time between requests is not limited.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub send_timeout: u64,
+    /// Hold at most SIZE bytes (K, M, G) for requests in flight, across all clients: write
+    /// data received and not yet written, read data not yet sent. Clients wait beyond it; a
+    /// single request larger than SIZE (NBD allows 32 MiB) still runs, alone.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub max_in_flight: u64,
     /// Export name (default: the empty name, which qemu asks for).
     #[arg(long, default_value = "")]
     pub name: String,
@@ -756,6 +815,19 @@ pub fn serve(c: ServeCommand, out: &Output) -> Result<()> {
 
 fn serve_nbd(a: ServeNbdArgs, out: &Output) -> Result<()> {
     let state = StateDir::from_env();
+    // Everything that can be refused is refused before the key is asked for.
+    if a.listen.is_some() && a.tls_creds.is_none() && !a.insecure_plaintext {
+        bail!(
+            "--listen without TLS would serve the volume's plaintext to every local user; \
+             give --tls-creds DIR (ca-cert.pem, server-cert.pem, server-key.pem, as for qemu's \
+             tls-creds-x509; clients need a certificate signed by ca-cert.pem), or use \
+             --socket PATH (mode 0600), or accept the risk with --insecure-plaintext"
+        );
+    }
+    let tls = match &a.tls_creds {
+        Some(dir) => Some(TlsCreds::from_dir(dir)?),
+        None => None,
+    };
     let (plan, key) = prepare(&a.volume_path, &a.volume, &a.key, a.read_only, &state)?;
     let lock = VolumeLock::acquire(&state, &plan.id, &plan.volume)?;
     let term = Arc::new(AtomicBool::new(false));
@@ -767,7 +839,13 @@ fn serve_nbd(a: ServeNbdArgs, out: &Output) -> Result<()> {
     let opts = NbdOptions {
         read_only: plan.read_only,
         name: a.name.clone(),
-        workers: 2,
+        max_connections: a.shared as usize,
+        handshake_timeout: Duration::from_secs(a.handshake_limit),
+        send_timeout: Duration::from_secs(a.send_timeout),
+        max_in_flight: usize::try_from(a.max_in_flight).unwrap_or(usize::MAX),
+        tls,
+        allow_plaintext_tcp: a.insecure_plaintext,
+        ..NbdOptions::default()
     };
     let server = match (&a.socket, a.listen) {
         (Some(p), _) => Server::bind_unix(dev, p, opts)?,
@@ -794,10 +872,15 @@ fn serve_nbd(a: ServeNbdArgs, out: &Output) -> Result<()> {
     })?;
     out.result(
         &format!(
-            "Serving {} over NBD at {endpoint} ({uri}); stop with SIGTERM, Ctrl-C or `sealvol close`.",
-            plan.volume.display()
+            "Serving {} over NBD at {endpoint} ({uri}{}); stop with SIGTERM, Ctrl-C or `sealvol close`.",
+            plan.volume.display(),
+            if a.tls_creds.is_some() {
+                ", TLS only, with a client certificate"
+            } else {
+                ""
+            }
         ),
-        json!({"volume": plan.volume, "endpoint": endpoint, "uri": uri, "pid": process::this_pid(), "read_only": plan.read_only}),
+        json!({"volume": plan.volume, "endpoint": endpoint, "uri": uri, "tls": a.tls_creds.is_some(), "pid": process::this_pid(), "read_only": plan.read_only}),
     )?;
     let result = server.serve(&term);
     state.remove(&plan.id);

@@ -31,8 +31,12 @@ impl Drop for Serving {
 }
 
 fn serve(vol: &Path, key: &Path, endpoint: &[&str], extra: &[&str]) -> Serving {
+    // The test's own runtime dir, not the machine's /run/sealvol.
+    let run_dir = vol.parent().unwrap().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
     let mut cmd = Command::new(SEALVOL);
-    cmd.args(["serve", "nbd", "--key-file"])
+    cmd.env("SEALVOL_RUN_DIR", &run_dir)
+        .args(["serve", "nbd", "--key-file"])
         .arg(key)
         .args(endpoint)
         .args(extra)
@@ -138,7 +142,7 @@ fn nbd_writes_from_qemu_over_tcp_land_encrypted() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let _s = serve(&vol, &key, &["--listen", &addr], &[]);
+    let _s = serve(&vol, &key, &["--listen", &addr], &["--insecure-plaintext"]);
     wait_for("the NBD port", || {
         std::net::TcpStream::connect(&addr).is_ok()
     });
@@ -180,16 +184,19 @@ fn nbd_read_only_refuses_writes_and_wrong_key_exits_1() {
     let before = snapshot(&vol);
     let (bad, _) = machine_key(dir.path(), "bad");
     let sock = dir.path().join("ro.sock");
-    sv([
-        "serve".as_ref(),
-        "nbd".as_ref(),
-        "--key-file".as_ref(),
-        bad.as_os_str(),
-        "--socket".as_ref(),
-        sock.as_os_str(),
-        vol.as_os_str(),
-    ])
-    .code(1);
+    let status = Command::new(SEALVOL)
+        .env("SEALVOL_RUN_DIR", dir.path().join("run"))
+        .args(["serve", "nbd", "--key-file"])
+        .arg(&bad)
+        .arg("--socket")
+        .arg(&sock)
+        .arg(&vol)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "a wrong key exits 1");
     assert!(!sock.exists());
 
     let _s = serve(
