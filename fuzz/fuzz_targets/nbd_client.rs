@@ -81,7 +81,11 @@ fuzz_target!(|input: &[u8]| {
         };
         let r = handshake::negotiate(&mut d, &export, flags, tls);
         if tls == Tls::Required {
-            assert_ne!(r.ok(), Some(Negotiated::Transmission), "no transmission before TLS");
+            assert_ne!(
+                r.ok(),
+                Some(Negotiated::Transmission),
+                "no transmission before TLS"
+            );
             // Only option replies (20-byte headers), never the 10+ bytes of export data
             // that NBD_OPT_EXPORT_NAME would send.
             let mut out = &d.output[..];
