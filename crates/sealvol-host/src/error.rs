@@ -6,6 +6,24 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The key opens no keyslot (a clean "no": nothing was changed).
+    #[error("{0}")]
+    WrongKey(String),
+    /// The LUKS header or its data refused what was asked (invalid or hostile header, a KDF
+    /// over the limits, data inside an attached header, a keyslot that does not exist ...).
+    #[error(transparent)]
+    Luks(Box<sealvol_luks::Error>),
+    /// A file that should hold a LUKS header holds none sealvol can use.
+    #[error("{path} is not a usable LUKS header{hint}: {source}")]
+    NotAHeader {
+        /// The file.
+        path: PathBuf,
+        /// What to try (`--header` when none was given).
+        hint: &'static str,
+        /// Why the header was refused.
+        #[source]
+        source: Box<sealvol_luks::Error>,
+    },
     /// A program could not be started.
     #[error("cannot run {program}: {source}; is it installed (Debian package {package})?")]
     Spawn {
@@ -109,7 +127,26 @@ pub enum Error {
     },
 }
 
+impl From<sealvol_luks::Error> for Error {
+    /// A wrong key stays a wrong key ([`Error::WrongKey`]); the rest is [`Error::Luks`].
+    fn from(e: sealvol_luks::Error) -> Self {
+        match e {
+            sealvol_luks::Error::WrongKey => Error::WrongKey(e.to_string()),
+            e => Error::Luks(Box::new(e)),
+        }
+    }
+}
+
 impl Error {
+    /// Whether this is a clean "no": a key that opens nothing.
+    pub fn is_wrong_key(&self) -> bool {
+        match self {
+            Error::WrongKey(_) => true,
+            Error::Step { wrong_key, .. } | Error::VmStep { wrong_key, .. } => *wrong_key,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -35,8 +35,10 @@
 
 pub mod cmd;
 mod error;
+pub mod keys;
 pub mod lock;
 pub mod loopdev;
+pub mod luks_file;
 pub mod mount;
 pub mod process;
 pub mod safe_dir;

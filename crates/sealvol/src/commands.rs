@@ -18,7 +18,7 @@ pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
 use serde_json::json;
 
 use crate::cli::*;
-use crate::headerdev::HeaderDev;
+use sealvol_host::luks_file::{Access, HeaderFile, LuksFile};
 use crate::keys::KeySource;
 use crate::output::Output;
 use crate::CleanNo;
@@ -59,15 +59,8 @@ fn header_path<'a>(volume: &'a Path, args: &'a VolumeArgs) -> &'a Path {
 }
 
 fn open_file(path: &Path, write: bool) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(path)
-        .with_context(|| match std::fs::metadata(path) {
-            Err(_) => format!("{} does not exist; check the path", path.display()),
-            Ok(_) if write => format!("cannot open {} for writing", path.display()),
-            Ok(_) => format!("cannot open {}", path.display()),
-        })
+    let access = if write { Access::Write } else { Access::Read };
+    Ok(LuksFile::open_file(path, access)?)
 }
 
 /// The limits every header opened by this process is held to (`--kdf-max-*`).
@@ -85,7 +78,7 @@ pub(crate) fn kdf_limits() -> KdfLimits {
 
 /// The data segment of `vol`, refused when it overlaps the header: `detached` says whether
 /// the header lives in a file of its own (`--header`).
-pub(crate) fn data_segment(vol: &Volume<HeaderDev>, detached: bool) -> Result<DataSegment> {
+pub(crate) fn data_segment(vol: &Volume<HeaderFile>, detached: bool) -> Result<DataSegment> {
     let placement = if detached {
         HeaderPlacement::Detached
     } else {
@@ -99,42 +92,17 @@ pub(crate) fn open_volume(
     volume: &Path,
     args: &VolumeArgs,
     write: bool,
-) -> Result<Volume<HeaderDev>> {
-    let path = header_path(volume, args);
-    let file = open_file(path, write)?;
-    let mut vol = Volume::open(HeaderDev::new(file)).with_context(|| {
-        let hint = if args.header.is_none() {
-            " (if the header is detached, pass --header FILE)"
-        } else {
-            ""
-        };
-        format!("{} is not a usable LUKS header{hint}", path.display())
-    })?;
-    report_load(&vol, path);
-    vol.set_kdf_limits(kdf_limits());
-    Ok(vol)
-}
-
-/// Warns when one header copy was damaged and the other one is in use.
-fn report_load(vol: &Volume<HeaderDev>, path: &Path) {
-    let Some(report) = vol.load_report() else {
-        return; // LUKS1: one header copy
-    };
-    if report.needs_repair {
-        let bad = match (&report.primary, &report.secondary) {
-            (Err(e), _) => format!("the primary header copy is damaged ({e})"),
-            (_, Err(e)) => format!("the secondary header copy is damaged ({e})"),
-            _ => "the header copies differ".to_string(),
-        };
-        eprintln!(
-            "sealvol: warning: {}: {bad}; using the valid copy. Run `sealvol repair {}` to rewrite it.",
-            path.display(),
-            path.display()
-        );
+) -> Result<Volume<HeaderFile>> {
+    let files = LuksFile::new(volume, args.header.clone());
+    let access = if write { Access::Write } else { Access::Read };
+    let open = files.open(access, kdf_limits())?;
+    if let Some(warning) = open.damaged_copy() {
+        eprintln!("sealvol: warning: {warning}");
     }
+    Ok(open.into_volume())
 }
 
-pub(crate) fn refuse_read_only(vol: &Volume<HeaderDev>) -> Result<()> {
+pub(crate) fn refuse_read_only(vol: &Volume<HeaderFile>) -> Result<()> {
     if let Some(reason) = vol.read_only() {
         bail!("this volume can only be read: {reason}");
     }
@@ -143,7 +111,7 @@ pub(crate) fn refuse_read_only(vol: &Volume<HeaderDev>) -> Result<()> {
 
 /// Unlocks with a key from `source`; a wrong key becomes a clean "no" (exit 1).
 pub(crate) fn unlock(
-    vol: &mut Volume<HeaderDev>,
+    vol: &mut Volume<HeaderFile>,
     source: &KeySource,
     slot: Option<u32>,
 ) -> Result<sealvol_luks::Unlocked> {
@@ -153,7 +121,7 @@ pub(crate) fn unlock(
 
 /// Unlocks with `key`; a wrong key becomes a clean "no" (exit 1).
 pub(crate) fn unlock_with(
-    vol: &mut Volume<HeaderDev>,
+    vol: &mut Volume<HeaderFile>,
     key: &[u8],
     slot: Option<u32>,
 ) -> Result<sealvol_luks::Unlocked> {
@@ -176,7 +144,7 @@ fn new_keyslot_kdf(
     args: &KdfArgs,
     key: &SecretBytes,
     out: &Output,
-    vol: &Volume<HeaderDev>,
+    vol: &Volume<HeaderFile>,
 ) -> Result<KdfParams> {
     let mut policy = args.policy().context("--hash")?;
     let luks1 = match vol {
@@ -269,7 +237,7 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
         data_offset_sectors: a.offset,
         kdf: a.kdf.policy().context("--hash")?,
     };
-    let key = KeySource::from_args(&a.key).read()?;
+    let key = a.key.source().read()?;
     note_key_hint(&request.kdf, &key, out);
 
     // Build the whole header area in memory first: every validation and KDF error happens
@@ -406,7 +374,7 @@ fn dump(a: DumpArgs, out: &Output) -> Result<()> {
 
 fn test_key(a: TestKeyArgs, out: &Output) -> Result<()> {
     let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
-    let unlocked = unlock(&mut vol, &KeySource::from_args(&a.key), a.key_slot)?;
+    let unlocked = unlock(&mut vol, &a.key.source(), a.key_slot)?;
     out.result(
         &format!("The key opens keyslot {}.", unlocked.keyslot),
         json!({"ok": true, "keyslot": unlocked.keyslot}),
@@ -425,8 +393,8 @@ fn check_distinct_sources(a: &KeySource, b: &KeySource) -> Result<()> {
 }
 
 fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
-    let old_src = KeySource::from_args(&a.key);
-    let new_src = KeySource::from_new_args(&a.new_key);
+    let old_src = a.key.source();
+    let new_src = a.new_key.source();
     check_distinct_sources(&old_src, &new_src)?;
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
@@ -447,7 +415,7 @@ fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
 fn remove_key(a: RemoveKeyArgs, out: &Output) -> Result<()> {
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
-    let unlocked = unlock(&mut vol, &KeySource::from_args(&a.key), None)?;
+    let unlocked = unlock(&mut vol, &a.key.source(), None)?;
     vol.remove_keyslot(unlocked.keyslot)
         .context("cannot remove the keyslot")?;
     tracing::info!(
@@ -463,8 +431,8 @@ fn remove_key(a: RemoveKeyArgs, out: &Output) -> Result<()> {
 }
 
 fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
-    let old_src = KeySource::from_args(&a.key);
-    let new_src = KeySource::from_new_args(&a.new_key);
+    let old_src = a.key.source();
+    let new_src = a.new_key.source();
     check_distinct_sources(&old_src, &new_src)?;
     let mut vol = open_volume(&a.volume_path, &a.volume, true)?;
     refuse_read_only(&vol)?;
@@ -593,7 +561,7 @@ fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
         ),
     )?;
     let file = open_file(&path, true)?;
-    Volume::header_restore(HeaderDev::new(file), &backup).context("cannot restore the header")?;
+    Volume::header_restore(HeaderFile::new(file), &backup).context("cannot restore the header")?;
     out.result(
         &format!("Restored the header of {} (UUID {uuid}).", path.display()),
         json!({"restored": path, "uuid": uuid}),
@@ -671,7 +639,7 @@ fn token_export(a: TokenIdArgs, out: &Output) -> Result<()> {
 // import / export
 
 fn import(a: ImportArgs, out: &Output) -> Result<()> {
-    let key_src = KeySource::from_args(&a.key);
+    let key_src = a.key.source();
     let src_is_stdin = a.src.as_os_str() == "-";
     if src_is_stdin && key_src == KeySource::Stdin {
         bail!("the plaintext comes from stdin, so the key cannot: give it with --key-file FILE or --key-fd N");
@@ -728,7 +696,7 @@ fn import(a: ImportArgs, out: &Output) -> Result<()> {
 }
 
 fn export(a: ExportArgs, out: &Output) -> Result<()> {
-    let key_src = KeySource::from_args(&a.key);
+    let key_src = a.key.source();
     let mut vol = open_volume(&a.volume_path, &a.volume, false)?;
     let segment = data_segment(&vol, a.volume.header.is_some())?;
     let mut data = open_file(&a.volume_path, false)?;

@@ -3,7 +3,7 @@
 //! Both renderings work from the metadata's JSON form, so fields sealvol does not model
 //! (unknown keyslot or token properties) are shown too.
 
-use crate::headerdev::HeaderDev;
+use sealvol_host::luks_file::HeaderFile;
 use std::fmt::Write as _;
 
 use anyhow::Result;
@@ -77,7 +77,7 @@ fn luks1_human(h: &luks1::Header) -> Result<String> {
 
 /// `dump --json`: binary-header fields, both copies' state, and the JSON metadata verbatim
 /// (LUKS2); every binary field (LUKS1).
-pub fn json(vol: &AnyVolume<HeaderDev>) -> Result<Value> {
+pub fn json(vol: &AnyVolume<HeaderFile>) -> Result<Value> {
     match vol {
         AnyVolume::Luks1(v) => Ok(luks1_json(v.header())),
         AnyVolume::Luks2(v) => luks2_json(v),
@@ -85,14 +85,14 @@ pub fn json(vol: &AnyVolume<HeaderDev>) -> Result<Value> {
 }
 
 /// Human dump in luksDump's layout.
-pub fn human(vol: &AnyVolume<HeaderDev>) -> Result<String> {
+pub fn human(vol: &AnyVolume<HeaderFile>) -> Result<String> {
     match vol {
         AnyVolume::Luks1(v) => luks1_human(v.header()),
         AnyVolume::Luks2(v) => luks2_human(v),
     }
 }
 
-fn luks2_json(vol: &Volume<HeaderDev>) -> Result<Value> {
+fn luks2_json(vol: &Volume<HeaderFile>) -> Result<Value> {
     let h = vol.header();
     let report = vol.load_report();
     Ok(json!({
@@ -153,7 +153,7 @@ fn entries(v: &Value, key: &str) -> Vec<(String, Value)> {
     items
 }
 
-fn luks2_human(vol: &Volume<HeaderDev>) -> Result<String> {
+fn luks2_human(vol: &Volume<HeaderFile>) -> Result<String> {
     let h = vol.header();
     let meta = serde_json::to_value(h.metadata())?;
     let mut o = String::new();

@@ -3,7 +3,6 @@
 mod cli;
 mod commands;
 mod dump;
-mod headerdev;
 mod keys;
 mod open;
 mod output;
@@ -75,6 +74,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return 1;
         }
         if let Some(sealvol_luks::Error::WrongKey) = cause.downcast_ref::<sealvol_luks::Error>() {
+            return 1;
+        }
+        if cause
+            .downcast_ref::<sealvol_host::Error>()
+            .is_some_and(sealvol_host::Error::is_wrong_key)
+        {
             return 1;
         }
     }

@@ -260,7 +260,7 @@ fn prepare_with(
         .data_len(len)
         .context("the data segment does not fit the volume file")?;
     let unlocked = match key {
-        KeyIn::Args(a) => unlock(&mut vol, &KeySource::from_args(a), None)?,
+        KeyIn::Args(a) => unlock(&mut vol, &a.source(), None)?,
         KeyIn::Bytes(k) => unlock_with(&mut vol, k.expose(), None)?,
     };
     Ok((

@@ -20,7 +20,6 @@ use sealvol_host::volume::{self, KeyedError, Manager, Target};
 use serde_json::{json, Value};
 
 use crate::cli::{parse_size, KeyArgs, VolumeArgs};
-use crate::keys::KeySource;
 use crate::output::Output;
 use crate::CleanNo;
 
@@ -380,7 +379,7 @@ pub fn run(c: VmCmd, out: &Output) -> Result<()> {
             let rec = m.status(&id).map_err(host)?;
             // The key is read only when there is a data volume to open.
             let key = match rec.as_ref().and_then(|s| s.params.data_volume.as_ref()) {
-                Some(_) => KeySource::from_args(&a.key).read()?,
+                Some(_) => a.key.source().read()?,
                 None => SecretBytes::from_vec(vec![0]),
             };
             let mut keyed = CliDataKey { key };

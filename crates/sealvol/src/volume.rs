@@ -19,7 +19,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cli::{parse_size, KdfArgs, KeyArgs};
-use crate::keys::KeySource;
 use crate::output::Output;
 use crate::CleanNo;
 
@@ -386,7 +385,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 detached_header: a.detached_header,
                 luks_type: a.luks_type,
             };
-            let key = KeySource::from_args(&a.key).read()?;
+            let key = a.key.source().read()?;
             let mut keyed = CliKeyed {
                 key,
                 kdf: Some(&a.kdf),
@@ -426,7 +425,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         VolumeVerb::Open(a) => {
             let id = id(&a.id)?;
             vms.refuse_if_in_use(&id, "open").map_err(host)?;
-            let key = KeySource::from_args(&a.key).read()?;
+            let key = a.key.source().read()?;
             let mut keyed = CliKeyed {
                 key,
                 kdf: None,
