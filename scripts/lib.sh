@@ -65,3 +65,38 @@ ensure_cargo() {
 target_dir() {
   printf '%s\n' "${CARGO_TARGET_DIR:-$SEALVOL_ROOT/target}"
 }
+
+# qemu_major BINARY: the major version BINARY reports, or 0 when it is missing.
+qemu_major() {
+  local v
+  v="$("$1" --version 2>/dev/null | head -n 1 | sed -n 's/.*version \([0-9][0-9]*\)\..*/\1/p')" || true
+  printf '%s\n' "${v:-0}"
+}
+
+# ensure_qemu_backports: qemu-system-x86 and qemu-utils 9 or later, from bookworm-backports.
+# Debian bookworm's own qemu is 7.2, whose LUKS driver reads no detached header; and a machine
+# that came with qemu-utils 10 from backports but no backports apt source would be downgraded
+# to 7.2 by a plain `apt-get install qemu-system-x86`. So the source is added when missing and
+# both packages are installed from it.
+ensure_qemu_backports() {
+  if [ "$(qemu_major qemu-system-x86_64)" -ge 9 ] && [ "$(qemu_major qemu-img)" -ge 9 ] \
+    && command -v qemu-nbd >/dev/null 2>&1 && command -v qemu-storage-daemon >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=() list=/etc/apt/sources.list.d/sealvol-bookworm-backports.sources
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    step "adding the bookworm-backports apt source ($list)"
+    printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+      'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+      | "${sudo[@]}" tee "$list" >/dev/null || die "cannot write $list"
+  fi
+  step "installing qemu-system-x86 and qemu-utils from bookworm-backports"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+    || die "apt-get update failed; cannot install qemu from bookworm-backports"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 qemu-utils \
+    || die "apt-get install -t bookworm-backports qemu-system-x86 qemu-utils failed"
+  [ "$(qemu_major qemu-system-x86_64)" -ge 9 ] || die "qemu-system-x86_64 is still older than 9 after installing from bookworm-backports"
+  [ "$(qemu_major qemu-img)" -ge 9 ] || die "qemu-img is still older than 9 after installing from bookworm-backports"
+}
