@@ -13,7 +13,8 @@
 //! - [`DataSegment`]: where the ciphertext lives and how to decrypt it.
 //! - [`data`]: streaming plaintext into and out of a data segment.
 //! - [`luks1::Volume`]: a LUKS1 header (as cryptsetup and qemu's `luks` driver write it).
-//! - [`AnyVolume`]: either version behind one front, chosen by the header's version field.
+//! - [`AnyVolume`]: either version behind one front, chosen by the header's version field;
+//!   [`AnyVolume::dump_json`] gives the header as one JSON document.
 //!
 //! ```
 //! use std::io::Cursor;
@@ -32,6 +33,7 @@
 
 mod any;
 pub mod data;
+mod dump;
 mod error;
 pub mod format;
 mod limits;
