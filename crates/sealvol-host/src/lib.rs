@@ -41,9 +41,11 @@ pub mod loopdev;
 pub mod luks_file;
 pub mod mount;
 pub mod process;
+pub mod progress;
 pub mod safe_dir;
 pub mod state;
 pub mod vm;
 pub mod volume;
 
 pub use error::{Error, Result};
+pub use progress::Progress;
