@@ -1,115 +1,57 @@
-//! `sealvol dump`: the header as cryptsetup's luksDump lays it out, or as JSON.
+//! `sealvol dump` without `--json`: the header document of
+//! [`sealvol_host::luks_file::LuksFile::dump`] laid out as cryptsetup's luksDump does.
 //!
-//! Both renderings work from the metadata's JSON form, so fields sealvol does not model
-//! (unknown keyslot or token properties) are shown too.
+//! It works from the JSON document alone, so fields sealvol does not model (unknown keyslot
+//! or token properties) are shown too.
 
-use sealvol_host::luks_file::HeaderFile;
 use std::fmt::Write as _;
 
-use anyhow::Result;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use sealvol_luks::{luks1, AnyVolume, Volume};
-
-fn copy_state(r: &Result<u64, String>) -> Value {
-    match r {
-        Ok(seqid) => json!({"valid": true, "seqid": seqid}),
-        Err(e) => json!({"valid": false, "error": e}),
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `dump --json` of a LUKS1 header: every binary field (salts and digest as hex).
-fn luks1_json(h: &luks1::Header) -> Value {
-    let slots: Vec<Value> = h
-        .keyslots()
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            json!({
-                "id": i,
-                "active": k.active,
-                "iterations": k.iterations,
-                "salt": hex(&k.salt),
-                "key_material_offset": k.key_material_offset,
-                "stripes": k.stripes,
-            })
-        })
-        .collect();
-    json!({
-        "version": 1,
-        "uuid": h.uuid(),
-        "cipher": h.cipher(),
-        "hash": h.hash().as_str(),
-        "payload_offset": h.payload_offset(),
-        "key_bytes": h.key_bytes(),
-        "mk_digest_iterations": h.mk_digest_iter(),
-        "keyslots": slots,
-    })
+/// Human dump in luksDump's layout.
+pub fn human(doc: &Value) -> String {
+    let mut o = String::new();
+    // Writing to a String cannot fail.
+    let _ = match doc["version"].as_u64() {
+        Some(1) => luks1_human(doc, &mut o),
+        _ => luks2_human(doc, &mut o),
+    };
+    o.trim_end().to_string()
 }
 
 /// luksDump's LUKS1 layout.
-fn luks1_human(h: &luks1::Header) -> Result<String> {
-    let mut o = String::new();
+fn luks1_human(h: &Value, o: &mut String) -> std::fmt::Result {
     writeln!(o, "LUKS header information")?;
     writeln!(o, "Version:       \t1")?;
-    writeln!(o, "Cipher:        \t{}", h.cipher())?;
-    writeln!(o, "Hash spec:     \t{}", h.hash().as_str())?;
-    writeln!(o, "Payload offset:\t{}", h.payload_offset())?;
-    writeln!(o, "MK bits:       \t{}", h.key_bytes() * 8)?;
-    writeln!(o, "MK iterations: \t{}", h.mk_digest_iter())?;
-    writeln!(o, "UUID:          \t{}", h.uuid())?;
-    for (i, k) in h.keyslots().iter().enumerate() {
-        if k.active {
+    writeln!(o, "Cipher:        \t{}", s(h, "cipher"))?;
+    writeln!(o, "Hash spec:     \t{}", s(h, "hash"))?;
+    writeln!(o, "Payload offset:\t{}", num(h, "payload_offset"))?;
+    writeln!(
+        o,
+        "MK bits:       \t{}",
+        h["key_bytes"].as_u64().unwrap_or(0) * 8
+    )?;
+    writeln!(o, "MK iterations: \t{}", num(h, "mk_digest_iterations"))?;
+    writeln!(o, "UUID:          \t{}", s(h, "uuid"))?;
+    let slots = h["keyslots"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, k) in slots.iter().enumerate() {
+        if k["active"].as_bool() == Some(true) {
             writeln!(o, "\nKey Slot {i}: ENABLED")?;
-            writeln!(o, "\tIterations:         \t{}", k.iterations)?;
-            writeln!(o, "\tKey material offset:\t{}", k.key_material_offset)?;
-            writeln!(o, "\tAF stripes:         \t{}", k.stripes)?;
+            writeln!(o, "\tIterations:         \t{}", num(k, "iterations"))?;
+            writeln!(
+                o,
+                "\tKey material offset:\t{}",
+                num(k, "key_material_offset")
+            )?;
+            writeln!(o, "\tAF stripes:         \t{}", num(k, "stripes"))?;
         } else {
             writeln!(o, "Key Slot {i}: DISABLED")?;
         }
     }
-    Ok(o.trim_end().to_string())
-}
-
-/// `dump --json`: binary-header fields, both copies' state, and the JSON metadata verbatim
-/// (LUKS2); every binary field (LUKS1).
-pub fn json(vol: &AnyVolume<HeaderFile>) -> Result<Value> {
-    match vol {
-        AnyVolume::Luks1(v) => Ok(luks1_json(v.header())),
-        AnyVolume::Luks2(v) => luks2_json(v),
-    }
-}
-
-/// Human dump in luksDump's layout.
-pub fn human(vol: &AnyVolume<HeaderFile>) -> Result<String> {
-    match vol {
-        AnyVolume::Luks1(v) => luks1_human(v.header()),
-        AnyVolume::Luks2(v) => luks2_human(v),
-    }
-}
-
-fn luks2_json(vol: &Volume<HeaderFile>) -> Result<Value> {
-    let h = vol.header();
-    let report = vol.load_report();
-    Ok(json!({
-        "version": 2,
-        "uuid": h.uuid(),
-        "label": h.label(),
-        "subsystem": h.subsystem(),
-        "epoch": h.seqid(),
-        "metadata_size": h.hdr_size(),
-        "keyslots_size": h.keyslots_size(),
-        "copies": {
-            "primary": copy_state(&report.primary),
-            "secondary": copy_state(&report.secondary),
-        },
-        "read_only": vol.read_only(),
-        "metadata": serde_json::to_value(h.metadata())?,
-    }))
+    Ok(())
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -153,10 +95,8 @@ fn entries(v: &Value, key: &str) -> Vec<(String, Value)> {
     items
 }
 
-fn luks2_human(vol: &Volume<HeaderFile>) -> Result<String> {
-    let h = vol.header();
-    let meta = serde_json::to_value(h.metadata())?;
-    let mut o = String::new();
+fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
+    let meta = &doc["metadata"];
     let none = |x: &str, what: &str| {
         if x.is_empty() {
             format!("(no {what})")
@@ -166,12 +106,16 @@ fn luks2_human(vol: &Volume<HeaderFile>) -> Result<String> {
     };
     writeln!(o, "LUKS header information")?;
     writeln!(o, "Version:       \t2")?;
-    writeln!(o, "Epoch:         \t{}", h.seqid())?;
-    writeln!(o, "Metadata area: \t{} [bytes]", h.hdr_size())?;
-    writeln!(o, "Keyslots area: \t{} [bytes]", h.keyslots_size())?;
-    writeln!(o, "UUID:          \t{}", h.uuid())?;
-    writeln!(o, "Label:         \t{}", none(h.label(), "label"))?;
-    writeln!(o, "Subsystem:     \t{}", none(h.subsystem(), "subsystem"))?;
+    writeln!(o, "Epoch:         \t{}", num(doc, "epoch"))?;
+    writeln!(o, "Metadata area: \t{} [bytes]", num(doc, "metadata_size"))?;
+    writeln!(o, "Keyslots area: \t{} [bytes]", num(doc, "keyslots_size"))?;
+    writeln!(o, "UUID:          \t{}", s(doc, "uuid"))?;
+    writeln!(o, "Label:         \t{}", none(s(doc, "label"), "label"))?;
+    writeln!(
+        o,
+        "Subsystem:     \t{}",
+        none(s(doc, "subsystem"), "subsystem")
+    )?;
     let config = meta.get("config").cloned().unwrap_or(Value::Null);
     let flags: Vec<&str> = config
         .get("flags")
@@ -187,12 +131,12 @@ fn luks2_human(vol: &Volume<HeaderFile>) -> Result<String> {
             flags.join(" ")
         }
     )?;
-    if let Some(reason) = vol.read_only() {
+    if let Some(reason) = doc["read_only"].as_str() {
         writeln!(o, "Read-only:     \t{reason}")?;
     }
 
     writeln!(o, "\nData segments:")?;
-    for (id, seg) in entries(&meta, "segments") {
+    for (id, seg) in entries(meta, "segments") {
         writeln!(o, "  {id}: {}", s(&seg, "type"))?;
         writeln!(o, "\toffset: {} [bytes]", num(&seg, "offset"))?;
         let size = num(&seg, "size");
@@ -205,9 +149,9 @@ fn luks2_human(vol: &Volume<HeaderFile>) -> Result<String> {
         writeln!(o, "\tsector: {} [bytes]", num(&seg, "sector_size"))?;
     }
 
-    let digests = entries(&meta, "digests");
+    let digests = entries(meta, "digests");
     writeln!(o, "\nKeyslots:")?;
-    for (id, ks) in entries(&meta, "keyslots") {
+    for (id, ks) in entries(meta, "keyslots") {
         writeln!(o, "  {id}: {}", s(&ks, "type"))?;
         writeln!(
             o,
@@ -256,7 +200,7 @@ fn luks2_human(vol: &Volume<HeaderFile>) -> Result<String> {
     }
 
     writeln!(o, "Tokens:")?;
-    for (id, tok) in entries(&meta, "tokens") {
+    for (id, tok) in entries(meta, "tokens") {
         writeln!(o, "  {id}: {}", s(&tok, "type"))?;
         if let Some(slots) = tok.get("keyslots").and_then(Value::as_array) {
             for k in slots.iter().filter_map(Value::as_str) {
@@ -281,5 +225,5 @@ fn luks2_human(vol: &Volume<HeaderFile>) -> Result<String> {
             hex_block(s(d, "digest"), "\t            ")
         )?;
     }
-    Ok(o.trim_end().to_string())
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! `sealvol`: the command-line front end. Thin: parse, run, map errors to exit codes.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod commands;
 mod dump;
@@ -65,7 +67,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// 1 for a clean "no" (wrong key), 2 for every other error.
+/// 1 for a clean "no" (wrong key, refused signature, data that does not verify), 2 for
+/// every other error.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.downcast_ref::<CleanNo>().is_some()
@@ -78,7 +81,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause
             .downcast_ref::<sealvol_host::Error>()
-            .is_some_and(sealvol_host::Error::is_wrong_key)
+            .is_some_and(sealvol_host::Error::is_clean_no)
         {
             return 1;
         }

@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use sealvol_host::Progress;
 use serde_json::Value;
 
 /// How results are printed.
@@ -36,10 +37,16 @@ impl Output {
         eprintln!("{msg}");
     }
 
-    /// Reports a failed command: message (with its causes) on stderr, and in JSON mode a
+    /// Reports a failed command: message (with its causes, each once: a library error's
+    /// message often ends with its cause already) on stderr, and in JSON mode a
     /// `{"error", "exit_code"}` object on stdout.
     pub fn error(&self, err: &anyhow::Error, code: u8) {
-        let message = format!("{err:#}");
+        let mut message = err.to_string();
+        for cause in err.chain().skip(1).map(ToString::to_string) {
+            if !message.ends_with(&cause) {
+                message = format!("{message}: {cause}");
+            }
+        }
         eprintln!("sealvol: {message}");
         if self.json {
             let mut v = err
@@ -56,25 +63,65 @@ impl Output {
     }
 
     /// A byte-count progress bar on a terminal (stderr); hidden otherwise and in JSON mode.
-    pub fn progress(&self, total: Option<u64>, what: &str) -> ProgressBar {
-        if self.json || !std::io::stderr().is_terminal() {
-            return ProgressBar::hidden();
+    pub fn progress(&self, total: Option<u64>, what: &'static str) -> ProgressBar {
+        let mut bar = self.bar(what);
+        bar.start(total);
+        bar.bar.take().unwrap_or_else(ProgressBar::hidden)
+    }
+
+    /// A byte-count progress bar for a long copy, drawn on a terminal (stderr) from the
+    /// moment the copy starts; hidden otherwise and in JSON mode.
+    pub fn bar(&self, what: &'static str) -> Bar {
+        Bar {
+            what,
+            shown: !self.json && std::io::stderr().is_terminal(),
+            bar: None,
         }
-        let bar = match total {
-            Some(t) => ProgressBar::new(t),
-            None => ProgressBar::new_spinner(),
-        };
-        let template = if total.is_some() {
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
-        } else {
-            "{msg} {spinner} {bytes} {binary_bytes_per_sec}"
+    }
+}
+
+/// A progress bar a library copy drives ([`Progress`]); cleared when dropped.
+pub struct Bar {
+    what: &'static str,
+    shown: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress for Bar {
+    fn start(&mut self, total: Option<u64>) {
+        if !self.shown {
+            return;
+        }
+        let (bar, template) = match total {
+            Some(t) => (
+                ProgressBar::new(t),
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ),
+            None => (
+                ProgressBar::new_spinner(),
+                "{msg} {spinner} {bytes} {binary_bytes_per_sec}",
+            ),
         };
         bar.set_style(
             ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        bar.set_message(what.to_string());
-        bar
+        bar.set_message(self.what);
+        self.bar = Some(bar);
+    }
+
+    fn at(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
     }
 }
