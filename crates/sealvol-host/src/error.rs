@@ -67,6 +67,9 @@ pub enum Error {
         #[source]
         source: Box<sealvol_verity::Error>,
     },
+    /// The crypto backend failed (the operating system's random generator, a cipher).
+    #[error(transparent)]
+    Crypto(#[from] sealvol_crypto::Error),
     /// A program could not be started.
     #[error("cannot run {program}: {source}; is it installed (Debian package {package})?")]
     Spawn {
@@ -198,6 +201,13 @@ impl Error {
                 self,
                 Error::SignatureRefused { .. } | Error::CorruptData { .. }
             )
+    }
+
+    pub(crate) fn verity(context: impl Into<String>, source: sealvol_verity::Error) -> Self {
+        Error::Verity {
+            context: context.into(),
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
