@@ -62,13 +62,6 @@ impl Output {
         }
     }
 
-    /// A byte-count progress bar on a terminal (stderr); hidden otherwise and in JSON mode.
-    pub fn progress(&self, total: Option<u64>, what: &'static str) -> ProgressBar {
-        let mut bar = self.bar(what);
-        bar.start(total);
-        bar.bar.take().unwrap_or_else(ProgressBar::hidden)
-    }
-
     /// A byte-count progress bar for a long copy, drawn on a terminal (stderr) from the
     /// moment the copy starts; hidden otherwise and in JSON mode.
     pub fn bar(&self, what: &'static str) -> Bar {
