@@ -1,6 +1,5 @@
 //! The LUKS verbs: the options as typed values, one `sealvol_host::luks_file` call, the
-//! result printed. Also the dispatch of every verb, and the header helpers `open.rs`,
-//! `volume.rs` and `vm.rs` still use.
+//! result printed. Also the header helpers `open.rs`, `volume.rs` and `vm.rs` still use.
 
 use std::fs::File;
 use std::io::{IsTerminal, Read};
@@ -13,38 +12,10 @@ use sealvol_luks::{DataSegment, HeaderPlacement, KdfLimits, KdfParams, KdfPolicy
 use serde_json::{json, Value};
 
 use crate::cli::*;
-use crate::output::Output;
-use crate::CleanNo;
+use crate::output::{CleanNo, Output};
 
 /// A LUKS1 or LUKS2 volume: every verb works on both (tokens only on LUKS2).
 pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
-
-pub fn run(command: Command, out: &Output) -> Result<()> {
-    match command {
-        Command::Format(a) => format(a, out),
-        Command::Dump(a) => dump(a, out),
-        Command::TestKey(a) => test_key(a, out),
-        Command::AddKey(a) => add_key(a, out),
-        Command::RemoveKey(a) => remove_key(a, out),
-        Command::ChangeKey(a) => change_key(a, out),
-        Command::Erase(a) => erase(a, out),
-        Command::HeaderBackup(a) => header_backup(a, out),
-        Command::HeaderRestore(a) => header_restore(a, out),
-        Command::Repair(a) => repair(a, out),
-        Command::Token(TokenCommand::Add(a)) => token_add(a, out),
-        Command::Token(TokenCommand::Remove(a)) => token_remove(a, out),
-        Command::Token(TokenCommand::Export(a)) => token_export(a, out),
-        Command::Import(a) => import(a, out),
-        Command::Export(a) => export(a, out),
-        Command::Verity(c) => crate::verity::run(c, out),
-        Command::Open(a) => crate::open::open(a, out),
-        Command::Close(a) => crate::open::close(a, out),
-        Command::Serve(c) => crate::open::serve(c, out),
-        Command::InternalExport(a) => crate::open::internal_export(a, out),
-        Command::Volume(c) => crate::volume::run(c, out),
-        Command::Vm(c) => crate::vm::run(c, out),
-    }
-}
 
 /// The limits every header opened by this process is held to (`--kdf-max-*`).
 static KDF_LIMITS: std::sync::OnceLock<KdfLimits> = std::sync::OnceLock::new();
@@ -100,7 +71,7 @@ fn input(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     Ok((Box::new(f), Some(len)))
 }
 
-fn format(a: FormatArgs, out: &Output) -> Result<()> {
+pub fn format(a: FormatArgs, out: &Output) -> Result<()> {
     let request = a.request()?;
     let key = a.key.source().read()?;
     let f = files(&a.volume_path, &a.volume).format(&request, key.expose())?;
@@ -123,7 +94,7 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, serde_json::to_value(&f)?)?)
 }
 
-fn dump(a: DumpArgs, out: &Output) -> Result<()> {
+pub fn dump(a: DumpArgs, out: &Output) -> Result<()> {
     let doc = files(&a.volume_path, &a.volume).dump()?;
     if out.json() {
         return Ok(out.result("", doc)?);
@@ -131,14 +102,14 @@ fn dump(a: DumpArgs, out: &Output) -> Result<()> {
     Ok(out.result(&crate::dump::human(&doc), Value::Null)?)
 }
 
-fn test_key(a: TestKeyArgs, out: &Output) -> Result<()> {
+pub fn test_key(a: TestKeyArgs, out: &Output) -> Result<()> {
     let key = a.key.source().read()?;
     let slot = files(&a.volume_path, &a.volume).test_key(key.expose(), a.key_slot)?;
     let human = format!("The key opens keyslot {slot}.");
     Ok(out.result(&human, json!({"ok": true, "keyslot": slot}))?)
 }
 
-fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
+pub fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
     let policy = a.kdf.policy().context("--hash")?;
     let (key, new_key) = keys::read_pair(&a.key.source(), &a.new_key.source())?;
     let files = files(&a.volume_path, &a.volume);
@@ -148,14 +119,14 @@ fn add_key(a: AddKeyArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, serde_json::to_value(&r)?)?)
 }
 
-fn remove_key(a: RemoveKeyArgs, out: &Output) -> Result<()> {
+pub fn remove_key(a: RemoveKeyArgs, out: &Output) -> Result<()> {
     let key = a.key.source().read()?;
     let slot = files(&a.volume_path, &a.volume).remove_key(key.expose())?;
     let human = format!("Removed keyslot {slot}.");
     Ok(out.result(&human, json!({"removed_keyslot": slot}))?)
 }
 
-fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
+pub fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
     let policy = a.kdf.policy().context("--hash")?;
     let (key, new_key) = keys::read_pair(&a.key.source(), &a.new_key.source())?;
     let files = files(&a.volume_path, &a.volume);
@@ -168,7 +139,7 @@ fn change_key(a: ChangeKeyArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, serde_json::to_value(&r)?)?)
 }
 
-fn erase(a: EraseArgs, out: &Output) -> Result<()> {
+pub fn erase(a: EraseArgs, out: &Output) -> Result<()> {
     let files = files(&a.volume_path, &a.volume);
     let slots = confirmed(a.batch_mode, |yes| files.erase(yes))?;
     out.note(&format!("sealvol: warning: {ERASE_WARNING}"));
@@ -177,7 +148,7 @@ fn erase(a: EraseArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, json)?)
 }
 
-fn header_backup(a: HeaderBackupArgs, out: &Output) -> Result<()> {
+pub fn header_backup(a: HeaderBackupArgs, out: &Output) -> Result<()> {
     let to = &a.header_backup_file;
     let bytes = files(&a.volume_path, &a.volume).header_backup(to)?;
     out.note("sealvol: note: the backup holds the keyslots; anyone with it and an old key can open the volume.");
@@ -185,7 +156,7 @@ fn header_backup(a: HeaderBackupArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, json!({"backup": to, "bytes": bytes}))?)
 }
 
-fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
+pub fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
     let files = files(&a.volume_path, &a.volume);
     let uuid = confirmed(a.batch_mode, |yes| {
         files.header_restore(&a.header_backup_file, yes)
@@ -195,7 +166,7 @@ fn header_restore(a: HeaderRestoreArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, json!({"restored": path, "uuid": uuid}))?)
 }
 
-fn repair(a: RepairArgs, out: &Output) -> Result<()> {
+pub fn repair(a: RepairArgs, out: &Output) -> Result<()> {
     let repaired = files(&a.volume_path, &a.volume).repair()?;
     let human = match repaired {
         true => "Rewrote the damaged header copy.",
@@ -204,24 +175,24 @@ fn repair(a: RepairArgs, out: &Output) -> Result<()> {
     Ok(out.result(human, json!({"repaired": repaired}))?)
 }
 
-fn token_add(a: TokenAddArgs, out: &Output) -> Result<()> {
+pub fn token_add(a: TokenAddArgs, out: &Output) -> Result<()> {
     let (mut json, _) = input(&a.json_file)?;
     let id = files(&a.volume_path, &a.volume).token_add(&mut json, a.token_id)?;
     Ok(out.result(&format!("Added token {id}."), json!({"token_id": id}))?)
 }
 
-fn token_remove(a: TokenIdArgs, out: &Output) -> Result<()> {
+pub fn token_remove(a: TokenIdArgs, out: &Output) -> Result<()> {
     files(&a.volume_path, &a.volume).token_remove(a.token_id)?;
     let human = format!("Removed token {}.", a.token_id);
     Ok(out.result(&human, json!({"removed_token_id": a.token_id}))?)
 }
 
-fn token_export(a: TokenIdArgs, out: &Output) -> Result<()> {
+pub fn token_export(a: TokenIdArgs, out: &Output) -> Result<()> {
     let token = files(&a.volume_path, &a.volume).token_export(a.token_id)?;
     Ok(out.result(&token.to_string(), token)?)
 }
 
-fn import(a: ImportArgs, out: &Output) -> Result<()> {
+pub fn import(a: ImportArgs, out: &Output) -> Result<()> {
     let key_src = a.key.source();
     if a.src.as_os_str() == "-" && key_src == KeySource::Stdin {
         bail!("the plaintext comes from stdin, so the key cannot: give it with --key-file FILE or --key-fd N");
@@ -241,7 +212,7 @@ fn import(a: ImportArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, serde_json::to_value(c)?)?)
 }
 
-fn export(a: ExportArgs, out: &Output) -> Result<()> {
+pub fn export(a: ExportArgs, out: &Output) -> Result<()> {
     let key = a.key.source().read()?;
     let to_stdout = a.dst.as_os_str() == "-";
     let mut stdout = std::io::stdout().lock();

@@ -1,10 +1,41 @@
-//! Results on stdout (human or JSON), diagnostics on stderr, progress bars on a terminal.
+//! Results on stdout (human or JSON), diagnostics on stderr, progress bars on a terminal;
+//! the clean "no"s a verb ends with (exit code 1).
 
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use sealvol_host::Progress;
 use serde_json::Value;
+
+/// A clean "no": the key does not open the volume, or a check failed. Exit code 1.
+#[derive(Debug)]
+pub struct CleanNo(pub String);
+
+impl std::fmt::Display for CleanNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CleanNo {}
+
+/// A clean "no" (exit code 1) whose JSON error document carries details next to `error`
+/// and `exit_code` (`failures` of a verification, `signature` ...).
+#[derive(Debug)]
+pub struct CleanNoWith {
+    /// What the user reads.
+    pub message: String,
+    /// Merged into the JSON error document.
+    pub details: serde_json::Value,
+}
+
+impl std::fmt::Display for CleanNoWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CleanNoWith {}
 
 /// How results are printed.
 pub struct Output {
@@ -51,7 +82,7 @@ impl Output {
         if self.json {
             let mut v = err
                 .chain()
-                .find_map(|c| c.downcast_ref::<crate::CleanNoWith>())
+                .find_map(|c| c.downcast_ref::<CleanNoWith>())
                 .map(|c| c.details.clone())
                 .filter(Value::is_object)
                 .unwrap_or_else(|| serde_json::json!({}));

@@ -17,8 +17,7 @@ use sealvol_host::verity_file::{
 use sealvol_verity::{HashAlgorithm, HashType, Salt, Uuid};
 use serde_json::json;
 
-use crate::output::Output;
-use crate::CleanNoWith;
+use crate::output::{CleanNoWith, Output};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -200,18 +199,6 @@ pub struct ReadArgs {
     pub tree: TreeArgs,
 }
 
-pub fn run(command: VerityCommand, out: &Output) -> Result<()> {
-    match command {
-        VerityCommand::Format(a) => format(a, out),
-        VerityCommand::Verify(a) => verify(a, out),
-        VerityCommand::Dump(a) => dump(a, out),
-        VerityCommand::Sign(a) => sign(a, out),
-        VerityCommand::Keygen(a) => keygen(a, out),
-        VerityCommand::Read(a) => read(a, out),
-        VerityCommand::Open(a) => crate::open::verity_open(a, out),
-    }
-}
-
 impl TreeArgs {
     /// The library's tree options.
     fn options(&self) -> Result<TreeOptions> {
@@ -264,7 +251,7 @@ fn header_lines(hash_path: &Path, t: &TreeInfo, root: Option<&str>) -> String {
     s.trim_end().to_owned()
 }
 
-fn format(a: FormatArgs, out: &Output) -> Result<()> {
+pub fn format(a: FormatArgs, out: &Output) -> Result<()> {
     let req = FormatTree {
         tree: a.tree.options()?,
         uuid: a.uuid.as_deref().map(Uuid::parse).transpose()?,
@@ -280,7 +267,7 @@ fn format(a: FormatArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, serde_json::to_value(&made)?)?)
 }
 
-fn verify(a: VerifyArgs, out: &Output) -> Result<()> {
+pub fn verify(a: VerifyArgs, out: &Output) -> Result<()> {
     let req = VerifyTree {
         tree: a.tree.options()?,
         root: root(a.root, a.root_hash_file)?,
@@ -347,13 +334,13 @@ fn report_verification(data: &Path, all: bool, v: &Verification, out: &Output) -
     Err(clean_no(msg, serde_json::to_value(v)?))
 }
 
-fn dump(a: DumpArgs, out: &Output) -> Result<()> {
+pub fn dump(a: DumpArgs, out: &Output) -> Result<()> {
     let info = vf::dump(&a.hash_device, a.hash_offset)?;
     let human = header_lines(&a.hash_device, &info, None);
     Ok(out.result(&human, serde_json::to_value(&info)?)?)
 }
 
-fn sign(a: SignArgs, out: &Output) -> Result<()> {
+pub fn sign(a: SignArgs, out: &Output) -> Result<()> {
     let req = SignTree {
         tree: a.tree.options()?,
         root: root(a.root, a.root_hash_file)?,
@@ -372,7 +359,7 @@ fn sign(a: SignArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, serde_json::to_value(&s)?)?)
 }
 
-fn keygen(a: KeygenArgs, out: &Output) -> Result<()> {
+pub fn keygen(a: KeygenArgs, out: &Output) -> Result<()> {
     let k = vf::keygen(&a.private_key, a.public_out.as_deref())?;
     let human = format!(
         "ed25519 key pair: private {} (PKCS#8 PEM, mode 0600), public {} (SPKI PEM), \
@@ -384,7 +371,7 @@ fn keygen(a: KeygenArgs, out: &Output) -> Result<()> {
     Ok(out.result(&human, serde_json::to_value(&k)?)?)
 }
 
-fn read(a: ReadArgs, out: &Output) -> Result<()> {
+pub fn read(a: ReadArgs, out: &Output) -> Result<()> {
     let req = ReadTree {
         tree: a.tree.options()?,
         root: Root::Hex(a.root),
