@@ -227,3 +227,53 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealvol_luks::{AnyVolume, NewHeader, Version};
+
+    fn doc(version: Version) -> Value {
+        let built = NewHeader {
+            version,
+            label: (version == Version::Luks2).then(|| "web".to_string()),
+            ..NewHeader::default()
+        }
+        .build(&[0xff; 32])
+        .unwrap();
+        AnyVolume::open(std::io::Cursor::new(built.bytes))
+            .unwrap()
+            .dump_json()
+    }
+
+    #[test]
+    fn luks2_is_laid_out_as_luks_dump() {
+        let text = human(&doc(Version::Luks2));
+        for line in [
+            "Version:       \t2",
+            "Label:         \tweb",
+            "Subsystem:     \t(no subsystem)",
+            "  0: crypt",
+            "\tlength: (whole device)",
+            "  0: luks2",
+            "\tPBKDF:      pbkdf2",
+            "\tIterations: 1000",
+            "\tDigest ID:  0",
+            "Tokens:",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        // Salts as rows of 16 hex bytes.
+        let salt = text.lines().find(|l| l.starts_with("\tSalt:")).unwrap();
+        assert_eq!(salt.split_whitespace().count(), 17, "{salt}");
+    }
+
+    #[test]
+    fn luks1_is_laid_out_as_luks_dump() {
+        let text = human(&doc(Version::Luks1));
+        assert!(text.starts_with("LUKS header information\nVersion:       \t1\n"));
+        assert!(text.contains("MK bits:       \t512\n"));
+        assert!(text.contains("\nKey Slot 0: ENABLED\n\tIterations:         \t1000\n"));
+        assert!(text.ends_with("Key Slot 7: DISABLED"), "{text}");
+    }
+}

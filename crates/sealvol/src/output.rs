@@ -72,12 +72,7 @@ impl Output {
     /// message often ends with its cause already) on stderr, and in JSON mode a
     /// `{"error", "exit_code"}` object on stdout.
     pub fn error(&self, err: &anyhow::Error, code: u8) {
-        let mut message = err.to_string();
-        for cause in err.chain().skip(1).map(ToString::to_string) {
-            if !message.ends_with(&cause) {
-                message = format!("{message}: {cause}");
-            }
-        }
+        let message = error_message(err);
         eprintln!("sealvol: {message}");
         if self.json {
             let mut v = err
@@ -147,5 +142,41 @@ impl Drop for Bar {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// An error with its causes, each once: a library error's message often ends with its cause
+/// already.
+fn error_message(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1).map(ToString::to_string) {
+        if !message.ends_with(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let missing = std::fs::File::open("/nonexistent/sealvol-test").unwrap_err();
+        let os = missing.to_string();
+        let host = sealvol_host::luks_file::LuksFile::open_file(
+            std::path::Path::new("/nonexistent/sealvol-test"),
+            sealvol_host::luks_file::Access::Read,
+        )
+        .unwrap_err();
+        let err = anyhow::Error::new(host).context("cannot go on");
+        let message = error_message(&err);
+        assert_eq!(message.matches(&os).count(), 1, "{message}");
+        assert!(message.starts_with("cannot go on: /nonexistent/sealvol-test does not exist"));
+        // A cause its error does not repeat is kept.
+        let err = anyhow::Error::new(missing).context("cannot read the key");
+        assert_eq!(error_message(&err), format!("cannot read the key: {os}"));
     }
 }
