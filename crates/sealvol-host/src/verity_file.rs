@@ -1,6 +1,6 @@
 //! dm-verity images on files: the `veritysetup` verbs over [`sealvol_verity`].
 //!
-//! [`format`] builds the hash tree of a data file into a hash file (or appended to the data
+//! [`format()`] builds the hash tree of a data file into a hash file (or appended to the data
 //! file at a hash offset) and gives the root hash; [`verify`] checks every block, after the
 //! signature when one is given, and reports what failed as data ([`Verification`]); [`dump`]
 //! reads a superblock; [`sign`] signs a root hash with its parameters (ed25519); [`keygen`]
@@ -280,7 +280,7 @@ fn read_superblock(path: &Path, hash: &mut File, offset: u64) -> Result<Superblo
     })
 }
 
-/// What [`format`] builds.
+/// What [`format()`] builds.
 #[derive(Clone, Debug)]
 pub struct FormatTree {
     /// The data file or device (read only).

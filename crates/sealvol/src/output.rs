@@ -160,7 +160,6 @@ fn error_message(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::Context;
 
     #[test]
     fn each_cause_is_printed_once() {
