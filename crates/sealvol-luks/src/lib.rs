@@ -14,7 +14,8 @@
 //! - [`data`]: streaming plaintext into and out of a data segment.
 //! - [`luks1::Volume`]: a LUKS1 header (as cryptsetup and qemu's `luks` driver write it).
 //! - [`AnyVolume`]: either version behind one front, chosen by the header's version field;
-//!   [`AnyVolume::dump_json`] gives the header as one JSON document.
+//!   [`AnyVolume::dump_json`] gives the header as one JSON document, [`dump::text`] that
+//!   document as `cryptsetup luksDump` lays it out.
 //!
 //! ```
 //! use std::io::Cursor;
@@ -33,7 +34,7 @@
 
 mod any;
 pub mod data;
-mod dump;
+pub mod dump;
 mod error;
 pub mod format;
 mod limits;

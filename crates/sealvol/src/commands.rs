@@ -99,7 +99,7 @@ pub fn dump(a: DumpArgs, out: &Output) -> Result<()> {
     if out.json() {
         return Ok(out.result("", doc)?);
     }
-    Ok(out.result(&crate::dump::human(&doc), Value::Null)?)
+    Ok(out.result(&sealvol_luks::dump::text(&doc), Value::Null)?)
 }
 
 pub fn test_key(a: TestKeyArgs, out: &Output) -> Result<()> {

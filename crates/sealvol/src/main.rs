@@ -4,7 +4,6 @@
 
 mod cli;
 mod commands;
-mod dump;
 mod keys;
 mod open;
 mod output;
