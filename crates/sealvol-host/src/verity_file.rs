@@ -538,8 +538,14 @@ pub struct Verification {
 }
 
 /// Reads the public key and the signature of `check` and verifies them over `params` and
-/// `root`; returns the signer's key in hex.
-fn check_signature(check: &SignatureCheck, params: &Params, root: &[u8]) -> Result<String> {
+/// `root` (what [`verify`] does first, and what mounting a signed image needs); returns the
+/// signer's key in hex.
+///
+/// # Errors
+/// [`Error::SignatureRefused`] for a signature that does not verify (a clean "no");
+/// [`Error::Io`] and [`Error::Verity`] for files that cannot be read or keys that cannot be
+/// used.
+pub fn check_signature(check: &SignatureCheck, params: &Params, root: &[u8]) -> Result<String> {
     let key_bytes = std::fs::read(&check.public_key).map_err(|e| {
         Error::io(
             format!("cannot read the public key {}", check.public_key.display()),
