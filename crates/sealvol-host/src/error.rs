@@ -24,6 +24,52 @@ pub enum Error {
         #[source]
         source: Box<sealvol_luks::Error>,
     },
+    /// A file `format` would overwrite holds a LUKS header: formatting would destroy its
+    /// keys, and the caller did not ask to overwrite it. Nothing was written.
+    #[error("{} already holds a LUKS header; formatting destroys its keys. Pass --batch-mode to overwrite it", path.display())]
+    HoldsHeader {
+        /// The header file.
+        path: PathBuf,
+    },
+    /// An operation that destroys or replaces keys was not confirmed. Nothing was changed:
+    /// ask `question` and call again confirmed, or give up.
+    #[error("{question} Not confirmed; nothing was changed")]
+    NotConfirmed {
+        /// What the operation does, as a question for the user.
+        question: String,
+    },
+    /// A dm-verity signature that does not verify (a clean "no"): nothing was hashed,
+    /// served or mounted.
+    #[error("signature {} refused: {reason}", signature.display())]
+    SignatureRefused {
+        /// The signature file.
+        signature: PathBuf,
+        /// Why it was refused.
+        reason: Box<sealvol_verity::Error>,
+    },
+    /// Data that does not match its dm-verity hash tree (a clean "no"), found by a
+    /// verified read after `bytes` good bytes.
+    #[error("verified read of {} stopped after {bytes} bytes: {reason}", data.display())]
+    CorruptData {
+        /// The data file.
+        data: PathBuf,
+        /// Bytes read and verified before the corrupt block.
+        bytes: u64,
+        /// The reader's report, naming the block.
+        reason: std::io::Error,
+    },
+    /// A dm-verity tree, superblock, key or signature file refused what was asked.
+    #[error("{context}: {source}")]
+    Verity {
+        /// What was being done, naming the file.
+        context: String,
+        /// Why.
+        #[source]
+        source: Box<sealvol_verity::Error>,
+    },
+    /// The crypto backend failed (the operating system's random generator, a cipher).
+    #[error(transparent)]
+    Crypto(#[from] sealvol_crypto::Error),
     /// A program could not be started.
     #[error("cannot run {program}: {source}; is it installed (Debian package {package})?")]
     Spawn {
@@ -144,6 +190,23 @@ impl Error {
             Error::WrongKey(_) => true,
             Error::Step { wrong_key, .. } | Error::VmStep { wrong_key, .. } => *wrong_key,
             _ => false,
+        }
+    }
+
+    /// Whether this is a clean "no" a caller reports as such (exit code 1 on the command
+    /// line): a key that opens nothing, a refused signature, data that does not verify.
+    pub fn is_clean_no(&self) -> bool {
+        self.is_wrong_key()
+            || matches!(
+                self,
+                Error::SignatureRefused { .. } | Error::CorruptData { .. }
+            )
+    }
+
+    pub(crate) fn verity(context: impl Into<String>, source: sealvol_verity::Error) -> Self {
+        Error::Verity {
+            context: context.into(),
+            source: Box::new(source),
         }
     }
 

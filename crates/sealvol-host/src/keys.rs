@@ -81,6 +81,21 @@ impl KeySource {
     }
 }
 
+/// Reads an existing key and a new one (`add-key`, `change-key`), which cannot come from the
+/// same source: one stream cannot hold both.
+///
+/// # Errors
+/// [`Error::Invalid`] for two equal sources; those of [`KeySource::read`].
+pub fn read_pair(key: &KeySource, new_key: &KeySource) -> Result<(SecretBytes, SecretBytes)> {
+    if key == new_key {
+        return Err(Error::Invalid(format!(
+            "the existing key and the new key cannot both come from {}; give one of them with --key-file FILE or --new-key-file FILE",
+            key.describe()
+        )));
+    }
+    Ok((key.read()?, new_key.read()?))
+}
+
 /// The warning for a key file that group or others may read (regular files only: pipes and
 /// devices such as `/dev/stdin` have no meaningful mode).
 fn readable_by_others(meta: &std::fs::Metadata, path: &Path) -> Option<String> {
@@ -150,6 +165,23 @@ mod tests {
         assert!(w.contains("mode 0644") && w.contains("chmod 600 /k"), "{w}");
         assert!(mode_warning(0o100640, p).is_some());
         assert!(mode_warning(0o100604, p).is_some());
+    }
+
+    #[test]
+    fn a_pair_of_keys_needs_two_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"old").unwrap();
+        std::fs::write(&b, b"new").unwrap();
+        let (old, new) = read_pair(&KeySource::File(a.clone()), &KeySource::File(b)).unwrap();
+        assert_eq!((old.expose(), new.expose()), (&b"old"[..], &b"new"[..]));
+        let e = read_pair(&KeySource::File(a.clone()), &KeySource::File(a)).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot both come from key file"),
+            "{e}"
+        );
+        let e = read_pair(&KeySource::Stdin, &KeySource::Stdin).unwrap_err();
+        assert!(e.to_string().contains("both come from stdin"), "{e}");
     }
 
     #[test]

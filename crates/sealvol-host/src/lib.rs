@@ -15,12 +15,19 @@
 //! - [`safe_dir::SafeDir`]: the one way the state and runtime directories are touched: by
 //!   descriptor, beneath the directory, never through a symbolic link; exclusive creates,
 //!   explicit modes, and wipes only of regular files with one link.
+//! - [`luks_file`]: a LUKS volume on files, and every `cryptsetup` verb on it (format, keys,
+//!   header backup, tokens, import and export of plaintext) as one typed call each.
+//! - [`keys`]: reading keys from key files, stdin or inherited descriptors.
+//! - [`verity_file`]: dm-verity trees on files, the `veritysetup` verbs (format, verify,
+//!   dump), signatures of root hashes, verified reads.
+//! - [`Progress`]: how long copies report.
 //! - [`volume`]: workload volumes over a state directory (`/var/lib/sealvol`): create, open,
 //!   close, destroy with crypto-erase, and the sweep that repairs what crashes left; a journal
 //!   per id, a lock per id and a global one.
 //!
-//! What it does not do: no formats and no crypto (those are `sealvol-luks`, `sealvol-block`),
-//! no serving (that is `sealvol-export`).
+//! What it does not do: no formats and no crypto (those are `sealvol-luks`,
+//! `sealvol-verity`, `sealvol-block`), no serving (that is `sealvol-export`), no prompting
+//! and no printing (that is the binary).
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -41,9 +48,12 @@ pub mod loopdev;
 pub mod luks_file;
 pub mod mount;
 pub mod process;
+pub mod progress;
 pub mod safe_dir;
 pub mod state;
+pub mod verity_file;
 pub mod vm;
 pub mod volume;
 
 pub use error::{Error, Result};
+pub use progress::Progress;

@@ -13,7 +13,9 @@
 //! - [`DataSegment`]: where the ciphertext lives and how to decrypt it.
 //! - [`data`]: streaming plaintext into and out of a data segment.
 //! - [`luks1::Volume`]: a LUKS1 header (as cryptsetup and qemu's `luks` driver write it).
-//! - [`AnyVolume`]: either version behind one front, chosen by the header's version field.
+//! - [`AnyVolume`]: either version behind one front, chosen by the header's version field;
+//!   [`AnyVolume::dump_json`] gives the header as one JSON document, [`dump::text`] that
+//!   document as `cryptsetup luksDump` lays it out.
 //!
 //! ```
 //! use std::io::Cursor;
@@ -32,6 +34,7 @@
 
 mod any;
 pub mod data;
+pub mod dump;
 mod error;
 pub mod format;
 mod limits;

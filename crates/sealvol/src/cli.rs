@@ -336,6 +336,35 @@ pub struct FormatArgs {
     pub volume_path: PathBuf,
 }
 
+impl FormatArgs {
+    /// The library's request for these options.
+    ///
+    /// # Errors
+    /// An unknown `--type` or `--hash`.
+    pub fn request(&self) -> anyhow::Result<sealvol_host::luks_file::FormatRequest> {
+        use anyhow::Context;
+        Ok(sealvol_host::luks_file::FormatRequest {
+            header: sealvol_luks::NewHeader {
+                version: self.luks_type.parse()?,
+                cipher: self.cipher.clone(),
+                key_size_bits: self.key_size,
+                sector_size: self.sector_size,
+                detached: self.volume.header.is_some(),
+                label: self.label.clone(),
+                subsystem: self.subsystem.clone(),
+                uuid: self.uuid.clone(),
+                keyslot: self.key_slot,
+                metadata_size: self.luks2_metadata_size,
+                keyslots_size: self.luks2_keyslots_size,
+                data_offset_sectors: self.offset,
+                kdf: self.kdf.policy().context("--hash")?,
+            },
+            size: self.size,
+            overwrite: self.batch_mode,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     #[command(flatten)]

@@ -1,8 +1,9 @@
 //! `sealvol`: the command-line front end. Thin: parse, run, map errors to exit codes.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod commands;
-mod dump;
 mod keys;
 mod open;
 mod output;
@@ -14,45 +15,53 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command, TokenCommand};
 use crate::output::Output;
+use crate::verity::VerityCommand;
 
-/// A clean "no": the key does not open the volume, or a check failed. Exit code 1.
-#[derive(Debug)]
-pub struct CleanNo(pub String);
+// `open`, `volume` and `vm` name the clean "no"s from the crate root.
+pub use crate::output::{CleanNo, CleanNoWith};
 
-impl std::fmt::Display for CleanNo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// Runs one verb: each module's function makes its library call and prints the result.
+fn run(command: Command, out: &Output) -> anyhow::Result<()> {
+    match command {
+        Command::Format(a) => commands::format(a, out),
+        Command::Dump(a) => commands::dump(a, out),
+        Command::TestKey(a) => commands::test_key(a, out),
+        Command::AddKey(a) => commands::add_key(a, out),
+        Command::RemoveKey(a) => commands::remove_key(a, out),
+        Command::ChangeKey(a) => commands::change_key(a, out),
+        Command::Erase(a) => commands::erase(a, out),
+        Command::HeaderBackup(a) => commands::header_backup(a, out),
+        Command::HeaderRestore(a) => commands::header_restore(a, out),
+        Command::Repair(a) => commands::repair(a, out),
+        Command::Token(TokenCommand::Add(a)) => commands::token_add(a, out),
+        Command::Token(TokenCommand::Remove(a)) => commands::token_remove(a, out),
+        Command::Token(TokenCommand::Export(a)) => commands::token_export(a, out),
+        Command::Import(a) => commands::import(a, out),
+        Command::Export(a) => commands::export(a, out),
+        Command::Verity(VerityCommand::Format(a)) => verity::format(a, out),
+        Command::Verity(VerityCommand::Verify(a)) => verity::verify(a, out),
+        Command::Verity(VerityCommand::Dump(a)) => verity::dump(a, out),
+        Command::Verity(VerityCommand::Sign(a)) => verity::sign(a, out),
+        Command::Verity(VerityCommand::Keygen(a)) => verity::keygen(a, out),
+        Command::Verity(VerityCommand::Read(a)) => verity::read(a, out),
+        Command::Verity(VerityCommand::Open(a)) => open::verity_open(a, out),
+        Command::Open(a) => open::open(a, out),
+        Command::Close(a) => open::close(a, out),
+        Command::Serve(c) => open::serve(c, out),
+        Command::InternalExport(a) => open::internal_export(a, out),
+        Command::Volume(c) => volume::run(c, out),
+        Command::Vm(c) => vm::run(c, out),
     }
 }
-
-impl std::error::Error for CleanNo {}
-
-/// A clean "no" (exit code 1) whose JSON error document carries details next to `error`
-/// and `exit_code` (`failures` of a verification, `signature` ...).
-#[derive(Debug)]
-pub struct CleanNoWith {
-    /// What the user reads.
-    pub message: String,
-    /// Merged into the JSON error document.
-    pub details: serde_json::Value,
-}
-
-impl std::fmt::Display for CleanNoWith {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for CleanNoWith {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let out = Output::new(cli.json);
     commands::set_kdf_limits(cli.limits.limits());
-    match commands::run(cli.command, &out) {
+    match run(cli.command, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -65,7 +74,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// 1 for a clean "no" (wrong key), 2 for every other error.
+/// 1 for a clean "no" (wrong key, refused signature, data that does not verify), 2 for
+/// every other error.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.downcast_ref::<CleanNo>().is_some()
@@ -78,7 +88,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause
             .downcast_ref::<sealvol_host::Error>()
-            .is_some_and(sealvol_host::Error::is_wrong_key)
+            .is_some_and(sealvol_host::Error::is_clean_no)
         {
             return 1;
         }

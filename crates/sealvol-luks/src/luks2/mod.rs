@@ -153,6 +153,57 @@ impl Default for KdfParams {
     }
 }
 
+/// `pbkdf2-sha256, 1000 iterations` / `argon2id, time 4, memory 1048576 KiB, 4 threads`: how
+/// the CLI names a keyslot's KDF.
+impl std::fmt::Display for KdfParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            KdfParams::Pbkdf2 { hash, iterations } => {
+                write!(f, "pbkdf2-{hash}, {iterations} iterations")
+            }
+            KdfParams::Argon2 {
+                variant,
+                time,
+                memory_kib,
+                parallel,
+            } => write!(
+                f,
+                "{}, time {time}, memory {memory_kib} KiB, {parallel} threads",
+                variant.as_str()
+            ),
+        }
+    }
+}
+
+/// Serializes with the names of the keyslot `kdf` object (§3.2.3), without the salt:
+/// `{"type": "pbkdf2", "hash", "iterations"}` or `{"type": "argon2id", "time", "memory",
+/// "cpus"}`.
+impl serde::Serialize for KdfParams {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        match *self {
+            KdfParams::Pbkdf2 { hash, iterations } => {
+                m.serialize_entry("type", "pbkdf2")?;
+                m.serialize_entry("hash", hash.as_str())?;
+                m.serialize_entry("iterations", &iterations)?;
+            }
+            KdfParams::Argon2 {
+                variant,
+                time,
+                memory_kib,
+                parallel,
+            } => {
+                m.serialize_entry("type", variant.as_str())?;
+                m.serialize_entry("time", &time)?;
+                m.serialize_entry("memory", &memory_kib)?;
+                m.serialize_entry("cpus", &parallel)?;
+            }
+        }
+        m.end()
+    }
+}
+
 /// Parameters of [`Volume::format`].
 #[derive(Clone, Debug)]
 pub struct FormatOptions {

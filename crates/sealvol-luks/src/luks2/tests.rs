@@ -794,3 +794,27 @@ fn hostile_kdf_costs_are_refused_at_once() {
         .volume_key
         .ct_eq(vk.expose()));
 }
+
+#[test]
+fn kdf_params_render_as_the_cli_names_them() {
+    let p = KdfParams::pbkdf2_min();
+    assert_eq!(p.to_string(), "pbkdf2-sha256, 1000 iterations");
+    assert_eq!(
+        serde_json::to_value(p).unwrap(),
+        json!({"type": "pbkdf2", "hash": "sha256", "iterations": 1000})
+    );
+    let a = KdfParams::Argon2 {
+        variant: Argon2Variant::Argon2id,
+        time: 4,
+        memory_kib: 65536,
+        parallel: 2,
+    };
+    assert_eq!(
+        a.to_string(),
+        "argon2id, time 4, memory 65536 KiB, 2 threads"
+    );
+    assert_eq!(
+        serde_json::to_value(a).unwrap(),
+        json!({"type": "argon2id", "time": 4, "memory": 65536, "cpus": 2})
+    );
+}

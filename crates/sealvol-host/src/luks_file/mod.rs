@@ -8,7 +8,25 @@
 //! in debug builds it carries the crash hook the tests use to prove header updates survive a
 //! torn write.
 //!
-//! What it does not do: no format rules (those are `sealvol_luks`), no serving (`export`).
+//! The verbs of `cryptsetup` are methods of [`LuksFile`], each one whole operation with
+//! typed options and a typed result, under the limits of [`LuksFile::with_limits`]:
+//! [`format`](LuksFile::format), [`dump`](LuksFile::dump),
+//! [`test_key`](LuksFile::test_key), [`add_key`](LuksFile::add_key),
+//! [`remove_key`](LuksFile::remove_key), [`change_key`](LuksFile::change_key),
+//! [`erase`](LuksFile::erase), [`header_backup`](LuksFile::header_backup),
+//! [`header_restore`](LuksFile::header_restore), [`repair`](LuksFile::repair), the tokens
+//! ([`token_add`](LuksFile::token_add), [`token_remove`](LuksFile::token_remove),
+//! [`token_export`](LuksFile::token_export)), and plaintext in and out
+//! ([`import`](LuksFile::import), [`export`](LuksFile::export)). Each checks its inputs and
+//! the key before it writes, so a refused operation leaves every file as it was. Keys are
+//! bytes the caller read ([`crate::keys::KeySource`] reads them from files, stdin or a
+//! descriptor); a key that opens nothing is [`Error::WrongKey`] everywhere. Operations that
+//! destroy keys take a `confirmed` flag and answer [`Error::NotConfirmed`] with the question
+//! to ask when it is not set. A damaged LUKS2 header copy is reported with `tracing::warn!`
+//! ([`OpenLuks::damaged_copy`]).
+//!
+//! What it does not do: no format rules (those are `sealvol_luks`), no serving (`export`),
+//! no prompting and no printing.
 //!
 //! ```no_run
 //! use sealvol_host::luks_file::{Access, LuksFile};
@@ -16,8 +34,19 @@
 //! let mut open = files.open(Access::Read, Default::default())?;
 //! let unlocked = open.unlock(b"the key", None)?;
 //! let segment = open.data_segment()?;
+//! let slot = files.test_key(b"the key", None)?;
 //! # Ok::<(), sealvol_host::Error>(())
 //! ```
+
+mod backup;
+mod data;
+mod format;
+mod keyslots;
+mod tokens;
+
+pub use data::{Copied, ExportTo};
+pub use format::{FormatRequest, Formatted};
+pub use keyslots::{KeyAdded, ERASE_WARNING};
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -112,11 +141,13 @@ pub enum Access {
     Write,
 }
 
-/// A LUKS volume's files: the data file and, when detached, the header file.
+/// A LUKS volume's files: the data file and, when detached, the header file; and the limits
+/// its verbs hold the header's key derivations to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LuksFile {
     data: PathBuf,
     header: Option<PathBuf>,
+    limits: KdfLimits,
 }
 
 impl LuksFile {
@@ -126,7 +157,19 @@ impl LuksFile {
         LuksFile {
             data: data.into(),
             header,
+            limits: KdfLimits::default(),
         }
+    }
+
+    /// The same files, their verbs holding every unlock to `limits` (default:
+    /// [`KdfLimits::default`]).
+    pub fn with_limits(self, limits: KdfLimits) -> Self {
+        LuksFile { limits, ..self }
+    }
+
+    /// The limits the verbs hold unlocks to.
+    pub fn limits(&self) -> KdfLimits {
+        self.limits
     }
 
     /// The data file.
@@ -200,6 +243,32 @@ impl LuksFile {
             files: self.clone(),
             vol,
         })
+    }
+}
+
+impl LuksFile {
+    /// Opens the header for a verb under [`LuksFile::limits`], warning about a damaged copy.
+    fn open_verb(&self, access: Access) -> Result<OpenLuks> {
+        let open = self.open(access, self.limits)?;
+        if let Some(warning) = open.damaged_copy() {
+            tracing::warn!("{warning}");
+        }
+        Ok(open)
+    }
+
+    /// Opens the header to change it: refused when sealvol may only read it.
+    fn open_to_change(&self) -> Result<OpenLuks> {
+        let open = self.open_verb(Access::Write)?;
+        open.check_writable()?;
+        Ok(open)
+    }
+
+    /// The header as one JSON document ([`AnyVolume::dump_json`]).
+    ///
+    /// # Errors
+    /// Those of [`LuksFile::open`].
+    pub fn dump(&self) -> Result<serde_json::Value> {
+        Ok(self.open_verb(Access::Read)?.vol.dump_json())
     }
 }
 
