@@ -35,6 +35,7 @@
 
 pub mod cmd;
 mod error;
+pub mod export;
 pub mod keys;
 pub mod lock;
 pub mod loopdev;
