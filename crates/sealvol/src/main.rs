@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod dump;
+mod export_args;
 mod keys;
 mod open;
 mod output;
@@ -49,7 +50,12 @@ impl std::error::Error for CleanNoWith {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A background export logs what it does (at info level) to its log file.
+    let verbose = match cli.command {
+        cli::Command::InternalExport(_) => cli.verbose.max(1),
+        _ => cli.verbose,
+    };
+    init_logging(verbose);
     let out = Output::new(cli.json);
     commands::set_kdf_limits(cli.limits.limits());
     match commands::run(cli.command, &out) {
@@ -65,7 +71,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// 1 for a clean "no" (wrong key), 2 for every other error.
+/// 1 for a clean "no" (wrong key, a verity root or signature that does not verify), 2 for
+/// every other error.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.downcast_ref::<CleanNo>().is_some()
@@ -78,7 +85,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause
             .downcast_ref::<sealvol_host::Error>()
-            .is_some_and(sealvol_host::Error::is_wrong_key)
+            .is_some_and(sealvol_host::Error::is_clean_no)
         {
             return 1;
         }
