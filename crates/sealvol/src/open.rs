@@ -327,35 +327,6 @@ pub fn serve(c: ServeCommand, out: &Output) -> Result<()> {
     }
 }
 
-/// Opens the LUKS volume `image` with `key` and mounts it on `mount_dir` through a
-/// background export (the volume manager's step until it calls the library itself).
-pub(crate) fn open_with_key(
-    state: &StateDir,
-    image: &std::path::Path,
-    header: Option<&std::path::Path>,
-    key: &sealvol_crypto::SecretBytes,
-    mount_dir: &std::path::Path,
-    mkfs: Option<&str>,
-) -> Result<Ready> {
-    let spec = OpenSpec::luks(image, header.map(std::path::Path::to_path_buf));
-    let serve = Serve::Mount(MountSpec {
-        mount_point: mount_dir.to_path_buf(),
-        mkfs: mkfs.map(str::to_string),
-    });
-    let launcher = Launcher::default();
-    Ok(export::export(
-        state,
-        &spec,
-        KeyInput::Bytes(key),
-        crate::commands::kdf_limits(),
-        &serve,
-        Mode::Child {
-            launcher: &launcher,
-            log: None,
-        },
-    )?)
-}
-
 // ---------------------------------------------------------------------------------------------
 // close
 
