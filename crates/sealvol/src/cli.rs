@@ -65,25 +65,6 @@ impl KdfLimitArgs {
             max_argon2_passes: self.kdf_max_passes.unwrap_or(d.max_argon2_passes),
         }
     }
-
-    /// The options that reproduce these limits in a child `sealvol` (empty for defaults).
-    pub fn to_args(limits: &sealvol_luks::KdfLimits) -> Vec<String> {
-        let d = sealvol_luks::KdfLimits::default();
-        let mut v = Vec::new();
-        if limits.max_memory_kib != d.max_memory_kib {
-            v.push(format!("--kdf-max-memory={}", limits.max_memory_kib));
-        }
-        if limits.max_pbkdf2_iterations != d.max_pbkdf2_iterations {
-            v.push(format!(
-                "--kdf-max-iterations={}",
-                limits.max_pbkdf2_iterations
-            ));
-        }
-        if limits.max_argon2_passes != d.max_argon2_passes {
-            v.push(format!("--kdf-max-passes={}", limits.max_argon2_passes));
-        }
-        v
-    }
 }
 
 const EXAMPLES: &str = "\

@@ -133,16 +133,6 @@ pub fn crash_point(step: &str) {
     let _ = step;
 }
 
-/// Why a step that needs the key failed (a message without key material); what the VM
-/// manager's [`crate::vm::manager::DataKey`] steps report.
-#[derive(Debug)]
-pub struct KeyedError {
-    /// What went wrong.
-    pub message: String,
-    /// The key opens no keyslot (a clean "no").
-    pub wrong_key: bool,
-}
-
 /// A freshly formatted volume.
 #[derive(Clone, Debug)]
 struct Formatted {
@@ -154,11 +144,11 @@ struct Formatted {
 
 /// A file sealvol made, open, with its path (for messages).
 #[derive(Clone, Copy, Debug)]
-pub struct Target<'a> {
+struct Target<'a> {
     /// Where it is.
-    pub path: &'a Path,
+    path: &'a Path,
     /// The file itself, opened read-write: write through this, never through the path.
-    pub file: &'a File,
+    file: &'a File,
 }
 
 /// Formats the new, empty `image` as `luks_type` (header in `header` when given) with
