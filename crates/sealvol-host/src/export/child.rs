@@ -15,7 +15,8 @@
 //! checks the key it was handed against the header, sets up, records itself, reports, and
 //! serves until SIGTERM. A set-up that fails is undone before the report; a child that dies
 //! before reporting is reported as an error with the end of its log. The parent reads the
-//! one message and returns: it never polls for sockets or interprets exit codes.
+//! one message and returns: it never polls for sockets or interprets exit codes. A thread
+//! of the parent reaps the child once it stops, so a long-lived caller keeps no zombies.
 //!
 //! A program that embeds this crate starts exports with its own executable (the default,
 //! [`Launcher::default`]) and, when its arguments start with [`VERB`], parses the rest into
@@ -244,7 +245,19 @@ pub(super) fn spawn(
         .ok()
         .and_then(|_| serde_json::from_str::<Message>(line.trim()).ok());
     match message {
-        Some(Message::Ready { ready }) => Ok(ready),
+        Some(Message::Ready { ready }) => {
+            // It serves on until it is stopped; reap it then, so that a long-lived caller
+            // (a daemon) keeps no zombie. A caller that exits first leaves it to init.
+            let reaper = std::thread::Builder::new()
+                .name(format!("reap-export-{}", child.id()))
+                .spawn(move || {
+                    let _ = child.wait();
+                });
+            if let Err(e) = reaper {
+                tracing::warn!(error = %e, "cannot start a thread to reap the export later");
+            }
+            Ok(ready)
+        }
         other => {
             // Its set-up is undone by the time it reports; wait for it to exit.
             let status = child.wait();
