@@ -148,7 +148,8 @@ pub enum Command {
     /// start (encrypted data disk through qemu's LUKS driver or sealvol's NBD export), stop,
     /// destroy, status, list, console-log, sweep.
     Vm(crate::vm::VmCmd),
-    /// (internal) the background export started by `open`; reads the volume key on stdin.
+    /// (internal) a background export (of `open`, `verity open`, `volume` and `vm`):
+    /// `sealvol_host::export::child`; reads the volume key on stdin.
     #[command(name = "__export", hide = true)]
     InternalExport(crate::open::InternalArgs),
 }

@@ -175,8 +175,8 @@ pub struct VerityOpenArgs {
 // ---------------------------------------------------------------------------------------------
 // open, verity open, serve nbd: typed options, one library call, the report
 
-/// What `open` and `verity open` print once the file system is mounted.
-fn print_mounted(out: &Output, r: &Ready) -> Result<()> {
+/// What `open`, `verity open` and `serve nbd` print once the volume is served.
+fn print_ready(out: &Output, r: &Ready) -> Result<()> {
     Ok(match r {
         Ready::Mounted(m) => out.result(
             &format!(
@@ -228,13 +228,12 @@ fn start(
     let limits = crate::commands::kdf_limits();
     if foreground {
         let mut report = |r: &Ready| {
-            let _ = print_mounted(out, r);
+            let _ = print_ready(out, r);
         };
         export::export(&run, spec, key, limits, serve, Mode::Here(&mut report))?;
         return Ok(());
     }
     let launcher = Launcher::default();
-    let log = None;
     let ready = export::export(
         &run,
         spec,
@@ -243,10 +242,10 @@ fn start(
         serve,
         Mode::Child {
             launcher: &launcher,
-            log,
+            log: None,
         },
     )?;
-    print_mounted(out, &ready)
+    print_ready(out, &ready)
 }
 
 pub fn open(a: OpenArgs, out: &Output) -> Result<()> {

@@ -196,11 +196,7 @@ fn status_human(s: &VmStatus) -> String {
 }
 
 pub fn run(c: VmCmd, out: &Output) -> Result<()> {
-    let root = crate::volume::state_dir(&crate::volume::VolumeCmd {
-        state_dir: c.state_dir.clone(),
-        config: c.config.clone(),
-        verb: crate::volume::VolumeVerb::List,
-    })?;
+    let root = crate::volume::state_dir(c.state_dir.as_deref(), c.config.as_deref())?;
     let m = VmManager::new(crate::volume::manager(root), StateDir::from_env());
     let id = |s: &str| VmId::parse(s).map_err(host);
     match c.verb {

@@ -135,13 +135,14 @@ fn parse_luks_type(s: &str) -> std::result::Result<LuksType, String> {
     }
 }
 
-/// The state directory: `--state-dir`, else the config file's, else the default.
-pub(crate) fn state_dir(c: &VolumeCmd) -> Result<PathBuf> {
-    if let Some(d) = &c.state_dir {
-        return Ok(d.clone());
+/// The state directory: `--state-dir`, else the `--config` file's (or the default config
+/// file's, when it exists), else the default.
+pub(crate) fn state_dir(state_dir: Option<&Path>, config: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = state_dir {
+        return Ok(d.to_path_buf());
     }
-    let (path, required) = match &c.config {
-        Some(p) => (p.clone(), true),
+    let (path, required) = match config {
+        Some(p) => (p.to_path_buf(), true),
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
     let cfg: Config = match std::fs::read(&path) {
@@ -277,7 +278,7 @@ pub(crate) fn manager(root: PathBuf) -> Manager {
 }
 
 pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
-    let root = state_dir(&c)?;
+    let root = state_dir(c.state_dir.as_deref(), c.config.as_deref())?;
     let m = manager(root);
     let id = |s: &str| VolumeId::parse(s).map_err(host);
     // A running VM's data disk is not the volume manager's to open, close or destroy.
