@@ -446,4 +446,64 @@ mod tests {
             assert_eq!(parsed(&spec), spec);
         }
     }
+
+    /// Any path (any bytes but NUL, leading dashes and `=` included), name and limits.
+    fn path() -> impl proptest::strategy::Strategy<Value = PathBuf> {
+        use proptest::prelude::*;
+        use std::os::unix::ffi::OsStringExt;
+        proptest::collection::vec(1u8..=255, 1..24)
+            .prop_map(|b| PathBuf::from(OsString::from_vec(b)))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_spec_survives_the_command_line(
+            run_dir in path(),
+            volume in path(),
+            header in proptest::option::of(path()),
+            read_only: bool,
+            verity in proptest::option::of((path(), proptest::num::u64::ANY, "[0-9a-f]{0,64}")),
+            serve_kind in 0u8..3,
+            mount_point in path(),
+            mkfs in proptest::option::of("[a-z0-9]{1,8}"),
+            socket in path(),
+            tls_creds in proptest::option::of(path()),
+            insecure_plaintext: bool,
+            name in "[^\u{0}]{0,12}",
+            max_connections: u32,
+            limits in (0u64..1 << 40, 0u64..1 << 40),
+            max_in_flight: u64,
+        ) {
+            let source = match verity {
+                Some((hash, hash_offset, root)) => SourceSpec::Verity(VeritySpec {
+                    hash,
+                    hash_offset,
+                    root,
+                    signature: None,
+                }),
+                None => SourceSpec::Luks { header },
+            };
+            let nbd = |endpoint| Serve::Nbd(NbdSpec {
+                endpoint,
+                tls_creds: tls_creds.clone(),
+                insecure_plaintext,
+                name: name.clone(),
+                max_connections,
+                handshake_limit: Duration::from_millis(limits.0),
+                send_timeout: Duration::from_millis(limits.1),
+                max_in_flight,
+            });
+            let serve = match serve_kind {
+                0 => Serve::Mount(MountSpec { mount_point, mkfs }),
+                1 => nbd(NbdEndpoint::Socket(socket)),
+                _ => nbd(NbdEndpoint::Tcp("[::1]:10809".parse::<SocketAddr>().unwrap())),
+            };
+            let spec = ChildSpec {
+                run_dir,
+                open: OpenSpec { volume, read_only, source },
+                serve,
+            };
+            proptest::prop_assert_eq!(parsed(&spec), spec);
+        }
+    }
 }
