@@ -48,6 +48,7 @@
 
 pub mod child;
 mod serve;
+pub mod served;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -60,11 +61,11 @@ use sealvol_crypto::SecretBytes;
 use sealvol_luks::{DataSegment, KdfLimits};
 use serde::{Deserialize, Serialize};
 
+use self::served::{Busy, Stopped};
 use crate::keys::KeySource;
 use crate::lock::VolumeLock;
 use crate::luks_file::{Access, LuksFile};
 use crate::state::{volume_id, Entry, StateDir};
-use crate::volume::served::{self, Busy, Stopped};
 use crate::{mount, Error, Result};
 
 pub use child::Launcher;

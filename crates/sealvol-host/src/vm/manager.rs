@@ -32,12 +32,12 @@ use serde_json::json;
 use sealvol_crypto::SecretBytes;
 
 use super::{probe_accel, Accel, AccelChoice, DataDisk, SecretPipe, Stopped, VmSpec};
+use crate::export::served::{self, Busy};
 use crate::export::{self, KeyInput, Mode, NbdSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::luks_file::{Access, LuksFile};
 use crate::safe_dir::{FileId, Kind, SafeDir};
 use crate::state::StateDir;
-use crate::volume::served::{self, Busy};
 use crate::volume::{
     self, crash_point, lock_exclusive, now, read_record, remove_durably, write_record, Held, Phase,
 };

@@ -65,7 +65,6 @@
 //! ```
 
 mod record;
-pub mod served;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -77,9 +76,9 @@ use sealvol_crypto::SecretBytes;
 use sealvol_luks::{KdfLimits, KdfPolicy, NewHeader, Version};
 use serde::Serialize;
 
+use crate::export::served::{self, Busy};
 pub(crate) use record::{ids_in, read_record, remove_durably, write_record};
 pub use record::{LuksType, Params, Phase, Record, VolumeId, MAX_ID_LEN};
-use served::Busy;
 
 use crate::export::{self, KeyInput, Launcher, Mode, MountSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
