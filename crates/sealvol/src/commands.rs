@@ -18,10 +18,10 @@ pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
 use serde_json::json;
 
 use crate::cli::*;
+use sealvol_host::luks_file::{Access, HeaderFile, LuksFile};
 use crate::keys::KeySource;
 use crate::output::Output;
 use crate::CleanNo;
-use sealvol_host::luks_file::{Access, HeaderFile, LuksFile};
 
 pub fn run(command: Command, out: &Output) -> Result<()> {
     match command {
