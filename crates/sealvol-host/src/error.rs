@@ -13,6 +13,36 @@ pub enum Error {
     /// over the limits, data inside an attached header, a keyslot that does not exist ...).
     #[error(transparent)]
     Luks(Box<sealvol_luks::Error>),
+    /// A verity image, or the signature over its root hash, does not verify against what the
+    /// caller trusts (a clean "no": nothing was mounted).
+    #[error("{0}")]
+    NotVerified(String),
+    /// The block device layer refused (a data segment it cannot serve, an image it cannot
+    /// read ...).
+    #[error(transparent)]
+    Block(Box<sealvol_block::Error>),
+    /// Serving failed: the FUSE file could not be mounted, the NBD socket could not be made,
+    /// TLS credentials are unusable ...
+    #[error(transparent)]
+    Serve(Box<sealvol_export::Error>),
+    /// The volume's file system could not be mounted.
+    #[error("cannot mount the volume's file system on {mount_point}{hint}: {source}")]
+    MountFs {
+        /// Where it was to be mounted.
+        mount_point: PathBuf,
+        /// What to try (`; a new volume needs --mkfs ext4` when no file system was made).
+        hint: &'static str,
+        /// Why the mount failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A background export process reported a failure, or stopped without a report (then
+    /// with the end of its log); everything it had set up is undone.
+    #[error("{message}")]
+    Export {
+        /// What it reported.
+        message: String,
+    },
     /// A file that should hold a LUKS header holds none sealvol can use.
     #[error("{path} is not a usable LUKS header{hint}: {source}")]
     NotAHeader {
@@ -183,6 +213,24 @@ impl From<sealvol_luks::Error> for Error {
     }
 }
 
+impl From<sealvol_block::Error> for Error {
+    fn from(e: sealvol_block::Error) -> Self {
+        Error::Block(Box::new(e))
+    }
+}
+
+impl From<sealvol_verity::Error> for Error {
+    fn from(e: sealvol_verity::Error) -> Self {
+        Error::verity("the verity image", e)
+    }
+}
+
+impl From<sealvol_export::Error> for Error {
+    fn from(e: sealvol_export::Error) -> Self {
+        Error::Serve(Box::new(e))
+    }
+}
+
 impl Error {
     /// Whether this is a clean "no": a key that opens nothing.
     pub fn is_wrong_key(&self) -> bool {
@@ -194,12 +242,13 @@ impl Error {
     }
 
     /// Whether this is a clean "no" a caller reports as such (exit code 1 on the command
-    /// line): a key that opens nothing, a refused signature, data that does not verify.
+    /// line): a key that opens nothing, a refused signature, a verity root or data that does
+    /// not verify. Nothing was started or changed.
     pub fn is_clean_no(&self) -> bool {
         self.is_wrong_key()
             || matches!(
                 self,
-                Error::SignatureRefused { .. } | Error::CorruptData { .. }
+                Error::SignatureRefused { .. } | Error::CorruptData { .. } | Error::NotVerified(_)
             )
     }
 

@@ -1,6 +1,6 @@
 //! The host side of sealvol: everything that touches the running system to put a volume to
-//! use — subprocesses, loop devices, `mkfs`, mounts, the runtime state directory and the
-//! per-volume lock.
+//! use — opening and serving it, subprocesses, loop devices, `mkfs`, mounts, the runtime
+//! state directory and the per-volume lock, and the volume and VM managers.
 //!
 //! - [`cmd::run`]: the one way this workspace runs a program: it logs the command line, the
 //!   exit status and stderr (never a key: keys are never arguments), and turns a failure
@@ -15,19 +15,28 @@
 //! - [`safe_dir::SafeDir`]: the one way the state and runtime directories are touched: by
 //!   descriptor, beneath the directory, never through a symbolic link; exclusive creates,
 //!   explicit modes, and wipes only of regular files with one link.
-//! - [`luks_file`]: a LUKS volume on files, and every `cryptsetup` verb on it (format, keys,
-//!   header backup, tokens, import and export of plaintext) as one typed call each.
-//! - [`keys`]: reading keys from key files, stdin or inherited descriptors.
+//! - [`keys`]: reading keys from key files, stdin or inherited descriptors (never from argv
+//!   or the environment).
+//! - [`luks_file`]: a LUKS volume on files, opened under KDF limits, unlocked with a typed
+//!   wrong key, and every `cryptsetup` verb on it (format, keys, header backup, tokens,
+//!   import and export of plaintext) as one typed call each.
 //! - [`verity_file`]: dm-verity trees on files, the `veritysetup` verbs (format, verify,
 //!   dump), signatures of root hashes, verified reads.
 //! - [`Progress`]: how long copies report.
+//! - [`export`]: opening a volume (checks, unlock, the device stack) and serving it: FUSE
+//!   file → loop → mount, or NBD, in this process or in a background process started
+//!   through one readiness handshake (the key on an inherited pipe); and closing it.
 //! - [`volume`]: workload volumes over a state directory (`/var/lib/sealvol`): create, open,
 //!   close, destroy with crypto-erase, and the sweep that repairs what crashes left; a journal
-//!   per id, a lock per id and a global one.
+//!   per id, a lock per id and a global one. It takes the key as bytes and formats and opens
+//!   through [`export`] itself.
+//! - [`vm`]: qemu VMs with an encrypted data disk (qemu's LUKS driver, or an [`export`] over
+//!   NBD), and their manager.
 //!
 //! What it does not do: no formats and no crypto (those are `sealvol-luks`,
-//! `sealvol-verity`, `sealvol-block`), no serving (that is `sealvol-export`), no prompting
-//! and no printing (that is the binary).
+//! `sealvol-verity`, `sealvol-block`), no protocols (the FUSE file and the NBD server are
+//! `sealvol-export`), no prompting and no printing (the `sealvol` binary translates its
+//! options into these calls and renders their results).
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -42,6 +51,7 @@
 
 pub mod cmd;
 mod error;
+pub mod export;
 pub mod keys;
 pub mod lock;
 pub mod loopdev;

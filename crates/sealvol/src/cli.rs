@@ -65,25 +65,6 @@ impl KdfLimitArgs {
             max_argon2_passes: self.kdf_max_passes.unwrap_or(d.max_argon2_passes),
         }
     }
-
-    /// The options that reproduce these limits in a child `sealvol` (empty for defaults).
-    pub fn to_args(limits: &sealvol_luks::KdfLimits) -> Vec<String> {
-        let d = sealvol_luks::KdfLimits::default();
-        let mut v = Vec::new();
-        if limits.max_memory_kib != d.max_memory_kib {
-            v.push(format!("--kdf-max-memory={}", limits.max_memory_kib));
-        }
-        if limits.max_pbkdf2_iterations != d.max_pbkdf2_iterations {
-            v.push(format!(
-                "--kdf-max-iterations={}",
-                limits.max_pbkdf2_iterations
-            ));
-        }
-        if limits.max_argon2_passes != d.max_argon2_passes {
-            v.push(format!("--kdf-max-passes={}", limits.max_argon2_passes));
-        }
-        v
-    }
 }
 
 const EXAMPLES: &str = "\
@@ -167,7 +148,8 @@ pub enum Command {
     /// start (encrypted data disk through qemu's LUKS driver or sealvol's NBD export), stop,
     /// destroy, status, list, console-log, sweep.
     Vm(crate::vm::VmCmd),
-    /// (internal) the background export started by `open`; reads the volume key on stdin.
+    /// (internal) a background export (of `open`, `verity open`, `volume` and `vm`):
+    /// `sealvol_host::export::child`; reads the volume key on stdin.
     #[command(name = "__export", hide = true)]
     InternalExport(crate::open::InternalArgs),
 }

@@ -1,21 +1,18 @@
 //! The LUKS verbs: the options as typed values, one `sealvol_host::luks_file` call, the
-//! result printed. Also the header helpers `open.rs`, `volume.rs` and `vm.rs` still use.
+//! result printed.
 
 use std::fs::File;
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use sealvol_host::keys::{self, KeySource};
-use sealvol_host::luks_file::{Access, ExportTo, HeaderFile, LuksFile, ERASE_WARNING};
-use sealvol_luks::{DataSegment, HeaderPlacement, KdfLimits, KdfParams, KdfPolicy};
+use sealvol_host::luks_file::{ExportTo, LuksFile, ERASE_WARNING};
+use sealvol_luks::KdfLimits;
 use serde_json::{json, Value};
 
 use crate::cli::*;
-use crate::output::{CleanNo, Output};
-
-/// A LUKS1 or LUKS2 volume: every verb works on both (tokens only on LUKS2).
-pub(crate) type Volume<S> = sealvol_luks::AnyVolume<S>;
+use crate::output::Output;
 
 /// The limits every header opened by this process is held to (`--kdf-max-*`).
 static KDF_LIMITS: std::sync::OnceLock<KdfLimits> = std::sync::OnceLock::new();
@@ -236,74 +233,4 @@ pub fn export(a: ExportArgs, out: &Output) -> Result<()> {
         (true, false) => {}
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Header helpers of `open`, `volume` and `vm` (until they open headers through `LuksFile`).
-
-/// The data segment of `vol`, refused when it overlaps the header: `detached` says whether
-/// the header lives in a file of its own (`--header`).
-pub(crate) fn data_segment(vol: &Volume<HeaderFile>, detached: bool) -> Result<DataSegment> {
-    let placement = match detached {
-        true => HeaderPlacement::Detached,
-        false => HeaderPlacement::Attached,
-    };
-    Ok(vol.data_segment_for(placement)?)
-}
-
-/// Opens the LUKS header of a volume, read-only or read-write.
-pub(crate) fn open_volume(
-    volume: &Path,
-    args: &VolumeArgs,
-    write: bool,
-) -> Result<Volume<HeaderFile>> {
-    let access = if write { Access::Write } else { Access::Read };
-    let open = files(volume, args).open(access, kdf_limits())?;
-    if let Some(warning) = open.damaged_copy() {
-        eprintln!("sealvol: warning: {warning}");
-    }
-    Ok(open.into_volume())
-}
-
-pub(crate) fn refuse_read_only(vol: &Volume<HeaderFile>) -> Result<()> {
-    if let Some(reason) = vol.read_only() {
-        bail!("this volume can only be read: {reason}");
-    }
-    Ok(())
-}
-
-/// Unlocks with a key from `source`; a wrong key becomes a clean "no" (exit 1).
-pub(crate) fn unlock(
-    vol: &mut Volume<HeaderFile>,
-    source: &KeySource,
-    slot: Option<u32>,
-) -> Result<sealvol_luks::Unlocked> {
-    let key = source.read()?;
-    unlock_with(vol, key.expose(), slot)
-}
-
-/// Unlocks with `key`; a wrong key becomes a clean "no" (exit 1).
-pub(crate) fn unlock_with(
-    vol: &mut Volume<HeaderFile>,
-    key: &[u8],
-    slot: Option<u32>,
-) -> Result<sealvol_luks::Unlocked> {
-    match vol.unlock(key, slot) {
-        Ok(u) => Ok(u),
-        Err(sealvol_luks::Error::WrongKey) => Err(anyhow!(CleanNo(match slot {
-            Some(s) => format!("the key does not open keyslot {s}"),
-            None => "no keyslot opens with this key".to_string(),
-        }))),
-        Err(e) => Err(e).context("cannot unlock the volume"),
-    }
-}
-
-/// Tells the user when the policy may have taken their key for what it is not.
-pub(crate) fn note_key_hint(policy: &KdfPolicy, key: &sealvol_crypto::SecretBytes, out: &Output) {
-    hint(out, policy.hint(key.expose()));
-}
-
-/// A KDF as the CLI names it.
-pub(crate) fn kdf_human(k: &KdfParams) -> String {
-    k.to_string()
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod export_args;
 mod keys;
 mod open;
 mod output;
@@ -58,7 +59,12 @@ fn run(command: Command, out: &Output) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A background export logs what it does (at info level) to its log file.
+    let verbose = match cli.command {
+        cli::Command::InternalExport(_) => cli.verbose.max(1),
+        _ => cli.verbose,
+    };
+    init_logging(verbose);
     let out = Output::new(cli.json);
     commands::set_kdf_limits(cli.limits.limits());
     match run(cli.command, &out) {
@@ -74,7 +80,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// 1 for a clean "no" (wrong key, refused signature, data that does not verify), 2 for
+/// 1 for a clean "no" (wrong key, refused signature, a verity root or data that does not
+/// verify), 2 for
 /// every other error.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {

@@ -1,39 +1,24 @@
-//! `sealvol open`, `close`, `serve nbd`: putting a volume to use without device-mapper.
-//!
-//! `open` checks everything it can (paths, mount point, not already open, the key) before it
-//! starts anything, then re-executes this binary as a hidden `__export` process that gets the
-//! volume key on an inherited pipe (its stdin: never argv, never the environment). That
-//! process serves the decrypted volume as a FUSE file, attaches a loop device, makes the file
-//! system if asked, mounts it, records what it did in the state directory, and reports on
-//! its stdout; `open` relays the report and returns. On SIGTERM or SIGINT the export
-//! unmounts, detaches and stops; `close` does the same from outside.
+//! `sealvol open`, `close`, `serve nbd`, `verity open` and the hidden `__export`: the command
+//! line of `sealvol_host::export`, which checks, unlocks and serves. `open` (and `verity
+//! open`) return once a background export serves the volume (it got the key on a pipe,
+//! never argv or the environment); with `--foreground`, and for `serve nbd`, this process
+//! serves until SIGTERM or SIGINT. `close` stops an export from outside.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use sealvol_block::{BlockDevice, CryptDevice, FileDevice, FileOptions};
-use sealvol_crypto::SecretBytes;
-use sealvol_export::fuse::{FileExport, FuseOptions};
-use sealvol_export::nbd::tls::TlsCreds;
-use sealvol_export::nbd::{NbdOptions, Server};
-use sealvol_host::lock::VolumeLock;
-use sealvol_host::loopdev::{self, LoopOptions};
-use sealvol_host::state::{volume_id, Entry, StateDir};
-use sealvol_host::volume::served::{self, Busy};
-use sealvol_host::{mount, process};
-use sealvol_luks::DataSegment;
-use serde_json::{json, Value};
+use sealvol_host::export::{
+    self, KeyInput, Launcher, Mode, MountSpec, NbdEndpoint, NbdSpec, OpenSpec, Ready,
+    RootSignature, Serve, SourceSpec, VeritySpec,
+};
+use sealvol_host::state::StateDir;
+use serde_json::json;
 
 use crate::cli::{parse_size, KeyArgs, VolumeArgs};
-use crate::commands::{open_volume, refuse_read_only, unlock, unlock_with};
-use crate::keys::KeySource;
+pub use crate::export_args::InternalArgs;
 use crate::output::Output;
 
 /// How long `close` waits for an export to stop.
@@ -160,739 +145,6 @@ pub struct ServeNbdArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct InternalArgs {
-    #[arg(long)]
-    pub header: Option<PathBuf>,
-    #[arg(long)]
-    pub mount: PathBuf,
-    #[arg(long)]
-    pub mkfs: Option<String>,
-    #[arg(long)]
-    pub read_only: bool,
-    #[arg(long)]
-    pub verity_hash: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub verity_hash_offset: u64,
-    #[arg(long)]
-    pub verity_root: Option<String>,
-    pub volume_path: PathBuf,
-}
-
-/// What an export serves: everything but the key.
-struct Plan {
-    volume: PathBuf,
-    header: Option<PathBuf>,
-    id: String,
-    source: Source,
-    read_only: bool,
-}
-
-/// How the plaintext is made from the volume file.
-enum Source {
-    /// A LUKS data segment, decrypted with the volume key.
-    Luks(DataSegment),
-    /// A dm-verity image: verified reads against a trusted root hash.
-    Verity {
-        hash: PathBuf,
-        hash_offset: u64,
-        root: Vec<u8>,
-    },
-}
-
-fn canonical(path: &Path, what: &str) -> Result<PathBuf> {
-    std::fs::canonicalize(path).with_context(|| {
-        format!(
-            "the {what} {} does not exist; check the path",
-            path.display()
-        )
-    })
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Checks the volume and unlocks it; returns the plan and the volume key. Starts nothing.
-fn prepare(
-    volume_path: &Path,
-    volume_args: &VolumeArgs,
-    key: &KeyArgs,
-    read_only: bool,
-    state: &StateDir,
-) -> Result<(Plan, SecretBytes)> {
-    let header = volume_args.header.as_deref();
-    prepare_with(volume_path, header, KeyIn::Args(key), read_only, state)
-}
-
-/// Where `prepare` gets the key: the command line's key options, or bytes read already.
-enum KeyIn<'a> {
-    Args(&'a KeyArgs),
-    Bytes(&'a SecretBytes),
-}
-
-fn prepare_with(
-    volume_path: &Path,
-    header: Option<&Path>,
-    key: KeyIn<'_>,
-    read_only: bool,
-    state: &StateDir,
-) -> Result<(Plan, SecretBytes)> {
-    let volume = canonical(volume_path, "volume")?;
-    let header = match header {
-        Some(h) => Some(canonical(h, "header file")?),
-        None => None,
-    };
-    let id = volume_id(&volume)?;
-    // Refuse a volume that is served already before asking for the key.
-    drop(VolumeLock::acquire(state, &id, &volume)?);
-    let args = VolumeArgs {
-        header: header.clone(),
-    };
-    let mut vol = open_volume(&volume, &args, false)?;
-    if !read_only {
-        refuse_read_only(&vol).context("open it with --read-only")?;
-    }
-    let segment = crate::commands::data_segment(&vol, header.is_some())?;
-    let len = std::fs::metadata(&volume)?.len();
-    segment
-        .data_len(len)
-        .context("the data segment does not fit the volume file")?;
-    let unlocked = match key {
-        KeyIn::Args(a) => unlock(&mut vol, &a.source(), None)?,
-        KeyIn::Bytes(k) => unlock_with(&mut vol, k.expose(), None)?,
-    };
-    Ok((
-        Plan {
-            volume,
-            header,
-            id,
-            source: Source::Luks(segment),
-            read_only,
-        },
-        unlocked.volume_key,
-    ))
-}
-
-/// The decrypted volume, holding the key only inside its ciphers; or the verified image.
-fn device(plan: &Plan, key: Option<SecretBytes>) -> Result<Arc<dyn BlockDevice>> {
-    match &plan.source {
-        Source::Luks(segment) => {
-            let key = key.context("no volume key for a LUKS volume")?;
-            let file = FileDevice::open(
-                &plan.volume,
-                FileOptions {
-                    read_only: plan.read_only,
-                    direct: false,
-                },
-            )?;
-            let dev = CryptDevice::new(file, segment, &key)?;
-            drop(key); // wiped; the ciphers hold their own copies
-            Ok(Arc::new(dev))
-        }
-        Source::Verity {
-            hash,
-            hash_offset,
-            root,
-        } => verity_device(&plan.volume, hash, *hash_offset, root),
-    }
-}
-
-/// A verified view of `image` whose tree (with superblock) is on `hash` at `offset`.
-fn verity_device(
-    image: &Path,
-    hash: &Path,
-    offset: u64,
-    root: &[u8],
-) -> Result<Arc<dyn BlockDevice>> {
-    let data = std::fs::File::open(image)
-        .with_context(|| format!("cannot open the image {}", image.display()))?;
-    let mut hash_file = std::fs::File::open(hash).with_context(|| {
-        format!(
-            "the hash file {} does not exist; check the path",
-            hash.display()
-        )
-    })?;
-    let sb = sealvol_verity::read_superblock(&mut hash_file, offset).with_context(|| {
-        format!(
-            "cannot read the verity superblock of {} at offset {offset}",
-            hash.display()
-        )
-    })?;
-    let reader = sealvol_verity::VerityReader::new(
-        data,
-        hash_file,
-        sb.params,
-        sealvol_verity::HashArea::with_superblock(offset),
-        root,
-    )?;
-    Ok(Arc::new(sealvol_block::VerityDevice::new(reader)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// open
-
-pub fn open(a: OpenArgs, out: &Output) -> Result<()> {
-    let state = StateDir::from_env();
-    let mount_dir = canonical(&a.mount, "mount point")?;
-    mount::check_mount_point(&mount_dir)?;
-    if let Some(t) = &a.mkfs {
-        let tool = format!("mkfs.{t}");
-        if !t.chars().all(|c| c.is_ascii_alphanumeric()) || which(&tool).is_none() {
-            bail!("--mkfs {t}: there is no {tool} on this host; use ext4 (e2fsprogs) or install the tool");
-        }
-    }
-    let (plan, key) = prepare(&a.volume_path, &a.volume, &a.key, a.read_only, &state)?;
-    start(
-        &state,
-        plan,
-        Some(key),
-        &mount_dir,
-        a.mkfs.as_deref(),
-        a.foreground,
-        out,
-    )
-}
-
-/// Runs the export of `plan` in this process (`foreground`) or in a background `__export`
-/// process that gets the key on its stdin, and reports once the file system is mounted.
-fn start(
-    state: &StateDir,
-    plan: Plan,
-    key: Option<SecretBytes>,
-    mount_dir: &Path,
-    mkfs: Option<&str>,
-    foreground: bool,
-    out: &Output,
-) -> Result<()> {
-    if foreground {
-        return run_export(state, plan, key, mount_dir, mkfs, &mut |r| report(out, r));
-    }
-    let reply = spawn_export(state, plan, key, mount_dir, mkfs)?;
-    print_opened(out, &reply)
-}
-
-/// Opens the LUKS volume `image` (header in `header`, when detached) with `key` and mounts
-/// it on `mount_dir` through a background export (after `mkfs` of that type, when given).
-/// Returns the export's report. A wrong key is a [`crate::CleanNo`]; nothing is started then.
-pub(crate) fn open_with_key(
-    state: &StateDir,
-    image: &Path,
-    header: Option<&Path>,
-    key: &SecretBytes,
-    mount_dir: &Path,
-    mkfs: Option<&str>,
-) -> Result<Value> {
-    let mount_dir = canonical(mount_dir, "mount point")?;
-    mount::check_mount_point(&mount_dir)?;
-    let (plan, volume_key) = prepare_with(image, header, KeyIn::Bytes(key), false, state)?;
-    spawn_export(state, plan, Some(volume_key), &mount_dir, mkfs)
-}
-
-/// Starts the background `__export` process of `plan`, hands it the key on its stdin, and
-/// returns its report once the file system is mounted.
-fn spawn_export(
-    state: &StateDir,
-    plan: Plan,
-    key: Option<SecretBytes>,
-    mount_dir: &Path,
-    mkfs: Option<&str>,
-) -> Result<Value> {
-    // A new log, made through the runtime directory (a link planted there is unlinked, never
-    // written through); read back through its descriptor when the export fails.
-    let (log, log_file) = state
-        .create_log(&plan.id)
-        .with_context(|| format!("cannot create the export log of {}", plan.volume.display()))?;
-    let mut log_reader = log_file
-        .try_clone()
-        .with_context(|| format!("cannot read back {}", log.display()))?;
-    let exe =
-        std::env::current_exe().context("cannot find the sealvol binary to start the export")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("-v").arg("__export").arg("--mount").arg(mount_dir);
-    if let Some(h) = &plan.header {
-        cmd.arg("--header").arg(h);
-    }
-    if let Some(t) = mkfs {
-        cmd.arg("--mkfs").arg(t);
-    }
-    if plan.read_only {
-        cmd.arg("--read-only");
-    }
-    if let Source::Verity {
-        hash,
-        hash_offset,
-        root,
-    } = &plan.source
-    {
-        cmd.arg("--verity-hash")
-            .arg(hash)
-            .arg("--verity-hash-offset")
-            .arg(hash_offset.to_string())
-            .arg("--verity-root")
-            .arg(hex::encode(root));
-    }
-    cmd.arg(&plan.volume)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file));
-    let mut child = cmd.spawn().context("cannot start the export process")?;
-    {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        if let Some(key) = &key {
-            stdin
-                .write_all(key.expose())
-                .context("cannot hand the key to the export process")?;
-        }
-        // Dropping closes the pipe: the export reads to end of file.
-    }
-    drop(key);
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("the export process said nothing")?;
-    let reply: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
-        let _ = child.wait();
-        let mut tail = String::new();
-        {
-            use std::io::{Read, Seek};
-            let _ = log_reader
-                .rewind()
-                .and_then(|()| log_reader.read_to_string(&mut tail));
-        }
-        json!({"ok": false, "error": format!("the export process stopped: {}", tail.trim())})
-    });
-    if reply["ok"] == Value::Bool(true) {
-        Ok(reply)
-    } else {
-        let _ = child.wait();
-        let msg = reply["error"]
-            .as_str()
-            .unwrap_or("the export failed")
-            .to_string();
-        Err(anyhow!(msg))
-    }
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-fn print_opened(out: &Output, v: &Value) -> Result<()> {
-    let human = format!(
-        "Opened {} on {} (loop device {}, export process {}).",
-        v["volume"].as_str().unwrap_or("?"),
-        v["mount_point"].as_str().unwrap_or("?"),
-        v["loop_device"].as_str().unwrap_or("?"),
-        v["pid"],
-    );
-    out.result(&human, v.clone())?;
-    Ok(())
-}
-
-fn report(out: &Output, r: Result<&Value>) -> Result<()> {
-    match r {
-        Ok(v) => print_opened(out, v),
-        Err(_) => Ok(()), // returned as the command's error
-    }
-}
-
-/// The export process of a background `open`.
-pub fn internal_export(a: InternalArgs, _out: &Output) -> Result<()> {
-    // Leave the caller's session: its terminal's signals are not ours.
-    let _ = rustix::process::setsid();
-    let state = StateDir::from_env();
-    let key = match a.verity_hash {
-        Some(_) => None,
-        None => Some(
-            KeySource::Stdin
-                .read()
-                .context("reading the volume key from the pipe")?,
-        ),
-    };
-    let mut say = |r: Result<&Value>| -> Result<()> {
-        let v = match r {
-            Ok(v) => v.clone(),
-            Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
-        };
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{v}")?;
-        stdout.flush()?;
-        Ok(())
-    };
-    let plan = (|| -> Result<Plan> {
-        let volume = canonical(&a.volume_path, "volume")?;
-        let args = VolumeArgs {
-            header: a.header.clone(),
-        };
-        let source = match (&a.verity_hash, &a.verity_root) {
-            (Some(hash), Some(root)) => Source::Verity {
-                hash: hash.clone(),
-                hash_offset: a.verity_hash_offset,
-                root: hex::decode(root).context("--verity-root is not hex")?,
-            },
-            _ => Source::Luks(crate::commands::data_segment(
-                &open_volume(&volume, &args, false)?,
-                args.header.is_some(),
-            )?),
-        };
-        Ok(Plan {
-            id: volume_id(&volume)?,
-            source,
-            header: a.header.clone(),
-            volume,
-            read_only: a.read_only,
-        })
-    })();
-    let plan = match plan {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = say(Err(anyhow!("{e:#}")));
-            return Err(e);
-        }
-    };
-    let result = run_export(&state, plan, key, &a.mount, a.mkfs.as_deref(), &mut say);
-    if let Err(e) = &result {
-        tracing::error!(error = %format!("{e:#}"), "export ended with an error");
-    }
-    result
-}
-
-/// What is set up so far, torn down in reverse.
-struct Stack<'a> {
-    state: &'a StateDir,
-    id: String,
-    export: Option<FileExport>,
-    loop_dev: Option<PathBuf>,
-    fuse_file: PathBuf,
-    mounted: Option<PathBuf>,
-}
-
-impl Stack<'_> {
-    /// Unmounts the file system, detaches the loop device, stops the FUSE export. A busy
-    /// file system is left as it was (and the error returned).
-    fn teardown(&mut self, lazy: bool) -> Result<()> {
-        if let Some(dir) = &self.mounted {
-            mount::unmount_nofollow(dir, lazy).with_context(|| {
-                format!(
-                    "cannot unmount {}: close the files open under it (`fuser -vm {}` lists them) and try again",
-                    dir.display(),
-                    dir.display()
-                )
-            })?;
-            self.mounted = None;
-        }
-        if let Some(dev) = &self.loop_dev {
-            loopdev::detach(dev, Some(&self.fuse_file))?;
-            self.loop_dev = None;
-        }
-        if let Some(export) = self.export.take() {
-            export.unmount()?;
-        }
-        self.state.remove(&self.id);
-        Ok(())
-    }
-}
-
-/// Serves `plan` as FUSE → loop → mount until a signal, calling `ready` once with the
-/// result of the set-up (the JSON record, or the error).
-fn run_export(
-    state: &StateDir,
-    plan: Plan,
-    key: Option<SecretBytes>,
-    mount_dir: &Path,
-    mkfs: Option<&str>,
-    ready: &mut dyn FnMut(Result<&Value>) -> Result<()>,
-) -> Result<()> {
-    let lock = match VolumeLock::acquire(state, &plan.id, &plan.volume) {
-        Ok(l) => l,
-        Err(e) => {
-            let e = anyhow!(e);
-            let _ = ready(Err(anyhow!("{e:#}")));
-            return Err(e);
-        }
-    };
-    process::set_io_flusher();
-    let term = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&term))
-            .context("cannot install signal handlers")?;
-    }
-    let _ = signal_hook::flag::register(
-        signal_hook::consts::SIGHUP,
-        Arc::new(AtomicBool::new(false)),
-    );
-    let fuse_file = state.fuse_file(&plan.id);
-    let mut stack = Stack {
-        state,
-        id: plan.id.clone(),
-        export: None,
-        loop_dev: None,
-        fuse_file: fuse_file.clone(),
-        mounted: None,
-    };
-    let set_up = (|| -> Result<Value> {
-        let dev = device(&plan, key)?;
-        let sector = dev.block_size();
-        let size = dev.size();
-        // The FUSE file, made anew through the runtime directory and checked to still be
-        // that file right before the FUSE mount takes its path. A dead FUSE mount left there
-        // by an export that died (we hold the volume's lock, so no live export serves it)
-        // is detached first; a planted link is unlinked, never followed.
-        let fuse_file = state
-            .make_fuse_file(&plan.id)
-            .with_context(|| format!("cannot make the FUSE file {}", fuse_file.display()))?;
-        let fsname = format!("sealvol:{}", plan.volume.display());
-        stack.export = Some(FileExport::mount(
-            dev,
-            &fuse_file,
-            &FuseOptions {
-                threads: 4,
-                read_only: plan.read_only,
-                fsname,
-            },
-        )?);
-        let loop_dev = loopdev::attach(
-            &fuse_file,
-            &LoopOptions {
-                read_only: plan.read_only,
-                sector_size: Some(sector),
-                // The file system above already caches; a second page cache on the FUSE file
-                // only costs copies. Measured (bench/mount.sh): write 601 -> 858 MiB/s.
-                direct_io: true,
-            },
-        )?;
-        stack.loop_dev = Some(loop_dev.clone());
-        if let Some(t) = mkfs {
-            mount::mkfs(&loop_dev, t)?;
-        }
-        mount::mount(&loop_dev, mount_dir, None, plan.read_only).with_context(|| {
-            if mkfs.is_none() {
-                format!(
-                    "cannot mount the volume's file system on {}; a new volume needs --mkfs ext4",
-                    mount_dir.display()
-                )
-            } else {
-                format!("cannot mount {}", mount_dir.display())
-            }
-        })?;
-        stack.mounted = Some(mount_dir.to_path_buf());
-        sealvol_host::volume::crash_point("export:mounted");
-        let entry = Entry {
-            id: plan.id.clone(),
-            kind: match plan.source {
-                Source::Luks(_) => "mount".into(),
-                Source::Verity { .. } => "verity".into(),
-            },
-            volume: plan.volume.clone(),
-            header: plan.header.clone(),
-            pid: process::this_pid(),
-            read_only: plan.read_only,
-            fuse_file: Some(fuse_file.clone()),
-            loop_device: Some(loop_dev.clone()),
-            mount_point: Some(mount_dir.to_path_buf()),
-            nbd: None,
-            started: now(),
-        };
-        state.save(&entry)?;
-        Ok(json!({
-            "ok": true,
-            "volume": plan.volume,
-            "mount_point": mount_dir,
-            "loop_device": loop_dev,
-            "fuse_file": fuse_file,
-            "pid": process::this_pid(),
-            "read_only": plan.read_only,
-            "size": size,
-            "mkfs": mkfs,
-        }))
-    })();
-    let record = match set_up {
-        Ok(v) => v,
-        Err(e) => {
-            if let Err(t) = stack.teardown(true) {
-                tracing::error!(error = %format!("{t:#}"), "rolling back the set-up failed");
-            }
-            let _ = ready(Err(anyhow!("{e:#}")));
-            return Err(e);
-        }
-    };
-    ready(Ok(&record))?;
-    tracing::info!(volume = %plan.volume.display(), mount = %mount_dir.display(), "serving");
-
-    // Serve until told to stop; a busy file system keeps us serving.
-    let mut code = Ok(());
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let alive = stack.export.as_ref().is_some_and(FileExport::is_running);
-        if !alive {
-            tracing::error!("the FUSE export ended under us; tearing down");
-            let _ = stack.teardown(true);
-            code = Err(anyhow!(
-                "the FUSE export of {} ended unexpectedly",
-                plan.volume.display()
-            ));
-            break;
-        }
-        if term.swap(false, Ordering::SeqCst) {
-            tracing::info!("stopping");
-            match stack.teardown(false) {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot stop yet; still serving")
-                }
-            }
-        }
-    }
-    drop(lock);
-    tracing::info!("export stopped; key wiped");
-    code
-}
-
-// ---------------------------------------------------------------------------------------------
-// close
-
-pub fn close(a: CloseArgs, out: &Output) -> Result<()> {
-    let state = StateDir::from_env();
-    let target = std::fs::canonicalize(&a.target).unwrap_or_else(|_| a.target.clone());
-    let target_id = volume_id(&target).ok();
-    let entry = state.list().into_iter().find(|e| {
-        e.mount_point.as_deref() == Some(&target)
-            || e.volume == target
-            || target_id.as_deref() == Some(&e.id)
-    });
-    let Some(entry) = entry else {
-        if mount::is_mountpoint(&target) {
-            bail!(
-                "{} is mounted, but not by sealvol (no record in {}); unmount it with umount",
-                target.display(),
-                state.root().display()
-            );
-        }
-        out.result(
-            &format!("{} is not open; nothing to do.", a.target.display()),
-            json!({"closed": false, "target": target}),
-        )?;
-        return Ok(());
-    };
-
-    let stopped = served::stop(&state, &entry, Busy::Fail, STOP_TIMEOUT)?;
-    let export_alive = stopped.export_was_running;
-    let where_ = entry
-        .mount_point
-        .as_ref()
-        .map(|m| format!(" (was mounted on {})", m.display()))
-        .or_else(|| entry.nbd.as_ref().map(|n| format!(" (was served at {n})")))
-        .unwrap_or_default();
-    out.result(
-        &format!("Closed {}{where_}.", entry.volume.display()),
-        json!({
-            "closed": true,
-            "volume": entry.volume,
-            "mount_point": entry.mount_point,
-            "loop_device": entry.loop_device,
-            "pid": entry.pid,
-            "export_was_running": export_alive,
-        }),
-    )?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// serve nbd
-
-pub fn serve(c: ServeCommand, out: &Output) -> Result<()> {
-    match c {
-        ServeCommand::Nbd(a) => serve_nbd(a, out),
-    }
-}
-
-fn serve_nbd(a: ServeNbdArgs, out: &Output) -> Result<()> {
-    let state = StateDir::from_env();
-    // Everything that can be refused is refused before the key is asked for.
-    if a.listen.is_some() && a.tls_creds.is_none() && !a.insecure_plaintext {
-        bail!(
-            "--listen without TLS would serve the volume's plaintext to every local user; \
-             give --tls-creds DIR (ca-cert.pem, server-cert.pem, server-key.pem, as for qemu's \
-             tls-creds-x509; clients need a certificate signed by ca-cert.pem), or use \
-             --socket PATH (mode 0600), or accept the risk with --insecure-plaintext"
-        );
-    }
-    let tls = match &a.tls_creds {
-        Some(dir) => Some(TlsCreds::from_dir(dir)?),
-        None => None,
-    };
-    let (plan, key) = prepare(&a.volume_path, &a.volume, &a.key, a.read_only, &state)?;
-    let lock = VolumeLock::acquire(&state, &plan.id, &plan.volume)?;
-    let term = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&term))
-            .context("cannot install signal handlers")?;
-    }
-    let dev = device(&plan, Some(key))?;
-    let opts = NbdOptions {
-        read_only: plan.read_only,
-        name: a.name.clone(),
-        max_connections: a.shared as usize,
-        handshake_timeout: Duration::from_secs(a.handshake_limit),
-        send_timeout: Duration::from_secs(a.send_timeout),
-        max_in_flight: usize::try_from(a.max_in_flight).unwrap_or(usize::MAX),
-        tls,
-        allow_plaintext_tcp: a.insecure_plaintext,
-        ..NbdOptions::default()
-    };
-    let server = match (&a.socket, a.listen) {
-        (Some(p), _) => Server::bind_unix(dev, p, opts)?,
-        (None, Some(addr)) => Server::bind_tcp(dev, addr, opts)?,
-        (None, None) => bail!("give --socket PATH or --listen 127.0.0.1:PORT"),
-    };
-    let endpoint = server.endpoint();
-    let uri = match &a.socket {
-        Some(p) => format!("nbd+unix:///{}?socket={}", a.name, p.display()),
-        None => format!("nbd://{endpoint}/{}", a.name),
-    };
-    state.save(&Entry {
-        id: plan.id.clone(),
-        kind: "nbd".into(),
-        volume: plan.volume.clone(),
-        header: plan.header.clone(),
-        pid: process::this_pid(),
-        read_only: plan.read_only,
-        fuse_file: None,
-        loop_device: None,
-        mount_point: None,
-        nbd: Some(endpoint.clone()),
-        started: now(),
-    })?;
-    out.result(
-        &format!(
-            "Serving {} over NBD at {endpoint} ({uri}{}); stop with SIGTERM, Ctrl-C or `sealvol close`.",
-            plan.volume.display(),
-            if a.tls_creds.is_some() {
-                ", TLS only, with a client certificate"
-            } else {
-                ""
-            }
-        ),
-        json!({"volume": plan.volume, "endpoint": endpoint, "uri": uri, "tls": a.tls_creds.is_some(), "pid": process::this_pid(), "read_only": plan.read_only}),
-    )?;
-    let result = server.serve(&term);
-    state.remove(&plan.id);
-    drop(server); // the device and its key
-    drop(lock);
-    result.context("the NBD server failed")
-}
-
-// ---------------------------------------------------------------------------------------------
-// verity open
-
-#[derive(Debug, Args)]
 pub struct VerityOpenArgs {
     /// The image (squashfs, erofs, ext4 ...) the hash tree protects.
     #[arg(value_name = "IMAGE")]
@@ -920,61 +172,338 @@ pub struct VerityOpenArgs {
     pub foreground: bool,
 }
 
+// ---------------------------------------------------------------------------------------------
+// open, verity open, serve nbd: typed options, one library call, the report
+
+/// What `open`, `verity open` and `serve nbd` print once the volume is served.
+fn print_ready(out: &Output, r: &Ready) -> Result<()> {
+    Ok(match r {
+        Ready::Mounted(m) => out.result(
+            &format!(
+                "Opened {} on {} (loop device {}, export process {}).",
+                m.volume.display(),
+                m.mount_point.display(),
+                m.loop_device.display(),
+                m.pid,
+            ),
+            json!({
+                "ok": true,
+                "volume": m.volume,
+                "mount_point": m.mount_point,
+                "loop_device": m.loop_device,
+                "fuse_file": m.fuse_file,
+                "pid": m.pid,
+                "read_only": m.read_only,
+                "size": m.size,
+                "mkfs": m.mkfs,
+            }),
+        ),
+        Ready::Nbd(n) => out.result(
+            &format!(
+                "Serving {} over NBD at {} ({}{}); stop with SIGTERM, Ctrl-C or `sealvol close`.",
+                n.volume.display(),
+                n.endpoint,
+                n.uri,
+                if n.tls {
+                    ", TLS only, with a client certificate"
+                } else {
+                    ""
+                }
+            ),
+            json!({"volume": n.volume, "endpoint": n.endpoint, "uri": n.uri, "tls": n.tls, "pid": n.pid, "read_only": n.read_only}),
+        ),
+    }?)
+}
+
+/// Serves `spec` as `serve`: in this process when `foreground` (reporting once it serves),
+/// else in a background export of this binary (reporting once it returns).
+fn start(
+    spec: &OpenSpec,
+    key: KeyInput<'_>,
+    serve: &Serve,
+    foreground: bool,
+    out: &Output,
+) -> Result<()> {
+    let run = StateDir::from_env();
+    let limits = crate::commands::kdf_limits();
+    if foreground {
+        let mut report = |r: &Ready| {
+            let _ = print_ready(out, r);
+        };
+        export::export(&run, spec, key, limits, serve, Mode::Here(&mut report))?;
+        return Ok(());
+    }
+    let launcher = Launcher::default();
+    let ready = export::export(
+        &run,
+        spec,
+        key,
+        limits,
+        serve,
+        Mode::Child {
+            launcher: &launcher,
+            log: None,
+        },
+    )?;
+    print_ready(out, &ready)
+}
+
+pub fn open(a: OpenArgs, out: &Output) -> Result<()> {
+    let spec = OpenSpec {
+        volume: a.volume_path,
+        read_only: a.read_only,
+        source: SourceSpec::Luks {
+            header: a.volume.header,
+        },
+    };
+    let serve = Serve::Mount(MountSpec {
+        mount_point: a.mount,
+        mkfs: a.mkfs,
+    });
+    start(
+        &spec,
+        KeyInput::Source(&a.key.source()),
+        &serve,
+        a.foreground,
+        out,
+    )
+}
+
 /// `sealvol verity open`: checks the signature and the root hash, then mounts the image
 /// read-only through verified reads (FUSE → loop → mount). A corrupt block fails the reads
 /// that touch it with EIO.
 pub fn verity_open(a: VerityOpenArgs, out: &Output) -> Result<()> {
-    let state = StateDir::from_env();
-    let mount_dir = canonical(&a.mount, "mount point")?;
-    mount::check_mount_point(&mount_dir)?;
-    let image = canonical(&a.image, "image")?;
-    let hash = canonical(&a.hash_file, "hash file")?;
-    let id = volume_id(&image)?;
-    drop(VolumeLock::acquire(&state, &id, &image)?);
-    let mut hash_file = std::fs::File::open(&hash)?;
-    let sb = sealvol_verity::read_superblock(&mut hash_file, a.hash_offset).with_context(|| {
-        format!(
-            "cannot read the verity superblock of {} at offset {}",
-            hash.display(),
-            a.hash_offset
-        )
-    })?;
-    let root = sealvol_verity::parse_root_hash(&sb.params, &a.root)?;
-    if let (Some(sig_path), Some(key_path)) = (&a.signature, &a.public_key) {
-        let key_bytes = std::fs::read(key_path)
-            .with_context(|| format!("cannot read the public key {}", key_path.display()))?;
-        let key = sealvol_verity::VerifyingKey::from_key_file(&key_bytes)
-            .with_context(|| format!("{} is not usable", key_path.display()))?;
-        let sig = std::fs::read(sig_path)
-            .with_context(|| format!("cannot read the signature {}", sig_path.display()))?;
-        if let Err(e) = key.verify(&sb.params, &root, &sig) {
-            return Err(anyhow!(crate::CleanNo(format!(
-                "signature {} refused: {e}; nothing mounted",
-                sig_path.display()
-            ))));
+    let spec = OpenSpec {
+        volume: a.image,
+        read_only: true,
+        source: SourceSpec::Verity(VeritySpec {
+            hash: a.hash_file,
+            hash_offset: a.hash_offset,
+            root: a.root,
+            signature: match (a.signature, a.public_key) {
+                (Some(signature), Some(public_key)) => Some(RootSignature {
+                    signature,
+                    public_key,
+                }),
+                _ => None,
+            },
+        }),
+    };
+    let serve = Serve::Mount(MountSpec {
+        mount_point: a.mount,
+        mkfs: None,
+    });
+    start(&spec, KeyInput::None, &serve, a.foreground, out)
+}
+
+pub fn serve(c: ServeCommand, out: &Output) -> Result<()> {
+    match c {
+        ServeCommand::Nbd(a) => {
+            let spec = OpenSpec {
+                volume: a.volume_path,
+                read_only: a.read_only,
+                source: SourceSpec::Luks {
+                    header: a.volume.header,
+                },
+            };
+            let endpoint = match (a.socket, a.listen) {
+                (Some(p), _) => NbdEndpoint::Socket(p),
+                (None, Some(addr)) => NbdEndpoint::Tcp(addr),
+                (None, None) => anyhow::bail!("give --socket PATH or --listen 127.0.0.1:PORT"),
+            };
+            let serve = Serve::Nbd(NbdSpec {
+                endpoint,
+                tls_creds: a.tls_creds,
+                insecure_plaintext: a.insecure_plaintext,
+                name: a.name,
+                max_connections: a.shared,
+                handshake_limit: Duration::from_secs(a.handshake_limit),
+                send_timeout: Duration::from_secs(a.send_timeout),
+                max_in_flight: a.max_in_flight,
+            });
+            start(&spec, KeyInput::Source(&a.key.source()), &serve, true, out)
         }
     }
-    // The root check up front: the first block verifies only under the right root hash.
-    let dev = verity_device(&image, &hash, a.hash_offset, &root)?;
-    let mut first = vec![0u8; dev.block_size() as usize];
-    if let Err(e) = dev.read_at(&mut first, 0) {
-        return Err(anyhow!(crate::CleanNo(format!(
-            "{} does not verify against root hash {}: {e}; nothing mounted",
-            image.display(),
-            a.root.trim()
-        ))));
-    }
-    drop(dev);
-    let plan = Plan {
-        volume: image,
-        header: None,
-        id,
-        source: Source::Verity {
-            hash,
-            hash_offset: a.hash_offset,
-            root,
-        },
-        read_only: true,
+}
+
+// ---------------------------------------------------------------------------------------------
+// close
+
+pub fn close(a: CloseArgs, out: &Output) -> Result<()> {
+    let closed = export::close(&StateDir::from_env(), &a.target, STOP_TIMEOUT)?;
+    let Some(c) = closed else {
+        let target = std::fs::canonicalize(&a.target).unwrap_or_else(|_| a.target.clone());
+        out.result(
+            &format!("{} is not open; nothing to do.", a.target.display()),
+            json!({"closed": false, "target": target}),
+        )?;
+        return Ok(());
     };
-    start(&state, plan, None, &mount_dir, None, a.foreground, out)
+    let e = &c.entry;
+    let where_ = e
+        .mount_point
+        .as_ref()
+        .map(|m| format!(" (was mounted on {})", m.display()))
+        .or_else(|| e.nbd.as_ref().map(|n| format!(" (was served at {n})")))
+        .unwrap_or_default();
+    out.result(
+        &format!("Closed {}{where_}.", e.volume.display()),
+        json!({
+            "closed": true,
+            "volume": e.volume,
+            "mount_point": e.mount_point,
+            "loop_device": e.loop_device,
+            "pid": e.pid,
+            "export_was_running": c.stopped.export_was_running,
+        }),
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// __export
+
+/// The background export of `open`, `verity open`, `volume` and `vm`: the library's child.
+pub fn internal_export(a: InternalArgs, _out: &Output) -> Result<()> {
+    Ok(export::child::run(&a.into_spec())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+    use sealvol_host::export::child::ChildSpec;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parsed(spec: &ChildSpec) -> ChildSpec {
+        let mut argv = vec![OsString::from("sealvol")];
+        argv.extend(spec.args());
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::InternalExport(a) => a.into_spec(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// What the library writes on the child's command line is what this verb reads.
+    #[test]
+    fn the_hidden_verb_reads_back_every_spec_the_library_writes() {
+        let mount = ChildSpec {
+            run_dir: "/run/-x".into(),
+            open: OpenSpec {
+                volume: "/v/disk.img".into(),
+                read_only: true,
+                source: SourceSpec::Luks {
+                    header: Some("/v/-h.img".into()),
+                },
+            },
+            serve: Serve::Mount(MountSpec {
+                mount_point: "/mnt/a b".into(),
+                mkfs: Some("ext4".into()),
+            }),
+        };
+        let verity = ChildSpec {
+            open: OpenSpec {
+                volume: "/img".into(),
+                read_only: true,
+                source: SourceSpec::Verity(VeritySpec {
+                    hash: "/img.hash".into(),
+                    hash_offset: 4096,
+                    root: "ab".repeat(32),
+                    signature: None,
+                }),
+            },
+            serve: Serve::Mount(MountSpec {
+                mount_point: "/m".into(),
+                mkfs: None,
+            }),
+            ..mount.clone()
+        };
+        let nbd = ChildSpec {
+            open: OpenSpec::luks("/v/disk.img", None),
+            serve: Serve::Nbd(NbdSpec {
+                name: "-n".into(),
+                tls_creds: Some("/tls".into()),
+                max_connections: 3,
+                handshake_limit: Duration::from_millis(1500),
+                send_timeout: Duration::from_secs(7),
+                max_in_flight: 1 << 20,
+                ..NbdSpec::socket("/s/nbd.sock")
+            }),
+            ..mount.clone()
+        };
+        let tcp = ChildSpec {
+            serve: Serve::Nbd(NbdSpec {
+                endpoint: NbdEndpoint::Tcp("127.0.0.1:0".parse::<SocketAddr>().unwrap()),
+                insecure_plaintext: true,
+                ..NbdSpec::socket("/unused")
+            }),
+            ..nbd.clone()
+        };
+        for spec in [mount, verity, nbd, tcp] {
+            assert_eq!(parsed(&spec), spec);
+        }
+    }
+
+    /// Any path (any bytes but NUL, leading dashes and `=` included), name and limits.
+    fn path() -> impl proptest::strategy::Strategy<Value = PathBuf> {
+        use proptest::prelude::*;
+        use std::os::unix::ffi::OsStringExt;
+        proptest::collection::vec(1u8..=255, 1..24)
+            .prop_map(|b| PathBuf::from(OsString::from_vec(b)))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_spec_survives_the_command_line(
+            run_dir in path(),
+            volume in path(),
+            header in proptest::option::of(path()),
+            read_only: bool,
+            verity in proptest::option::of((path(), proptest::num::u64::ANY, "[0-9a-f]{0,64}")),
+            serve_kind in 0u8..3,
+            mount_point in path(),
+            mkfs in proptest::option::of("[a-z0-9]{1,8}"),
+            socket in path(),
+            tls_creds in proptest::option::of(path()),
+            insecure_plaintext: bool,
+            name in "[^\u{0}]{0,12}",
+            max_connections: u32,
+            limits in (0u64..1 << 40, 0u64..1 << 40),
+            max_in_flight: u64,
+        ) {
+            let source = match verity {
+                Some((hash, hash_offset, root)) => SourceSpec::Verity(VeritySpec {
+                    hash,
+                    hash_offset,
+                    root,
+                    signature: None,
+                }),
+                None => SourceSpec::Luks { header },
+            };
+            let nbd = |endpoint| Serve::Nbd(NbdSpec {
+                endpoint,
+                tls_creds: tls_creds.clone(),
+                insecure_plaintext,
+                name: name.clone(),
+                max_connections,
+                handshake_limit: Duration::from_millis(limits.0),
+                send_timeout: Duration::from_millis(limits.1),
+                max_in_flight,
+            });
+            let serve = match serve_kind {
+                0 => Serve::Mount(MountSpec { mount_point, mkfs }),
+                1 => nbd(NbdEndpoint::Socket(socket)),
+                _ => nbd(NbdEndpoint::Tcp("[::1]:10809".parse::<SocketAddr>().unwrap())),
+            };
+            let spec = ChildSpec {
+                run_dir,
+                open: OpenSpec { volume, read_only, source },
+                serve,
+            };
+            proptest::prop_assert_eq!(parsed(&spec), spec);
+        }
+    }
 }

@@ -1,25 +1,21 @@
 //! `sealvol vm …`: workload VMs (create, start, stop, destroy, status, list, console-log,
 //! sweep). The records, locks, qemu wiring and sweep are `sealvol_host::vm::manager`; this
-//! module reads the data volume's key, provides the two steps that need it (the qemu secret
-//! file, the NBD export through `sealvol serve nbd`) and prints results.
+//! module reads the data volume's key, translates the options and prints results (the qemu
+//! secret and the NBD export of the data disk are the manager's too).
 
-use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use sealvol_crypto::SecretBytes;
 use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::{
-    CreateInput, DataKey, DataVia, Forward, KernelBoot, VmId, VmManager, VmParams, VmStatus,
+    CreateInput, DataVia, Forward, KernelBoot, VmId, VmManager, VmParams, VmStatus,
 };
-use sealvol_host::volume::{self, KeyedError, Manager, Target};
+use sealvol_host::volume;
 use serde_json::{json, Value};
 
-use crate::cli::{parse_size, KeyArgs, VolumeArgs};
+use crate::cli::{parse_size, KeyArgs};
 use crate::output::Output;
 use crate::CleanNo;
 
@@ -159,116 +155,6 @@ pub struct DestroyArgs {
     pub id: String,
 }
 
-/// The key-holding steps, for the manager.
-struct CliDataKey {
-    key: SecretBytes,
-}
-
-fn keyed_err(e: anyhow::Error) -> KeyedError {
-    KeyedError {
-        wrong_key: crate::exit_code(&e) == 1,
-        message: format!("{e:#}"),
-    }
-}
-
-impl DataKey for CliDataKey {
-    fn qemu_secret(
-        &mut self,
-        image: &Path,
-    ) -> std::result::Result<sealvol_host::vm::SecretPipe, KeyedError> {
-        (|| -> Result<sealvol_host::vm::SecretPipe> {
-            let mut vol = crate::commands::open_volume(image, &VolumeArgs { header: None }, false)?;
-            crate::commands::unlock_with(&mut vol, self.key.expose(), None)?;
-            if std::str::from_utf8(self.key.expose()).is_err() {
-                anyhow::bail!(
-                    "qemu's LUKS driver takes text (UTF-8) secrets only and this key is binary; add a keyslot for the key as hex text (`sealvol add-key`) and start with that, or use --data-via nbd"
-                );
-            }
-            Ok(sealvol_host::vm::SecretPipe::new(self.key.expose())?)
-        })()
-        .map_err(keyed_err)
-    }
-
-    fn start_nbd(
-        &mut self,
-        image: &Path,
-        header: Option<&Path>,
-        socket: &Path,
-        log: Target<'_>,
-    ) -> std::result::Result<u32, KeyedError> {
-        self.start_nbd_inner(image, header, socket, log)
-            .map_err(keyed_err)
-    }
-}
-
-impl CliDataKey {
-    /// `sealvol serve nbd --socket S IMAGE` in the background, the key on its stdin.
-    fn start_nbd_inner(
-        &self,
-        image: &Path,
-        header: Option<&Path>,
-        socket: &Path,
-        log: Target<'_>,
-    ) -> Result<u32> {
-        let exe = std::env::current_exe().context("cannot find the sealvol binary")?;
-        // The log was made by the manager in the VM's directory: used through its descriptor.
-        let logf = log.file.try_clone().context("log file")?;
-        let last_line = || -> String {
-            use std::io::{Read, Seek};
-            let mut text = String::new();
-            let mut f = log.file;
-            let _ = f.rewind().and_then(|_| f.read_to_string(&mut text));
-            text.lines().last().unwrap_or("no message").to_string()
-        };
-        let mut cmd = Command::new(exe);
-        cmd.args(crate::cli::KdfLimitArgs::to_args(
-            &crate::commands::kdf_limits(),
-        ))
-        .args(["serve", "nbd", "--key-file", "-", "--socket"])
-        .arg(socket);
-        if let Some(h) = header {
-            cmd.arg("--header").arg(h);
-        }
-        cmd.arg(image)
-            .stdin(Stdio::piped())
-            .stdout(logf.try_clone().context("log file")?)
-            .stderr(logf)
-            .process_group(0);
-        let mut child = cmd.spawn().context("cannot start `sealvol serve nbd`")?;
-        {
-            let mut stdin = child.stdin.take().context("no stdin for the export")?;
-            stdin
-                .write_all(self.key.expose())
-                .context("cannot hand the key to the NBD export")?;
-        } // closed: the export reads to end of file
-        let t = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().context("waiting for the NBD export")? {
-                let last = last_line();
-                if status.code() == Some(1) {
-                    return Err(anyhow!(CleanNo(format!(
-                        "the key does not open the data volume ({last})"
-                    ))));
-                }
-                anyhow::bail!("the NBD export exited ({status}): {last}");
-            }
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return Ok(child.id());
-            }
-            if t.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                anyhow::bail!(
-                    "the NBD export did not open {} within 15 s; see {}",
-                    socket.display(),
-                    log.path.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// A host error as the CLI's: a wrong key stays a clean "no" (exit 1).
 fn host(e: sealvol_host::Error) -> anyhow::Error {
     match e {
@@ -310,13 +196,8 @@ fn status_human(s: &VmStatus) -> String {
 }
 
 pub fn run(c: VmCmd, out: &Output) -> Result<()> {
-    let root = crate::volume::state_dir(&crate::volume::VolumeCmd {
-        state_dir: c.state_dir.clone(),
-        config: c.config.clone(),
-        verb: crate::volume::VolumeVerb::List,
-    })?;
-    let run = StateDir::from_env();
-    let m = VmManager::new(Manager::new(root, run.clone()), run);
+    let root = crate::volume::state_dir(c.state_dir.as_deref(), c.config.as_deref())?;
+    let m = VmManager::new(crate::volume::manager(root), StateDir::from_env());
     let id = |s: &str| VmId::parse(s).map_err(host);
     match c.verb {
         VmVerb::Create(a) => {
@@ -379,11 +260,10 @@ pub fn run(c: VmCmd, out: &Output) -> Result<()> {
             let rec = m.status(&id).map_err(host)?;
             // The key is read only when there is a data volume to open.
             let key = match rec.as_ref().and_then(|s| s.params.data_volume.as_ref()) {
-                Some(_) => a.key.source().read()?,
-                None => SecretBytes::from_vec(vec![0]),
+                Some(_) => Some(a.key.source().read()?),
+                None => None,
             };
-            let mut keyed = CliDataKey { key };
-            let (already, st) = m.start(&id, &mut keyed).map_err(host)?;
+            let (already, st) = m.start(&id, key.as_ref()).map_err(host)?;
             let human = if already {
                 format!(
                     "VM {id} is already running (qemu {}).",

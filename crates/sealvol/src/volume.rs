@@ -1,20 +1,15 @@
 //! `sealvol volume …`: the provider's verbs over workload volumes (create, open, close,
 //! status, list, destroy, sweep, bind-args). The state machine, journal, locks and sweep are
-//! `sealvol_host::volume::Manager`; this module reads the key, provides the two steps that
-//! need it (format, open through the same export as `sealvol open`) and prints results.
+//! `sealvol_host::volume::Manager`, which also formats and opens (through the same export as
+//! `sealvol open`); this module reads the key, translates the options and prints results.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use sealvol_crypto::SecretBytes;
 use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::VmManager;
-use sealvol_host::volume::{
-    self, CreateOptions, Formatted, Keyed, KeyedError, LuksType, Manager, Params, Status, Target,
-    VolumeId,
-};
-use sealvol_luks::{NewHeader, Version};
+use sealvol_host::volume::{self, CreateOptions, LuksType, Manager, Params, Status, VolumeId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -140,13 +135,14 @@ fn parse_luks_type(s: &str) -> std::result::Result<LuksType, String> {
     }
 }
 
-/// The state directory: `--state-dir`, else the config file's, else the default.
-pub(crate) fn state_dir(c: &VolumeCmd) -> Result<PathBuf> {
-    if let Some(d) = &c.state_dir {
-        return Ok(d.clone());
+/// The state directory: `--state-dir`, else the `--config` file's (or the default config
+/// file's, when it exists), else the default.
+pub(crate) fn state_dir(state_dir: Option<&Path>, config: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = state_dir {
+        return Ok(d.to_path_buf());
     }
-    let (path, required) = match &c.config {
-        Some(p) => (p.clone(), true),
+    let (path, required) = match config {
+        Some(p) => (p.to_path_buf(), true),
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
     let cfg: Config = match std::fs::read(&path) {
@@ -162,101 +158,6 @@ pub(crate) fn state_dir(c: &VolumeCmd) -> Result<PathBuf> {
     Ok(cfg
         .state_dir
         .unwrap_or_else(|| PathBuf::from(volume::DEFAULT_STATE_DIR)))
-}
-
-/// The key-holding steps, for the manager.
-struct CliKeyed<'a> {
-    key: SecretBytes,
-    kdf: Option<&'a KdfArgs>,
-    run: StateDir,
-    out: &'a Output,
-}
-
-fn keyed_err(e: anyhow::Error) -> KeyedError {
-    KeyedError {
-        wrong_key: crate::exit_code(&e) == 1,
-        message: format!("{e:#}"),
-    }
-}
-
-impl Keyed for CliKeyed<'_> {
-    fn format(
-        &mut self,
-        image: Target<'_>,
-        header: Option<Target<'_>>,
-        data_size: u64,
-        luks_type: LuksType,
-    ) -> std::result::Result<Formatted, KeyedError> {
-        self.format_inner(image, header, data_size, luks_type)
-            .map_err(keyed_err)
-    }
-
-    fn open(
-        &mut self,
-        image: &Path,
-        header: Option<&Path>,
-        mount: &Path,
-        mkfs: Option<&str>,
-    ) -> std::result::Result<(), KeyedError> {
-        crate::open::open_with_key(&self.run, image, header, &self.key, mount, mkfs)
-            .map(|_| ())
-            .map_err(keyed_err)
-    }
-}
-
-impl CliKeyed<'_> {
-    fn format_inner(
-        &mut self,
-        image: Target<'_>,
-        header: Option<Target<'_>>,
-        data_size: u64,
-        luks_type: LuksType,
-    ) -> Result<Formatted> {
-        let kdf = match self.kdf {
-            Some(args) => args.policy().context("--hash")?,
-            None => sealvol_luks::KdfPolicy::default(),
-        };
-        crate::commands::note_key_hint(&kdf, &self.key, self.out);
-        let request = NewHeader {
-            version: match luks_type {
-                LuksType::Luks2 => Version::Luks2,
-                LuksType::Luks1 => Version::Luks1,
-            },
-            detached: header.is_some(),
-            kdf,
-            ..NewHeader::default()
-        };
-        let built = request
-            .build(self.key.expose())
-            .with_context(|| format!("cannot build the {} header", luks_type.as_str()))?;
-        let (uuid, data_offset, bytes, kdf) =
-            (built.uuid, built.segment.offset, built.bytes, built.kdf);
-        // Both files were made by the manager: written through their descriptors only.
-        let len = data_offset
-            .checked_add(data_size)
-            .context("the size is too large")?;
-        image
-            .file
-            .set_len(len)
-            .with_context(|| format!("cannot size {} to {len} bytes", image.path.display()))?;
-        let write = |t: Target<'_>| -> Result<()> {
-            use std::os::unix::fs::FileExt;
-            t.file
-                .write_all_at(&bytes, 0)
-                .and_then(|()| t.file.sync_all())
-                .with_context(|| format!("cannot write the LUKS header to {}", t.path.display()))
-        };
-        write(header.unwrap_or(image))?;
-        image
-            .file
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", image.path.display()))?;
-        tracing::info!(uuid = %uuid, r#type = luks_type.as_str(), kdf = %crate::commands::kdf_human(&kdf), "formatted");
-        Ok(Formatted {
-            uuid,
-            header_area: if header.is_some() { 0 } else { data_offset },
-        })
-    }
 }
 
 /// A host error as the CLI's: a wrong key stays a clean "no" (exit 1).
@@ -370,9 +271,15 @@ fn status_human(s: &Status, root: &Path) -> String {
     text
 }
 
+/// The volume manager of `root`, its exports run by this binary, its unlocks held to
+/// `--kdf-max-*`.
+pub(crate) fn manager(root: PathBuf) -> Manager {
+    Manager::new(root, StateDir::from_env()).with_kdf_limits(crate::commands::kdf_limits())
+}
+
 pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
-    let root = state_dir(&c)?;
-    let m = Manager::new(root, StateDir::from_env());
+    let root = state_dir(c.state_dir.as_deref(), c.config.as_deref())?;
+    let m = manager(root);
     let id = |s: &str| VolumeId::parse(s).map_err(host);
     // A running VM's data disk is not the volume manager's to open, close or destroy.
     let vms = VmManager::new(m.clone(), StateDir::from_env());
@@ -385,18 +292,16 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 detached_header: a.detached_header,
                 luks_type: a.luks_type,
             };
+            let kdf = a.kdf.policy().context("--hash")?;
             let key = a.key.source().read()?;
-            let mut keyed = CliKeyed {
-                key,
-                kdf: Some(&a.kdf),
-                run: StateDir::from_env(),
-                out,
-            };
             let opts = CreateOptions {
                 mount: a.mount,
                 sparse_ok: a.sparse_ok,
             };
-            let r = m.create(&id, &params, opts, &mut keyed).map_err(host)?;
+            let r = m.create(&id, &params, opts, &key, &kdf).map_err(host)?;
+            if let Some(hint) = &r.kdf_hint {
+                out.note(&format!("sealvol: note: {hint}"));
+            }
             for s in &r.swept {
                 out.note(&format!("sealvol: sweep: {}: {}", s.id, s.action));
             }
@@ -426,13 +331,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             let id = id(&a.id)?;
             vms.refuse_if_in_use(&id, "open").map_err(host)?;
             let key = a.key.source().read()?;
-            let mut keyed = CliKeyed {
-                key,
-                kdf: None,
-                run: StateDir::from_env(),
-                out,
-            };
-            let (already, st) = m.open(&id, &mut keyed).map_err(host)?;
+            let (already, st) = m.open(&id, &key).map_err(host)?;
             let human = if already {
                 format!(
                     "Volume {id} is already open on {}; nothing to do.",

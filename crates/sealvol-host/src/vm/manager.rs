@@ -12,10 +12,11 @@
 //! vm/accel.json         the accelerator probe's verdict for this host boot
 //! ```
 //!
-//! Keys never pass through this module: the steps that need the data volume's key (the qemu
-//! secret, the NBD export) are a [`DataKey`] implementation the caller provides. qemu's
-//! secret travels in a pipe ([`SecretPipe`]), never a file, and this process closes its end
-//! as soon as qemu answers on its QMP socket (qemu reads it while creating its objects).
+//! The data volume's key comes in as [`SecretBytes`] ([`VmManager::start`]) and is written
+//! nowhere: qemu's secret travels in a pipe ([`SecretPipe`]), never a file, and this process
+//! closes its end as soon as qemu answers on its QMP socket (qemu reads it while creating its
+//! objects); the NBD data disk is the same background export as `sealvol open`'s
+//! ([`crate::export`]), which gets the volume key on a pipe and reports once it serves.
 //!
 //! This module does not make or open workload volumes itself: a data volume is created with
 //! `sealvol volume create` and handed over by id.
@@ -28,14 +29,17 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use sealvol_crypto::SecretBytes;
+
 use super::{probe_accel, Accel, AccelChoice, DataDisk, SecretPipe, Stopped, VmSpec};
+use crate::export::served::{self, Busy};
+use crate::export::{self, KeyInput, Mode, NbdSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
+use crate::luks_file::{Access, LuksFile};
 use crate::safe_dir::{FileId, Kind, SafeDir};
 use crate::state::StateDir;
-use crate::volume::served::{self, Busy};
 use crate::volume::{
-    self, crash_point, lock_exclusive, now, read_record, remove_durably, write_record, Held,
-    KeyedError, Phase, Target,
+    self, crash_point, lock_exclusive, now, read_record, remove_durably, write_record, Held, Phase,
 };
 use crate::{cmd, process, Error, Result};
 
@@ -235,31 +239,6 @@ pub struct VmDestroyed {
     pub stop: Option<StopReport>,
     /// The data volume was destroyed (crypto-erased) too.
     pub data_destroyed: Option<volume::Destroyed>,
-}
-
-/// The steps that need the data volume's key, provided by the caller, which holds the key.
-pub trait DataKey {
-    /// Checks that the key opens the LUKS1 volume `image`, then puts what qemu's `secret`
-    /// object reads (the passphrase, which must be UTF-8) in a [`SecretPipe`].
-    ///
-    /// # Errors
-    /// A wrong key (with `wrong_key`) or any failure, described without key material.
-    fn qemu_secret(&mut self, image: &Path) -> std::result::Result<SecretPipe, KeyedError>;
-
-    /// Starts sealvol's NBD export of `image` (header in `header` when detached) on the unix
-    /// socket `socket`, in the background, logging to `log` (a new file the manager made in
-    /// the VM's directory: write it through its descriptor); returns its pid once the socket
-    /// accepts connections.
-    ///
-    /// # Errors
-    /// A wrong key (with `wrong_key`) or any failure, described without key material.
-    fn start_nbd(
-        &mut self,
-        image: &Path,
-        header: Option<&Path>,
-        socket: &Path,
-        log: Target<'_>,
-    ) -> std::result::Result<u32, KeyedError>;
 }
 
 /// What [`VmManager::create`] is asked for, beyond the parameters.
@@ -764,12 +743,30 @@ impl VmManager {
             .is_some_and(|run| cmdline_names(run.qemu_pid, &self.vm_dir(&r.id)))
     }
 
-    /// Starts VM `id` (a no-op when it runs). Returns whether it ran already, and the status.
+    /// Checks that `key` opens the LUKS1 volume `image`, then puts it in a [`SecretPipe`] for
+    /// qemu's `secret` object (which takes UTF-8 text only).
+    fn qemu_secret(&self, image: &Path, key: &SecretBytes) -> Result<SecretPipe> {
+        let mut open = LuksFile::new(image, None).open(Access::Read, self.volumes.kdf_limits())?;
+        if let Some(warning) = open.damaged_copy() {
+            tracing::warn!("{warning}");
+        }
+        open.unlock(key.expose(), None)?;
+        if std::str::from_utf8(key.expose()).is_err() {
+            return Err(Error::Invalid(
+                "qemu's LUKS driver takes text (UTF-8) secrets only and this key is binary; add a keyslot for the key as hex text (`sealvol add-key`) and start with that, or use --data-via nbd".into(),
+            ));
+        }
+        SecretPipe::new(key.expose())
+    }
+
+    /// Starts VM `id` (a no-op when it runs), its data volume (if any) opened with `key`.
+    /// Returns whether it ran already, and the status.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a VM or data volume that is not usable; [`Error::VmStep`]
-    /// (with `wrong_key` for a key that opens nothing) after undoing what was started.
-    pub fn start(&self, id: &VmId, key: &mut dyn DataKey) -> Result<(bool, VmStatus)> {
+    /// [`Error::Invalid`] for a VM or data volume that is not usable, or no key for a data
+    /// volume; [`Error::VmStep`] (with `wrong_key` for a key that opens nothing) after
+    /// undoing what was started.
+    pub fn start(&self, id: &VmId, key: Option<&SecretBytes>) -> Result<(bool, VmStatus)> {
         self.ready(id)?;
         let _locks = self.lock(id)?;
         let mut r = self.ready(id)?;
@@ -811,6 +808,11 @@ impl VmManager {
             None => None,
             Some(vol) => {
                 let (image, header) = self.check_data(vol, r.params.data_via)?;
+                let key = key.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "VM {id} has data volume {vol}: its key is needed to start it"
+                    ))
+                })?;
                 if let Some(e) = served::find(&self.run, &image) {
                     return Err(Error::Invalid(format!(
                         "data volume {vol} is in use (served by process {}{}); close it first (`sealvol volume close {vol}`, or stop the VM using it)",
@@ -832,9 +834,9 @@ impl VmManager {
                             })?;
                         c.inherit_by_children()?;
                         claim = Some(c);
-                        let pipe = key
-                            .qemu_secret(&image)
-                            .map_err(|e| fail("data-key", e.message, e.wrong_key))?;
+                        let pipe = self
+                            .qemu_secret(&image, key)
+                            .map_err(|e| fail("data-key", e.to_string(), e.is_wrong_key()))?;
                         let secret_file = pipe.path();
                         secret = Some(pipe);
                         Some(DataDisk::Luks {
@@ -845,18 +847,21 @@ impl VmManager {
                     DataVia::Nbd => {
                         vdir.remove_file("data.nbd.sock")?;
                         let log = vdir.replace_file("nbd.log", 0o600)?;
-                        let pid = key
-                            .start_nbd(
-                                &image,
-                                header.as_deref(),
-                                &socket,
-                                Target {
-                                    path: &self.file(id, "nbd.log"),
-                                    file: &log,
-                                },
-                            )
-                            .map_err(|e| fail("nbd-export", e.message, e.wrong_key))?;
-                        nbd_pid = Some(pid);
+                        // The same background export as `sealvol open`'s: it reports once
+                        // it serves on the socket (or why it does not).
+                        let ready = export::export(
+                            &self.run,
+                            &OpenSpec::luks(&image, header),
+                            KeyInput::Bytes(key),
+                            self.volumes.kdf_limits(),
+                            &Serve::Nbd(NbdSpec::socket(&socket)),
+                            Mode::Child {
+                                launcher: self.volumes.launcher(),
+                                log: Some((&self.file(id, "nbd.log"), &log)),
+                            },
+                        )
+                        .map_err(|e| fail("nbd-export", e.to_string(), e.is_wrong_key()))?;
+                        nbd_pid = Some(ready.pid());
                         Some(DataDisk::Nbd {
                             socket: socket.clone(),
                         })

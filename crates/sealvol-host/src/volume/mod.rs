@@ -40,8 +40,11 @@
 //!   record. Keys go before data: after any crash, either the key still opens the data or the
 //!   data is ciphertext without a key. `sweep` finishes it.
 //!
-//! Keys never pass through this module: the steps that need one (format, open) are a
-//! [`Keyed`] implementation the caller provides, holding the key itself.
+//! Keys: `create` and `open` take the workload's key as [`SecretBytes`] (and `create` a
+//! [`KdfPolicy`] for its keyslot). `create` formats with [`NewHeader::build`] in memory and
+//! writes the header through the descriptors of the files it made; both open the volume
+//! through [`crate::export`], whose background export gets the volume key on a pipe. No key
+//! is written to a record, a log or a command line.
 //!
 //! # Locks
 //!
@@ -62,7 +65,6 @@
 //! ```
 
 mod record;
-pub mod served;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -70,12 +72,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::FlockOperation;
+use sealvol_crypto::SecretBytes;
+use sealvol_luks::{KdfLimits, KdfPolicy, NewHeader, Version};
 use serde::Serialize;
 
+use crate::export::served::{self, Busy};
 pub(crate) use record::{ids_in, read_record, remove_durably, write_record};
 pub use record::{LuksType, Params, Phase, Record, VolumeId, MAX_ID_LEN};
-use served::Busy;
 
+use crate::export::{self, KeyInput, Launcher, Mode, MountSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::safe_dir::{canonical_prefix, FileId, Kind, SafeDir, WipeTarget};
 use crate::state::{runtime_id, StateDir};
@@ -127,63 +132,84 @@ pub fn crash_point(step: &str) {
     let _ = step;
 }
 
-/// Why a [`Keyed`] step failed (a message without key material).
-#[derive(Debug)]
-pub struct KeyedError {
-    /// What went wrong.
-    pub message: String,
-    /// The key opens no keyslot (a clean "no").
-    pub wrong_key: bool,
-}
-
 /// A freshly formatted volume.
 #[derive(Clone, Debug)]
-pub struct Formatted {
+struct Formatted {
     /// LUKS UUID.
-    pub uuid: String,
+    uuid: String,
     /// Bytes at the start of the image holding the header and keyslots (0 when detached).
-    pub header_area: u64,
+    header_area: u64,
 }
 
 /// A file sealvol made, open, with its path (for messages).
 #[derive(Clone, Copy, Debug)]
-pub struct Target<'a> {
+struct Target<'a> {
     /// Where it is.
-    pub path: &'a Path,
+    path: &'a Path,
     /// The file itself, opened read-write: write through this, never through the path.
-    pub file: &'a File,
+    file: &'a File,
 }
 
-/// The steps that need the key, provided by the caller, which holds the key.
-pub trait Keyed {
-    /// Formats the new, empty `image` as `luks_type` (header in `header` when given) with
-    /// `data_size` bytes of data, sizing the (sparse) image, and makes it durable. Both are
-    /// files the manager created exclusively in the state directory: write them through
-    /// their descriptors.
-    ///
-    /// # Errors
-    /// Any failure, described without key material.
-    fn format(
-        &mut self,
-        image: Target<'_>,
-        header: Option<Target<'_>>,
-        data_size: u64,
-        luks_type: LuksType,
-    ) -> std::result::Result<Formatted, KeyedError>;
-
-    /// Unlocks the volume and starts its export, mounted on `mount` (after `mkfs` of that
-    /// type, when given). The paths were checked, right before this call, to name the
-    /// volume's files and its mount point without any symbolic link.
-    ///
-    /// # Errors
-    /// A wrong key (with `wrong_key`), or any failure, described without key material.
-    fn open(
-        &mut self,
-        image: &Path,
-        header: Option<&Path>,
-        mount: &Path,
-        mkfs: Option<&str>,
-    ) -> std::result::Result<(), KeyedError>;
+/// Formats the new, empty `image` as `luks_type` (header in `header` when given) with
+/// `data_size` bytes of data for `key` (its keyslot's KDF by `kdf`), sizing the (sparse)
+/// image, and makes it durable. The header is built whole in memory first (every
+/// validation and KDF error before a byte is written), then written through the files'
+/// descriptors: both were made exclusively by the manager.
+fn format(
+    image: Target<'_>,
+    header: Option<Target<'_>>,
+    data_size: u64,
+    luks_type: LuksType,
+    key: &SecretBytes,
+    kdf: &KdfPolicy,
+) -> Result<Formatted> {
+    let request = NewHeader {
+        version: match luks_type {
+            LuksType::Luks2 => Version::Luks2,
+            LuksType::Luks1 => Version::Luks1,
+        },
+        detached: header.is_some(),
+        kdf: kdf.clone(),
+        ..NewHeader::default()
+    };
+    let built = request.build(key.expose()).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot build the {} header: {e}",
+            luks_type.as_str()
+        ))
+    })?;
+    let (uuid, data_offset, bytes) = (built.uuid, built.segment.offset, built.bytes);
+    let len = data_offset
+        .checked_add(data_size)
+        .ok_or_else(|| Error::Invalid("the size is too large".into()))?;
+    image.file.set_len(len).map_err(|e| {
+        Error::io(
+            format!("cannot size {} to {len} bytes", image.path.display()),
+            e,
+        )
+    })?;
+    let write = |t: Target<'_>| -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        t.file
+            .write_all_at(&bytes, 0)
+            .and_then(|()| t.file.sync_all())
+            .map_err(|e| {
+                Error::io(
+                    format!("cannot write the LUKS header to {}", t.path.display()),
+                    e,
+                )
+            })
+    };
+    write(header.unwrap_or(image))?;
+    image
+        .file
+        .sync_all()
+        .map_err(|e| Error::io(format!("cannot sync {}", image.path.display()), e))?;
+    tracing::info!(uuid = %uuid, r#type = luks_type.as_str(), kdf = ?built.kdf, "formatted");
+    Ok(Formatted {
+        uuid,
+        header_area: if header.is_some() { 0 } else { data_offset },
+    })
 }
 
 /// Options of [`Manager::create`] that are not volume parameters.
@@ -204,6 +230,10 @@ pub struct Created {
     pub status: Status,
     /// What the sweep of this id repaired first.
     pub swept: Vec<Action>,
+    /// When a keyslot was made for the key: a note that the KDF policy may have taken the
+    /// key for what it is not (see [`KdfPolicy::hint`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kdf_hint: Option<String>,
 }
 
 /// What [`Manager::destroy`] did.
@@ -529,6 +559,8 @@ const SUBDIRS: [&str; 4] = ["records", "volumes", "mnt", "locks"];
 pub struct Manager {
     root: PathBuf,
     run: StateDir,
+    launcher: Launcher,
+    limits: KdfLimits,
 }
 
 impl Manager {
@@ -539,7 +571,59 @@ impl Manager {
         Manager {
             root: canonical_prefix(&root.into()),
             run,
+            launcher: Launcher::default(),
+            limits: KdfLimits::default(),
         }
+    }
+
+    /// Starts its exports with `launcher` (default: this program's own executable, which
+    /// must handle [`crate::export::child::VERB`]).
+    pub fn with_launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = launcher;
+        self
+    }
+
+    /// Holds the headers it unlocks to `limits` (default: [`KdfLimits::default`]).
+    pub fn with_kdf_limits(mut self, limits: KdfLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How its exports are started.
+    pub fn launcher(&self) -> &Launcher {
+        &self.launcher
+    }
+
+    /// The limits the headers it unlocks are held to.
+    pub fn kdf_limits(&self) -> KdfLimits {
+        self.limits
+    }
+
+    /// Opens the LUKS volume `image` (header in `header`) with `key` and mounts it on
+    /// `mount` through a background export (after `mkfs` of that type, when given).
+    fn export_mount(
+        &self,
+        image: &Path,
+        header: Option<&Path>,
+        key: &SecretBytes,
+        mount: &Path,
+        mkfs: Option<&str>,
+    ) -> Result<()> {
+        export::export(
+            &self.run,
+            &OpenSpec::luks(image, header.map(Path::to_path_buf)),
+            KeyInput::Bytes(key),
+            self.limits,
+            &Serve::Mount(MountSpec {
+                mount_point: mount.to_path_buf(),
+                mkfs: mkfs.map(str::to_string),
+            }),
+            Mode::Child {
+                launcher: &self.launcher,
+                log: None,
+            },
+        )
+        .map(|_| ())
     }
 
     /// The state directory.
@@ -902,18 +986,21 @@ impl Manager {
     // -----------------------------------------------------------------------------------
     // create
 
-    /// Creates volume `id` (see the module docs for the steps). The same id with the same
-    /// parameters is a no-op that says so (and mounts it when asked and not mounted).
+    /// Creates volume `id` (see the module docs for the steps) with one keyslot for `key`,
+    /// its KDF chosen by `kdf`. The same id with the same parameters is a no-op that says so
+    /// (and mounts it when asked and not mounted).
     ///
     /// # Errors
     /// [`Error::Invalid`] for bad sizes or an id that exists with other parameters (nothing
-    /// touched); [`Error::Step`] naming the failed step, after undoing the ones before it.
+    /// touched); [`Error::Step`] naming the failed step, after undoing the ones before it
+    /// (with `wrong_key` when mounting an existing volume with a key that opens nothing).
     pub fn create(
         &self,
         id: &VolumeId,
         params: &Params,
         opts: CreateOptions,
-        keyed: &mut dyn Keyed,
+        key: &SecretBytes,
+        kdf: &KdfPolicy,
     ) -> Result<Created> {
         if params.fs.is_empty() || !params.fs.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(Error::Invalid(format!(
@@ -942,13 +1029,14 @@ impl Manager {
             }
             let mut status = self.status_of(&r);
             if opts.mount && !status.served() {
-                self.open_locked(&r, keyed)?;
+                self.open_locked(&r, key)?;
                 status = self.status_of(&r);
             }
             return Ok(Created {
                 already_existed: true,
                 status,
                 swept,
+                kdf_hint: None,
             });
         }
         let mut rec = Record {
@@ -962,7 +1050,7 @@ impl Manager {
         };
         self.save(&rec)?;
         crash_point("create:journal");
-        match self.create_steps(&mut rec, opts, keyed) {
+        match self.create_steps(&mut rec, opts, key, kdf) {
             Ok(()) => {
                 let status = self.status_of(&rec);
                 tracing::info!(id = %id, mounted = status.served(), "volume created");
@@ -970,6 +1058,7 @@ impl Manager {
                     already_existed: false,
                     status,
                     swept,
+                    kdf_hint: kdf.hint(key.expose()).map(str::to_string),
                 })
             }
             Err((step, e)) => {
@@ -986,9 +1075,9 @@ impl Manager {
                     verb: "create",
                     id: id.to_string(),
                     step,
-                    reason: e.message,
+                    reason: e.to_string(),
                     after,
-                    wrong_key: e.wrong_key,
+                    wrong_key: e.is_wrong_key(),
                 })
             }
         }
@@ -1009,9 +1098,9 @@ impl Manager {
         ))
     }
 
-    fn step_done(&self, rec: &mut Record, step: &str) -> Result<(), KeyedError> {
+    fn step_done(&self, rec: &mut Record, step: &str) -> Result<()> {
         rec.steps.push(step.to_string());
-        self.save(rec).map_err(host_err)?;
+        self.save(rec)?;
         crash_point(&format!("create:{step}"));
         Ok(())
     }
@@ -1020,8 +1109,10 @@ impl Manager {
         &self,
         rec: &mut Record,
         opts: CreateOptions,
-        keyed: &mut dyn Keyed,
-    ) -> std::result::Result<(), (&'static str, KeyedError)> {
+        key: &SecretBytes,
+        kdf: &KdfPolicy,
+    ) -> std::result::Result<(), (&'static str, Box<Error>)> {
+        let at = |step: &'static str| move |e: Error| (step, Box::new(e));
         let id = rec.id.clone();
         let image_path = self.image(&id);
         let header_path = self.header(&id);
@@ -1037,8 +1128,8 @@ impl Manager {
             volumes.sync()?;
             Ok((dir, image))
         })()
-        .map_err(|e| ("image", host_err(e)))?;
-        self.step_done(rec, "image").map_err(|e| ("image", e))?;
+        .map_err(at("image"))?;
+        self.step_done(rec, "image").map_err(at("image"))?;
 
         // format: header and keyslot durable before anything depends on them.
         let header = rec
@@ -1046,46 +1137,45 @@ impl Manager {
             .detached_header
             .then(|| dir.create_new("header.img", 0o600))
             .transpose()
-            .map_err(|e| ("format", host_err(e)))?;
-        let f = keyed
-            .format(
-                Target {
-                    path: &image_path,
-                    file: &image,
-                },
-                header.as_ref().map(|h| Target {
-                    path: &header_path,
-                    file: h,
-                }),
-                rec.params.size,
-                rec.params.luks_type,
-            )
-            .map_err(|e| ("format", e))?;
+            .map_err(at("format"))?;
+        let f = format(
+            Target {
+                path: &image_path,
+                file: &image,
+            },
+            header.as_ref().map(|h| Target {
+                path: &header_path,
+                file: h,
+            }),
+            rec.params.size,
+            rec.params.luks_type,
+            key,
+            kdf,
+        )
+        .map_err(at("format"))?;
         drop((image, header));
         rec.uuid = Some(f.uuid);
         rec.header_area = Some(f.header_area);
         if rec.params.detached_header {
-            dir.sync().map_err(|e| ("format", host_err(e)))?;
+            dir.sync().map_err(at("format"))?;
         }
-        self.step_done(rec, "format").map_err(|e| ("format", e))?;
+        self.step_done(rec, "format").map_err(at("format"))?;
 
         // mkfs: through the export, which leaves it mounted.
         let (image, header, mnt) = self
             .paths_for_open(&id, rec.params.detached_header)
-            .map_err(|e| ("mkfs", host_err(e)))?;
-        keyed
-            .open(&image, header.as_deref(), &mnt, Some(&rec.params.fs))
-            .map_err(|e| ("mkfs", e))?;
-        self.step_done(rec, "mkfs").map_err(|e| ("mkfs", e))?;
+            .map_err(at("mkfs"))?;
+        self.export_mount(&image, header.as_deref(), key, &mnt, Some(&rec.params.fs))
+            .map_err(at("mkfs"))?;
+        self.step_done(rec, "mkfs").map_err(at("mkfs"))?;
 
         if !opts.mount {
-            self.stop_exports(&id, Busy::Fail)
-                .map_err(|e| ("close", host_err(e)))?;
-            self.step_done(rec, "close").map_err(|e| ("close", e))?;
+            self.stop_exports(&id, Busy::Fail).map_err(at("close"))?;
+            self.step_done(rec, "close").map_err(at("close"))?;
         }
         rec.phase = Phase::Ready;
         rec.steps.clear();
-        self.save(rec).map_err(|e| ("ready", host_err(e)))?;
+        self.save(rec).map_err(at("ready"))?;
         crash_point("create:ready");
         Ok(())
     }
@@ -1093,14 +1183,14 @@ impl Manager {
     // -----------------------------------------------------------------------------------
     // open / close
 
-    /// Mounts volume `id` on its mount point (a no-op when a live export has it mounted).
-    /// Returns whether it was mounted already, and the status.
+    /// Mounts volume `id` on its mount point with `key` (a no-op when a live export has it
+    /// mounted). Returns whether it was mounted already, and the status.
     ///
     /// # Errors
     /// [`Error::Invalid`] when the id does not exist or is not ready; [`Error::Planted`]
     /// when its files are not the ones sealvol made; [`Error::Step`] (with `wrong_key` for
     /// a key that opens nothing: then nothing changed).
-    pub fn open(&self, id: &VolumeId, keyed: &mut dyn Keyed) -> Result<(bool, Status)> {
+    pub fn open(&self, id: &VolumeId, key: &SecretBytes) -> Result<(bool, Status)> {
         self.ready(id)?; // before the locks make any directory
         let _locks = self.lock(id)?;
         let r = self.ready(id)?;
@@ -1121,21 +1211,20 @@ impl Manager {
                 "volume {id} is in use by another process (a running VM reading it as its data disk: `sealvol vm list`); stop that VM first"
             )));
         }
-        self.open_locked(&r, keyed)?;
+        self.open_locked(&r, key)?;
         Ok((false, self.status_of(&r)))
     }
 
-    fn open_locked(&self, r: &Record, keyed: &mut dyn Keyed) -> Result<()> {
+    fn open_locked(&self, r: &Record, key: &SecretBytes) -> Result<()> {
         let (image, header, mnt) = self.paths_for_open(&r.id, r.params.detached_header)?;
-        keyed
-            .open(&image, header.as_deref(), &mnt, None)
+        self.export_mount(&image, header.as_deref(), key, &mnt, None)
             .map_err(|e| Error::Step {
                 verb: "open",
                 id: r.id.to_string(),
                 step: "mount",
-                reason: e.message,
+                reason: e.to_string(),
                 after: "; nothing was changed".into(),
-                wrong_key: e.wrong_key,
+                wrong_key: e.is_wrong_key(),
             })
     }
 
@@ -1573,13 +1662,6 @@ fn checked_file(dir: &SafeDir, name: &str) -> Result<Option<FileId>> {
         Kind::File => Err(planted(format!("a hard link ({} links)", st.st_nlink))),
         Kind::Symlink => Err(planted("a symbolic link".into())),
         k => Err(planted(format!("not a regular file ({k:?})"))),
-    }
-}
-
-fn host_err(e: Error) -> KeyedError {
-    KeyedError {
-        message: e.to_string(),
-        wrong_key: false,
     }
 }
 

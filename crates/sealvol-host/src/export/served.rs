@@ -1,6 +1,8 @@
-//! Stopping an export (the `__export` process behind an open volume): unmount its file
-//! system, detach its loop device, stop the process (which wipes the key), drop its record.
-//! `sealvol close` and the volume manager both stop exports through [`stop`].
+//! Stopping an export (a background export, or a process serving in the foreground):
+//! unmount its file system, detach its loop device, stop the process (which wipes the key),
+//! drop its record; and clearing what exports that died left in the runtime directory.
+//! [`super::close`], the volume manager and the VM manager all stop exports through
+//! [`stop`].
 
 use std::path::Path;
 use std::time::{Duration, Instant};
