@@ -58,16 +58,24 @@ impl KeySource {
     /// [`Error::Invalid`] for an empty key or one over [`MAX_KEY_BYTES`]; [`Error::Io`] when
     /// the source cannot be opened or read.
     pub fn read(&self) -> Result<SecretBytes> {
+        self.read_with_limit(MAX_KEY_BYTES)
+    }
+
+    /// Reads the whole source, refusing more than `limit` bytes (as [`KeySource::read`]).
+    ///
+    /// # Errors
+    /// As [`KeySource::read`].
+    pub fn read_with_limit(&self, limit: u64) -> Result<SecretBytes> {
         let what = self.describe();
         match self {
-            KeySource::Stdin => read_limited(std::io::stdin().lock(), &what),
+            KeySource::Stdin => read_limited(std::io::stdin().lock(), &what, limit),
             KeySource::File(p) => {
                 let f = std::fs::File::open(p)
                     .map_err(|e| Error::io(format!("cannot open {what}"), e))?;
                 if let Some(w) = f.metadata().ok().and_then(|m| readable_by_others(&m, p)) {
                     tracing::warn!("{w}");
                 }
-                read_limited(f, &what)
+                read_limited(f, &what, limit)
             }
             KeySource::Fd(n) => {
                 // Opening /proc/self/fd/N gives a new file description for files and the same
@@ -75,7 +83,7 @@ impl KeySource {
                 let path = Path::new("/proc/self/fd").join(n.to_string());
                 let f = std::fs::File::open(&path)
                     .map_err(|e| Error::io(format!("cannot read {what}: is it open?"), e))?;
-                read_limited(f, &what)
+                read_limited(f, &what, limit)
             }
         }
     }
@@ -116,9 +124,9 @@ fn mode_warning(mode: u32, path: &Path) -> Option<String> {
     })
 }
 
-fn read_limited(r: impl Read, what: &str) -> Result<SecretBytes> {
+fn read_limited(r: impl Read, what: &str, limit: u64) -> Result<SecretBytes> {
     let mut buf = Vec::new();
-    let res = r.take(MAX_KEY_BYTES + 1).read_to_end(&mut buf);
+    let res = r.take(limit + 1).read_to_end(&mut buf);
     // Into a secret before anything else can fail, so the bytes are zeroized.
     let key = SecretBytes::from_vec(buf);
     res.map_err(|e| Error::io(format!("cannot read the key from {what}"), e))?;
@@ -127,9 +135,14 @@ fn read_limited(r: impl Read, what: &str) -> Result<SecretBytes> {
             "the key from {what} is empty; give a key file with content, or pipe the key to stdin"
         )));
     }
-    if key.len() as u64 > MAX_KEY_BYTES {
+    if key.len() as u64 > limit {
+        let most = if limit % (1 << 20) == 0 {
+            format!("{} MiB", limit >> 20)
+        } else {
+            format!("{} KiB", limit >> 10)
+        };
         return Err(Error::Invalid(format!(
-            "the key from {what} is larger than 8 MiB; point --key-file at the key itself"
+            "the key from {what} is larger than {most}; point --key-file at the key itself"
         )));
     }
     Ok(key)
@@ -186,11 +199,16 @@ mod tests {
 
     #[test]
     fn empty_and_huge_keys_are_refused() {
-        let err = read_limited(&b""[..], "stdin").unwrap_err();
+        let err = read_limited(&b""[..], "stdin", MAX_KEY_BYTES).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
         let huge = vec![1u8; (MAX_KEY_BYTES + 1) as usize];
-        let err = read_limited(&huge[..], "stdin").unwrap_err();
+        let err = read_limited(&huge[..], "stdin", MAX_KEY_BYTES).unwrap_err();
         assert!(err.to_string().contains("8 MiB"), "{err}");
-        assert_eq!(read_limited(&b"k"[..], "stdin").unwrap().expose(), b"k");
+        assert_eq!(
+            read_limited(&b"k"[..], "stdin", MAX_KEY_BYTES)
+                .unwrap()
+                .expose(),
+            b"k"
+        );
     }
 }

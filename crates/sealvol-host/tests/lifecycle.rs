@@ -4,12 +4,8 @@
 //!
 //! This test binary is a program that embeds `sealvol_host` the way a daemon would: its
 //! exports run as this very executable (the default [`Launcher`]), which handles the hidden
-//! export verb by parsing the arguments with the `sealvol` binary's own parser and calling
-//! the library's child entry point. So it has its own `main` (`harness = false`) and runs
-//! its tests one after the other.
-
-#[path = "../../sealvol/src/export_args.rs"]
-mod export_args;
+//! export verb with one call to the library's child entry point. So it has its own `main`
+//! (`harness = false`) and runs its tests one after the other.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -18,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use sealvol_crypto::SecretBytes;
 use sealvol_host::export::child;
 use sealvol_host::state::StateDir;
@@ -27,20 +22,10 @@ use sealvol_host::volume::{CreateOptions, LuksType, Manager, Params, Phase, Volu
 use sealvol_host::Error;
 use sealvol_luks::KdfPolicy;
 
-/// The hidden verb's arguments, parsed as `sealvol __export` parses them.
-#[derive(Parser)]
-struct ExportChild {
-    #[command(flatten)]
-    args: export_args::InternalArgs,
-}
-
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == child::VERB) {
-        let parsed = ExportChild::parse_from(
-            std::iter::once(args[0].clone()).chain(args[2..].iter().cloned()),
-        );
-        return match child::run(&parsed.args.into_spec()) {
+        return match child::main() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("export: {e}");

@@ -149,9 +149,9 @@ pub enum Command {
     /// destroy, status, list, console-log, sweep.
     Vm(crate::vm::VmCmd),
     /// (internal) a background export (of `open`, `verity open`, `volume` and `vm`):
-    /// `sealvol_host::export::child`; reads the volume key on stdin.
+    /// `sealvol_host::export::child`; reads what to serve and the volume key on stdin.
     #[command(name = "__export", hide = true)]
-    InternalExport(crate::open::InternalArgs),
+    InternalExport,
 }
 
 /// The volume and where its header lives.

@@ -4,7 +4,6 @@
 
 mod cli;
 mod commands;
-mod export_args;
 mod keys;
 mod open;
 mod output;
@@ -51,7 +50,7 @@ fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Open(a) => open::open(a, out),
         Command::Close(a) => open::close(a, out),
         Command::Serve(c) => open::serve(c, out),
-        Command::InternalExport(a) => open::internal_export(a, out),
+        Command::InternalExport => open::internal_export(out),
         Command::Volume(c) => volume::run(c, out),
         Command::Vm(c) => vm::run(c, out),
     }
@@ -61,7 +60,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A background export logs what it does (at info level) to its log file.
     let verbose = match cli.command {
-        cli::Command::InternalExport(_) => cli.verbose.max(1),
+        cli::Command::InternalExport => cli.verbose.max(1),
         _ => cli.verbose,
     };
     init_logging(verbose);

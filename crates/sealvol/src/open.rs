@@ -18,7 +18,6 @@ use sealvol_host::state::StateDir;
 use serde_json::json;
 
 use crate::cli::{parse_size, KeyArgs, VolumeArgs};
-pub use crate::export_args::InternalArgs;
 use crate::output::Output;
 
 /// How long `close` waits for an export to stop.
@@ -363,147 +362,8 @@ pub fn close(a: CloseArgs, out: &Output) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // __export
 
-/// The background export of `open`, `verity open`, `volume` and `vm`: the library's child.
-pub fn internal_export(a: InternalArgs, _out: &Output) -> Result<()> {
-    Ok(export::child::run(&a.into_spec())?)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::ffi::OsString;
-
-    use clap::Parser;
-    use sealvol_host::export::child::ChildSpec;
-
-    use super::*;
-    use crate::cli::{Cli, Command};
-
-    fn parsed(spec: &ChildSpec) -> ChildSpec {
-        let mut argv = vec![OsString::from("sealvol")];
-        argv.extend(spec.args());
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::InternalExport(a) => a.into_spec(),
-            other => panic!("parsed as {other:?}"),
-        }
-    }
-
-    /// What the library writes on the child's command line is what this verb reads.
-    #[test]
-    fn the_hidden_verb_reads_back_every_spec_the_library_writes() {
-        let mount = ChildSpec {
-            run_dir: "/run/-x".into(),
-            open: OpenSpec {
-                volume: "/v/disk.img".into(),
-                read_only: true,
-                source: SourceSpec::Luks {
-                    header: Some("/v/-h.img".into()),
-                },
-            },
-            serve: Serve::Mount(MountSpec {
-                mount_point: "/mnt/a b".into(),
-                mkfs: Some("ext4".into()),
-            }),
-        };
-        let verity = ChildSpec {
-            open: OpenSpec {
-                volume: "/img".into(),
-                read_only: true,
-                source: SourceSpec::Verity(VeritySpec {
-                    hash: "/img.hash".into(),
-                    hash_offset: 4096,
-                    root: "ab".repeat(32),
-                    signature: None,
-                }),
-            },
-            serve: Serve::Mount(MountSpec {
-                mount_point: "/m".into(),
-                mkfs: None,
-            }),
-            ..mount.clone()
-        };
-        let nbd = ChildSpec {
-            open: OpenSpec::luks("/v/disk.img", None),
-            serve: Serve::Nbd(NbdSpec {
-                name: "-n".into(),
-                tls_creds: Some("/tls".into()),
-                max_connections: 3,
-                handshake_limit: Duration::from_millis(1500),
-                send_timeout: Duration::from_secs(7),
-                max_in_flight: 1 << 20,
-                ..NbdSpec::socket("/s/nbd.sock")
-            }),
-            ..mount.clone()
-        };
-        let tcp = ChildSpec {
-            serve: Serve::Nbd(NbdSpec {
-                endpoint: NbdEndpoint::Tcp("127.0.0.1:0".parse::<SocketAddr>().unwrap()),
-                insecure_plaintext: true,
-                ..NbdSpec::socket("/unused")
-            }),
-            ..nbd.clone()
-        };
-        for spec in [mount, verity, nbd, tcp] {
-            assert_eq!(parsed(&spec), spec);
-        }
-    }
-
-    /// Any path (any bytes but NUL, leading dashes and `=` included), name and limits.
-    fn path() -> impl proptest::strategy::Strategy<Value = PathBuf> {
-        use proptest::prelude::*;
-        use std::os::unix::ffi::OsStringExt;
-        proptest::collection::vec(1u8..=255, 1..24)
-            .prop_map(|b| PathBuf::from(OsString::from_vec(b)))
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_spec_survives_the_command_line(
-            run_dir in path(),
-            volume in path(),
-            header in proptest::option::of(path()),
-            read_only: bool,
-            verity in proptest::option::of((path(), proptest::num::u64::ANY, "[0-9a-f]{0,64}")),
-            serve_kind in 0u8..3,
-            mount_point in path(),
-            mkfs in proptest::option::of("[a-z0-9]{1,8}"),
-            socket in path(),
-            tls_creds in proptest::option::of(path()),
-            insecure_plaintext: bool,
-            name in "[^\u{0}]{0,12}",
-            max_connections: u32,
-            limits in (0u64..1 << 40, 0u64..1 << 40),
-            max_in_flight: u64,
-        ) {
-            let source = match verity {
-                Some((hash, hash_offset, root)) => SourceSpec::Verity(VeritySpec {
-                    hash,
-                    hash_offset,
-                    root,
-                    signature: None,
-                }),
-                None => SourceSpec::Luks { header },
-            };
-            let nbd = |endpoint| Serve::Nbd(NbdSpec {
-                endpoint,
-                tls_creds: tls_creds.clone(),
-                insecure_plaintext,
-                name: name.clone(),
-                max_connections,
-                handshake_limit: Duration::from_millis(limits.0),
-                send_timeout: Duration::from_millis(limits.1),
-                max_in_flight,
-            });
-            let serve = match serve_kind {
-                0 => Serve::Mount(MountSpec { mount_point, mkfs }),
-                1 => nbd(NbdEndpoint::Socket(socket)),
-                _ => nbd(NbdEndpoint::Tcp("[::1]:10809".parse::<SocketAddr>().unwrap())),
-            };
-            let spec = ChildSpec {
-                run_dir,
-                open: OpenSpec { volume, read_only, source },
-                serve,
-            };
-            proptest::prop_assert_eq!(parsed(&spec), spec);
-        }
-    }
+/// The background export of `open`, `verity open`, `volume` and `vm`: the library's child,
+/// which reads its spec and key on stdin.
+pub fn internal_export(_out: &Output) -> Result<()> {
+    Ok(export::child::main()?)
 }

@@ -1,17 +1,17 @@
 //! The background export, and its one readiness handshake (the same for mounts and NBD).
 //!
-//! The parent ([`super::export`] in [`super::Mode::Child`]) runs `EXE __export ARGS…`, where
-//! `ARGS` ([`ChildSpec::args`]) say what to open and how to serve it — paths, flags and
-//! limits, never a key — with:
+//! The parent ([`super::export`] in [`super::Mode::Child`]) runs `EXE __export` ([`VERB`]):
+//! nothing else on the command line. Its pipes:
 //!
-//! - stdin: a pipe carrying the volume key (nothing for a verity image). The parent closes
-//!   it once written, so the child reads it to end of file;
+//! - stdin: one line of JSON, the [`ChildSpec`] (what to open and how to serve it: paths,
+//!   flags and limits, never a key), then the volume key's bytes (nothing for a verity
+//!   image). The parent closes it once written, so the child reads it to end of file;
 //! - stdout: a pipe on which the child writes exactly one line, a JSON message: ready (with
 //!   the [`Ready`] it set up), wrong key, or error (with its message);
 //! - stderr: the export's log (`export.log` in the volume's runtime directory, or a file the
 //!   caller made).
 //!
-//! The child ([`run`]) leaves the caller's session, opens the volume again from its spec and
+//! The child ([`main`]) leaves the caller's session, opens the volume again from its spec and
 //! checks the key it was handed against the header, sets up, records itself, reports, and
 //! serves until SIGTERM. A set-up that fails is undone before the report; a child that dies
 //! before reporting is reported as an error with the end of its log. The parent reads the
@@ -19,11 +19,9 @@
 //! of the parent reaps the child once it stops, so a long-lived caller keeps no zombies.
 //!
 //! A program that embeds this crate starts exports with its own executable (the default,
-//! [`Launcher::default`]) and, when its arguments start with [`VERB`], parses the rest into
-//! a [`ChildSpec`] and calls [`run`]: the `sealvol` binary does so with its hidden `__export`
-//! verb.
+//! [`Launcher::default`]) and, when its first argument is [`VERB`], calls [`main`]: the
+//! `sealvol` binary does so with its hidden `__export` verb.
 
-use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -31,7 +29,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_serve, replan, NbdEndpoint, OpenSpec, Prepared, Ready, Serve, SourceSpec};
+use super::{check_serve, replan, OpenSpec, Prepared, Ready, Serve, SourceSpec};
 use crate::keys::KeySource;
 use crate::state::StateDir;
 use crate::{Error, Result};
@@ -70,8 +68,8 @@ impl Launcher {
     }
 }
 
-/// What a background export is told on its command line: everything but the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a background export is told on its stdin before the key: everything but the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildSpec {
     /// The runtime directory it records itself in.
     pub run_dir: PathBuf,
@@ -81,77 +79,41 @@ pub struct ChildSpec {
     pub serve: Serve,
 }
 
-/// Appends `--name=value`: a value that starts with `-` stays a value.
-fn opt(args: &mut Vec<OsString>, name: &str, value: impl AsRef<OsStr>) {
-    let mut s = OsString::from(format!("--{name}="));
-    s.push(value);
-    args.push(s);
-}
+/// The longest spec line a child accepts.
+const MAX_SPEC: usize = 64 << 10;
 
 impl ChildSpec {
-    /// The arguments after the executable: [`VERB`], then
-    /// `--run-dir=DIR [--header=FILE] [--read-only]
-    /// [--verity-hash=FILE --verity-hash-offset=N --verity-root=HEX]`, then either
-    /// `--mount=DIR [--mkfs=TYPE]` or `--nbd-socket=PATH | --nbd-listen=ADDR
-    /// [--tls-creds=DIR] [--insecure-plaintext] --shared=N --handshake-limit-ms=MS
-    /// --send-timeout-ms=MS --max-in-flight=BYTES [--name=NAME]`, then `-- VOLUME`. No key
-    /// and no signature: the key goes through the pipe, the root was checked before.
-    pub fn args(&self) -> Vec<OsString> {
-        let mut a = vec![OsString::from(VERB)];
-        opt(&mut a, "run-dir", &self.run_dir);
-        match &self.open.source {
-            SourceSpec::Luks { header } => {
-                if let Some(h) = header {
-                    opt(&mut a, "header", h);
-                }
-            }
-            SourceSpec::Verity(v) => {
-                opt(&mut a, "verity-hash", &v.hash);
-                opt(&mut a, "verity-hash-offset", v.hash_offset.to_string());
-                opt(&mut a, "verity-root", &v.root);
-            }
-        }
-        if self.open.read_only {
-            a.push("--read-only".into());
-        }
-        match &self.serve {
-            Serve::Mount(m) => {
-                opt(&mut a, "mount", &m.mount_point);
-                if let Some(t) = &m.mkfs {
-                    opt(&mut a, "mkfs", t);
-                }
-            }
-            Serve::Nbd(n) => {
-                match &n.endpoint {
-                    NbdEndpoint::Socket(p) => opt(&mut a, "nbd-socket", p),
-                    NbdEndpoint::Tcp(addr) => opt(&mut a, "nbd-listen", addr.to_string()),
-                }
-                if let Some(d) = &n.tls_creds {
-                    opt(&mut a, "tls-creds", d);
-                }
-                if n.insecure_plaintext {
-                    a.push("--insecure-plaintext".into());
-                }
-                opt(&mut a, "shared", n.max_connections.to_string());
-                opt(
-                    &mut a,
-                    "handshake-limit-ms",
-                    n.handshake_limit.as_millis().to_string(),
-                );
-                opt(
-                    &mut a,
-                    "send-timeout-ms",
-                    n.send_timeout.as_millis().to_string(),
-                );
-                opt(&mut a, "max-in-flight", n.max_in_flight.to_string());
-                if !n.name.is_empty() {
-                    opt(&mut a, "name", &n.name);
-                }
-            }
-        }
-        a.push("--".into());
-        a.push(self.open.volume.clone().into_os_string());
-        a
+    /// The spec as the one line that precedes the key on the child's stdin.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a path that is not UTF-8 (the handshake speaks JSON).
+    pub fn to_line(&self) -> Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(self).map_err(|e| {
+            Error::Invalid(format!(
+                "a background export needs UTF-8 paths ({e}); rename the file"
+            ))
+        })?;
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// Splits what a child read on stdin into its spec and the key after it.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when there is no spec line or it does not parse.
+    pub fn from_input(input: &[u8]) -> Result<(Self, &[u8])> {
+        let nl = input
+            .iter()
+            .take(MAX_SPEC)
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no export spec line (of at most {MAX_SPEC} bytes) on stdin; `{VERB}` is started by sealvol itself"
+                ))
+            })?;
+        let spec = serde_json::from_slice(&input[..nl])
+            .map_err(|e| Error::Invalid(format!("the export spec does not parse: {e}")))?;
+        Ok((spec, &input[nl + 1..]))
     }
 }
 
@@ -216,8 +178,9 @@ pub(super) fn spawn(
         .try_clone()
         .map_err(|e| Error::io(format!("cannot read back {}", log_path.display()), e))?;
     let exe = launcher.exe()?;
+    let spec_line = spec.to_line()?;
     let mut child = Command::new(&exe)
-        .args(spec.args())
+        .arg(VERB)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -229,11 +192,15 @@ pub(super) fn spawn(
         })?;
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        if let Some(key) = &volume_key {
-            // A child that died already is reported below, from its message or its log.
-            if let Err(e) = stdin.write_all(key.expose()) {
-                tracing::warn!(error = %e, "cannot hand the key to the export process");
-            }
+        // A child that died already is reported below, from its message or its log.
+        let handed = stdin
+            .write_all(&spec_line)
+            .and_then(|()| match &volume_key {
+                Some(key) => stdin.write_all(key.expose()),
+                None => Ok(()),
+            });
+        if let Err(e) = handed {
+            tracing::warn!(error = %e, "cannot hand the spec and key to the export process");
         }
         // Dropping closes the pipe: the export reads to end of file.
     }
@@ -279,13 +246,32 @@ pub(super) fn spawn(
     }
 }
 
-/// The background export: reads the volume key from stdin, opens `spec.open` again and
-/// checks the key against its header, serves it as `spec.serve`, and reports on stdout once
-/// (see the module docs); then serves until SIGTERM or SIGINT.
+/// The background export's entry point (the hidden [`VERB`]): reads its spec and the volume
+/// key from stdin, then [`run`]s.
+///
+/// # Errors
+/// A missing or unreadable spec; then as [`run`].
+pub fn main() -> Result<()> {
+    let input = KeySource::Stdin.read_with_limit(MAX_SPEC as u64 + crate::keys::MAX_KEY_BYTES)?;
+    let (spec, key) = ChildSpec::from_input(input.expose())?;
+    let key = match spec.open.source {
+        SourceSpec::Luks { .. } if key.is_empty() => {
+            return Err(Error::Invalid("no volume key after the export spec".into()))
+        }
+        SourceSpec::Luks { .. } => Some(sealvol_crypto::SecretBytes::from_slice(key)),
+        SourceSpec::Verity(_) => None,
+    };
+    drop(input);
+    run(&spec, key)
+}
+
+/// The background export: opens `spec.open` again and checks `key` against its header,
+/// serves it as `spec.serve`, and reports on stdout once (see the module docs); then serves
+/// until SIGTERM or SIGINT.
 ///
 /// # Errors
 /// Whatever failed (reported on stdout first, when before the report).
-pub fn run(spec: &ChildSpec) -> Result<()> {
+pub fn run(spec: &ChildSpec, key: Option<sealvol_crypto::SecretBytes>) -> Result<()> {
     // Leave the caller's session: its terminal's signals are not ours.
     let _ = rustix::process::setsid();
     let run = StateDir::new(&spec.run_dir);
@@ -297,10 +283,6 @@ pub fn run(spec: &ChildSpec) -> Result<()> {
         stdout.flush()
     };
     let result = (|| -> Result<Ready> {
-        let key = match spec.open.source {
-            SourceSpec::Luks { .. } => Some(KeySource::Stdin.read()?),
-            SourceSpec::Verity(_) => None,
-        };
         let (serve, tls) = check_serve(&spec.serve)?;
         let plan = replan(&spec.open, key.as_ref())?;
         super::serve::serve_here(

@@ -24,7 +24,7 @@
 //!
 //! What it does not do: no formats (`sealvol-luks`, `sealvol-verity`), no protocol
 //! (`sealvol-export`), no command line: a program that embeds it (the `sealvol` binary, a
-//! daemon) handles the hidden [`child::VERB`] by calling [`child::run`].
+//! daemon) handles the hidden [`child::VERB`] by calling [`child::main`].
 //!
 //! ```no_run
 //! use sealvol_host::export::{self, KeyInput, Launcher, MountSpec, Mode, OpenSpec, Serve};
@@ -71,7 +71,7 @@ use crate::{mount, Error, Result};
 pub use child::Launcher;
 
 /// What to open: a LUKS volume or a dm-verity image.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenSpec {
     /// The LUKS volume file (its data file when the header is detached), or the verity image.
     pub volume: PathBuf,
@@ -82,7 +82,7 @@ pub struct OpenSpec {
 }
 
 /// How the plaintext is made from the volume file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceSpec {
     /// A LUKS1 or LUKS2 volume, decrypted with its key.
     Luks {
@@ -94,7 +94,7 @@ pub enum SourceSpec {
 }
 
 /// A dm-verity image's tree and the root hash the caller trusts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VeritySpec {
     /// The hash device, with its superblock (the image itself when the tree is appended).
     pub hash: PathBuf,
@@ -107,7 +107,7 @@ pub struct VeritySpec {
 }
 
 /// A publisher's detached ed25519 signature over a verity root hash (`sealvol verity sign`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootSignature {
     /// The signature file.
     pub signature: PathBuf,
@@ -478,7 +478,7 @@ fn verity_device(
 // What to serve, and what was set up
 
 /// How to serve the plaintext.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Serve {
     /// FUSE file → loop device → (`mkfs`) → mount.
     Mount(MountSpec),
@@ -487,7 +487,7 @@ pub enum Serve {
 }
 
 /// Where to mount, and whether to make a file system first.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountSpec {
     /// An existing, empty directory nothing is mounted on.
     pub mount_point: PathBuf,
@@ -497,7 +497,7 @@ pub struct MountSpec {
 }
 
 /// Where an NBD server listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NbdEndpoint {
     /// A unix socket (made 0600; a stale socket is replaced, anything else refused).
     Socket(PathBuf),
@@ -506,7 +506,7 @@ pub enum NbdEndpoint {
 }
 
 /// An NBD server's endpoint, credentials and limits (see `sealvol_export::nbd::NbdOptions`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NbdSpec {
     /// Where it listens.
     pub endpoint: NbdEndpoint,

@@ -257,35 +257,27 @@ fn verity_roots_and_signatures_that_do_not_verify_are_clean_noes() {
 }
 
 #[test]
-fn the_child_command_line_names_everything_but_the_key() {
+fn the_child_spec_line_names_everything_but_the_key_and_round_trips() {
     let spec = ChildSpec {
         run_dir: "/run/x".into(),
         open: OpenSpec::luks("/v/disk.img", Some("/v/-header.img".into())),
         serve: Serve::Nbd(NbdSpec {
-            name: "-odd".into(),
+            name: "-odd\nname".into(),
             ..NbdSpec::socket("/v/nbd.sock")
         }),
     };
-    let args: Vec<String> = spec
-        .args()
-        .into_iter()
-        .map(|a| a.into_string().unwrap())
-        .collect();
-    assert_eq!(args[0], child::VERB);
-    for want in [
-        "--run-dir=/run/x",
-        "--header=/v/-header.img",
-        "--nbd-socket=/v/nbd.sock",
-        "--shared=16",
-        "--handshake-limit-ms=10000",
-        "--send-timeout-ms=30000",
-        "--max-in-flight=67108864",
-        "--name=-odd",
-    ] {
-        assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+    let mut input = spec.to_line().unwrap();
+    assert_eq!(input.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+    let text = String::from_utf8(input.clone()).unwrap();
+    for want in ["/run/x", "/v/-header.img", "/v/nbd.sock", "/v/disk.img"] {
+        assert!(text.contains(want), "{want} in {text}");
     }
-    assert_eq!(&args[args.len() - 2..], ["--", "/v/disk.img"]);
-    assert!(!args.iter().any(|a| a.contains("key")), "{args:?}");
+    assert!(!text.to_lowercase().contains("key"), "{text}");
+    // The key follows the line: any bytes, newlines included.
+    input.extend_from_slice(b"key\nbytes\n");
+    let (back, key) = ChildSpec::from_input(&input).unwrap();
+    assert_eq!(back, spec);
+    assert_eq!(key, b"key\nbytes\n");
     let mount = ChildSpec {
         serve: Serve::Mount(MountSpec {
             mount_point: "/m".into(),
@@ -297,16 +289,22 @@ fn the_child_command_line_names_everything_but_the_key() {
         },
         ..spec
     };
-    let args: Vec<String> = mount
-        .args()
-        .into_iter()
-        .map(|a| a.into_string().unwrap())
-        .collect();
-    assert!(args.contains(&"--mount=/m".into()) && args.contains(&"--mkfs=ext4".into()));
-    assert!(args.contains(&"--read-only".into()));
-    assert!(!args
-        .iter()
-        .any(|a| a.starts_with("--header") || a.starts_with("--nbd")));
+    let line = mount.to_line().unwrap();
+    assert_eq!(ChildSpec::from_input(&line).unwrap().0, mount);
+    // No spec line, or one that does not parse: refused with what it is.
+    let e = ChildSpec::from_input(b"{\"run_dir\":")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no export spec line"), "{e}");
+    let e = ChildSpec::from_input(b"{}\nkey").unwrap_err().to_string();
+    assert!(e.contains("does not parse"), "{e}");
+    // Paths that are not UTF-8 cannot travel in JSON: a clear refusal.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = ChildSpec {
+        run_dir: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/run/\xff")),
+        ..mount
+    };
+    assert!(odd.to_line().unwrap_err().to_string().contains("UTF-8"));
 }
 
 /// A stand-in export: a shell script run as the launcher's executable.
@@ -347,15 +345,16 @@ fn the_parent_reads_one_message_and_hands_the_key_on_stdin_only() {
     let vol = volume(d.path(), "v.img", &KEY);
     let run = run_dir(d.path());
 
-    // The volume key arrives whole on stdin; the arguments are the spec's.
+    // The spec arrives as one line on stdin, the volume key whole after it; the only
+    // argument is the verb.
     let echo = script(
         d.path(),
         "echo",
-        r#"n=$(wc -c); echo "{\"status\":\"error\",\"message\":\"$n bytes; $1 $#\"}""#,
+        r#"read -r spec; case "$spec" in *'"run_dir"'*) ok=spec;; *) ok=nospec;; esac; n=$(wc -c); echo "{\"status\":\"error\",\"message\":\"$ok, $n bytes after it; $1 $#\"}""#,
     );
     let e = spawn_with(&run, &vol, &echo).unwrap_err();
     assert!(
-        matches!(e, Error::Export { ref message } if message.starts_with("64 bytes; __export ")),
+        matches!(e, Error::Export { ref message } if message == "spec, 64 bytes after it; __export 1"),
         "{e}"
     );
 
@@ -389,4 +388,68 @@ fn the_parent_reads_one_message_and_hands_the_key_on_stdin_only() {
     );
     let e = spawn_with(&run, &vol, &Launcher::new(d.path().join("no-such-exe"))).unwrap_err();
     assert!(matches!(e, Error::Spawn { .. }), "{e}");
+}
+
+/// Any UTF-8 path (leading dashes, `=`, newlines and quotes included), name and limits.
+fn any_path() -> impl proptest::strategy::Strategy<Value = std::path::PathBuf> {
+    use proptest::prelude::*;
+    "[^\u{0}]{1,24}".prop_map(std::path::PathBuf::from)
+}
+
+proptest::proptest! {
+    /// Whatever the parent asks for reaches the child whole, and the key after it untouched.
+    #[test]
+    fn any_spec_survives_the_childs_stdin(
+        run_dir in any_path(),
+        volume in any_path(),
+        header in proptest::option::of(any_path()),
+        read_only: bool,
+        verity in proptest::option::of((any_path(), proptest::num::u64::ANY, "[0-9a-f]{0,64}")),
+        serve_kind in 0u8..3,
+        mount_point in any_path(),
+        mkfs in proptest::option::of("[a-z0-9]{1,8}"),
+        socket in any_path(),
+        tls_creds in proptest::option::of(any_path()),
+        insecure_plaintext: bool,
+        name in "[^\u{0}]{0,12}",
+        max_connections: u32,
+        limits in (0u64..1 << 40, 0u64..1 << 40),
+        max_in_flight: u64,
+        key in proptest::collection::vec(proptest::num::u8::ANY, 0..100),
+    ) {
+        let source = match verity {
+            Some((hash, hash_offset, root)) => SourceSpec::Verity(VeritySpec {
+                hash,
+                hash_offset,
+                root,
+                signature: None,
+            }),
+            None => SourceSpec::Luks { header },
+        };
+        let nbd = |endpoint| Serve::Nbd(NbdSpec {
+            endpoint,
+            tls_creds: tls_creds.clone(),
+            insecure_plaintext,
+            name: name.clone(),
+            max_connections,
+            handshake_limit: Duration::from_millis(limits.0),
+            send_timeout: Duration::from_millis(limits.1),
+            max_in_flight,
+        });
+        let serve = match serve_kind {
+            0 => Serve::Mount(MountSpec { mount_point, mkfs }),
+            1 => nbd(NbdEndpoint::Socket(socket)),
+            _ => nbd(NbdEndpoint::Tcp("[::1]:10809".parse().unwrap())),
+        };
+        let spec = ChildSpec {
+            run_dir,
+            open: OpenSpec { volume, read_only, source },
+            serve,
+        };
+        let mut input = spec.to_line().unwrap();
+        input.extend_from_slice(&key);
+        let (back, rest) = ChildSpec::from_input(&input).unwrap();
+        proptest::prop_assert_eq!(back, spec);
+        proptest::prop_assert_eq!(rest, &key[..]);
+    }
 }
