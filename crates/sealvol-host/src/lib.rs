@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 
 pub mod cmd;
+pub mod config;
 mod error;
 pub mod export;
 pub mod keys;

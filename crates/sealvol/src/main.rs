@@ -3,54 +3,47 @@
 #![forbid(unsafe_code)]
 
 mod cli;
-mod commands;
-mod keys;
-mod open;
 mod output;
-mod verity;
-mod vm;
-mod volume;
+mod verbs;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::cli::verity::VerityCommand;
 use crate::cli::{Cli, Command, TokenCommand};
-use crate::output::Output;
-use crate::verity::VerityCommand;
-
-// `open`, `volume` and `vm` name the clean "no"s from the crate root.
-pub use crate::output::{CleanNo, CleanNoWith};
+use crate::output::{CleanNo, CleanNoWith, Output};
+use crate::verbs::{export, luks, verity, vm, volume};
 
 /// Runs one verb: each module's function makes its library call and prints the result.
 fn run(command: Command, out: &Output) -> anyhow::Result<()> {
     match command {
-        Command::Format(a) => commands::format(a, out),
-        Command::Dump(a) => commands::dump(a, out),
-        Command::TestKey(a) => commands::test_key(a, out),
-        Command::AddKey(a) => commands::add_key(a, out),
-        Command::RemoveKey(a) => commands::remove_key(a, out),
-        Command::ChangeKey(a) => commands::change_key(a, out),
-        Command::Erase(a) => commands::erase(a, out),
-        Command::HeaderBackup(a) => commands::header_backup(a, out),
-        Command::HeaderRestore(a) => commands::header_restore(a, out),
-        Command::Repair(a) => commands::repair(a, out),
-        Command::Token(TokenCommand::Add(a)) => commands::token_add(a, out),
-        Command::Token(TokenCommand::Remove(a)) => commands::token_remove(a, out),
-        Command::Token(TokenCommand::Export(a)) => commands::token_export(a, out),
-        Command::Import(a) => commands::import(a, out),
-        Command::Export(a) => commands::export(a, out),
+        Command::Format(a) => luks::format(a, out),
+        Command::Dump(a) => luks::dump(a, out),
+        Command::TestKey(a) => luks::test_key(a, out),
+        Command::AddKey(a) => luks::add_key(a, out),
+        Command::RemoveKey(a) => luks::remove_key(a, out),
+        Command::ChangeKey(a) => luks::change_key(a, out),
+        Command::Erase(a) => luks::erase(a, out),
+        Command::HeaderBackup(a) => luks::header_backup(a, out),
+        Command::HeaderRestore(a) => luks::header_restore(a, out),
+        Command::Repair(a) => luks::repair(a, out),
+        Command::Token(TokenCommand::Add(a)) => luks::token_add(a, out),
+        Command::Token(TokenCommand::Remove(a)) => luks::token_remove(a, out),
+        Command::Token(TokenCommand::Export(a)) => luks::token_export(a, out),
+        Command::Import(a) => luks::import(a, out),
+        Command::Export(a) => luks::export(a, out),
         Command::Verity(VerityCommand::Format(a)) => verity::format(a, out),
         Command::Verity(VerityCommand::Verify(a)) => verity::verify(a, out),
         Command::Verity(VerityCommand::Dump(a)) => verity::dump(a, out),
         Command::Verity(VerityCommand::Sign(a)) => verity::sign(a, out),
         Command::Verity(VerityCommand::Keygen(a)) => verity::keygen(a, out),
         Command::Verity(VerityCommand::Read(a)) => verity::read(a, out),
-        Command::Verity(VerityCommand::Open(a)) => open::verity_open(a, out),
-        Command::Open(a) => open::open(a, out),
-        Command::Close(a) => open::close(a, out),
-        Command::Serve(c) => open::serve(c, out),
-        Command::InternalExport => open::internal_export(out),
+        Command::Verity(VerityCommand::Open(a)) => export::verity_open(a, out),
+        Command::Open(a) => export::open(a, out),
+        Command::Close(a) => export::close(a, out),
+        Command::Serve(c) => export::serve(c, out),
+        Command::InternalExport => export::internal_export(out),
         Command::Volume(c) => volume::run(c, out),
         Command::Vm(c) => vm::run(c, out),
     }
@@ -65,7 +58,7 @@ fn main() -> ExitCode {
     };
     init_logging(verbose);
     let out = Output::new(cli.json);
-    commands::set_kdf_limits(cli.limits.limits());
+    cli::set_kdf_limits(cli.limits.limits());
     match run(cli.command, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

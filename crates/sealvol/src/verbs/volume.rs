@@ -6,169 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use clap::{Args, Subcommand};
 use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::VmManager;
-use sealvol_host::volume::{self, CreateOptions, LuksType, Manager, Params, Status, VolumeId};
-use serde::Deserialize;
+use sealvol_host::volume::{self, CreateOptions, Manager, Params, Status, VolumeId};
 use serde_json::{json, Value};
 
-use crate::cli::{parse_size, KdfArgs, KeyArgs};
+use crate::cli::volume::{VolumeCmd, VolumeVerb};
+use crate::output::CleanNo;
 use crate::output::Output;
-use crate::CleanNo;
-
-/// The configuration file read when it exists (`--config` names another).
-pub const DEFAULT_CONFIG: &str = "/etc/sealvol/config.json";
-
-#[derive(Debug, Args)]
-pub struct VolumeCmd {
-    /// State directory holding the volumes (default: from the config file, else
-    /// /var/lib/sealvol).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Configuration file: JSON, {"state_dir": "/path"} (default /etc/sealvol/config.json,
-    /// when it exists).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    #[command(subcommand)]
-    pub verb: VolumeVerb,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum VolumeVerb {
-    /// Create a workload's volume: sparse LUKS2 (or --type luks1) image (machine-key
-    /// profile), file system, and with --mount, mounted under the state directory. Any
-    /// failure undoes every step; the same id with the same parameters again is a no-op.
-    Create(CreateArgs),
-    /// Mount a volume on its mount point (idempotent). A wrong key: exit 1, nothing changed.
-    Open(OpenArgs),
-    /// Unmount a volume and stop its export, wiping the key from memory (idempotent).
-    Close(IdArgs),
-    /// Show a volume: phase, parameters, mount path, export process.
-    Status(IdArgs),
-    /// List every volume of the state directory.
-    List,
-    /// Destroy a volume: unmount, stop the export, wipe every keyslot and both header copies
-    /// (and the detached header), delete its files. Destroying an absent id succeeds.
-    /// A volume that a running VM uses as its data disk is refused (as by open and close):
-    /// `sealvol vm stop` that VM first, or `sealvol vm destroy --destroy-data` both.
-    Destroy(IdArgs),
-    /// Repair what crashes left behind: undo interrupted creates, finish interrupted
-    /// destroys, stop exports and unmount mounts that have no record or no live export.
-    Sweep,
-    /// Print the container runtime arguments that bind a mounted volume at --target.
-    BindArgs(BindArgsArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct IdArgs {
-    /// Workload id: 1 to 63 of a-z 0-9 _ . - (starting with a letter or digit, no "..").
-    #[arg(value_name = "ID")]
-    pub id: String,
-}
-
-#[derive(Debug, Args)]
-pub struct CreateArgs {
-    #[command(flatten)]
-    pub key: KeyArgs,
-    #[command(flatten)]
-    pub kdf: KdfArgs,
-    /// Data size (K, M, G, T: powers of 1024), at least 16M for ext4.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub size: u64,
-    /// File system to make (ext4, ext3, ext2, xfs, btrfs).
-    #[arg(long, default_value = "ext4", value_name = "TYPE")]
-    pub fs: String,
-    /// Keep the LUKS header in its own file (volumes/ID/header.img), not on the image
-    /// (LUKS2 only).
-    #[arg(long)]
-    pub detached_header: bool,
-    /// On-disk format: luks2, or luks1 (what qemu's `luks` block driver reads, for a VM's
-    /// data disk: 512-byte sectors, PBKDF2 keyslot, attached header).
-    #[arg(
-        long = "type",
-        default_value = "luks2",
-        value_name = "TYPE",
-        value_parser = parse_luks_type
-    )]
-    pub luks_type: LuksType,
-    /// Leave the volume mounted (at STATE_DIR/mnt/ID).
-    #[arg(long)]
-    pub mount: bool,
-    /// Allow a sparse volume larger than the free space.
-    #[arg(long)]
-    pub sparse_ok: bool,
-    #[arg(value_name = "ID")]
-    pub id: String,
-}
-
-#[derive(Debug, Args)]
-pub struct OpenArgs {
-    #[command(flatten)]
-    pub key: KeyArgs,
-    #[arg(value_name = "ID")]
-    pub id: String,
-}
-
-#[derive(Debug, Args)]
-pub struct BindArgsArgs {
-    /// Path inside the container.
-    #[arg(long, value_name = "PATH")]
-    pub target: PathBuf,
-    #[arg(value_name = "ID")]
-    pub id: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    state_dir: Option<PathBuf>,
-}
-
-fn parse_luks_type(s: &str) -> std::result::Result<LuksType, String> {
-    match s {
-        "luks2" => Ok(LuksType::Luks2),
-        "luks1" => Ok(LuksType::Luks1),
-        other => Err(format!(
-            "{other} is not a volume type; use luks2 (default) or luks1"
-        )),
-    }
-}
-
-/// The state directory: `--state-dir`, else the `--config` file's (or the default config
-/// file's, when it exists), else the default.
-pub(crate) fn state_dir(state_dir: Option<&Path>, config: Option<&Path>) -> Result<PathBuf> {
-    if let Some(d) = state_dir {
-        return Ok(d.to_path_buf());
-    }
-    let (path, required) = match config {
-        Some(p) => (p.to_path_buf(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG), false),
-    };
-    let cfg: Config = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "the config file {} is not valid (expected JSON like {{\"state_dir\": \"/var/lib/sealvol\"}})",
-                path.display()
-            )
-        })?,
-        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    Ok(cfg
-        .state_dir
-        .unwrap_or_else(|| PathBuf::from(volume::DEFAULT_STATE_DIR)))
-}
-
-/// A host error as the CLI's: a wrong key stays a clean "no" (exit 1).
-fn host(e: sealvol_host::Error) -> anyhow::Error {
-    match e {
-        sealvol_host::Error::Step {
-            wrong_key: true, ..
-        } => anyhow!(CleanNo(e.to_string())),
-        e => anyhow!(e),
-    }
-}
 
 /// The status as JSON; with a `stale_fix` (the command that clears it) when the host has
 /// leftovers.
@@ -274,13 +119,13 @@ fn status_human(s: &Status, root: &Path) -> String {
 /// The volume manager of `root`, its exports run by this binary, its unlocks held to
 /// `--kdf-max-*`.
 pub(crate) fn manager(root: PathBuf) -> Manager {
-    Manager::new(root, StateDir::from_env()).with_kdf_limits(crate::commands::kdf_limits())
+    Manager::new(root, StateDir::from_env()).with_kdf_limits(crate::cli::kdf_limits())
 }
 
 pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
-    let root = state_dir(c.state_dir.as_deref(), c.config.as_deref())?;
+    let root = sealvol_host::config::state_dir(c.state_dir.as_deref(), c.config.as_deref())?;
     let m = manager(root);
-    let id = |s: &str| VolumeId::parse(s).map_err(host);
+    let id = |s: &str| VolumeId::parse(s);
     // A running VM's data disk is not the volume manager's to open, close or destroy.
     let vms = VmManager::new(m.clone(), StateDir::from_env());
     match c.verb {
@@ -298,7 +143,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 mount: a.mount,
                 sparse_ok: a.sparse_ok,
             };
-            let r = m.create(&id, &params, opts, &key, &kdf).map_err(host)?;
+            let r = m.create(&id, &params, opts, &key, &kdf)?;
             if let Some(hint) = &r.kdf_hint {
                 out.note(&format!("sealvol: note: {hint}"));
             }
@@ -329,9 +174,9 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::Open(a) => {
             let id = id(&a.id)?;
-            vms.refuse_if_in_use(&id, "open").map_err(host)?;
+            vms.refuse_if_in_use(&id, "open")?;
             let key = a.key.source().read()?;
-            let (already, st) = m.open(&id, &key).map_err(host)?;
+            let (already, st) = m.open(&id, &key)?;
             let human = if already {
                 format!(
                     "Volume {id} is already open on {}; nothing to do.",
@@ -346,8 +191,8 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::Close(a) => {
             let id = id(&a.id)?;
-            vms.refuse_if_in_use(&id, "close").map_err(host)?;
-            let was_open = m.close(&id).map_err(host)?;
+            vms.refuse_if_in_use(&id, "close")?;
+            let was_open = m.close(&id)?;
             let human = if was_open {
                 format!("Closed volume {id}; its key is wiped from memory.")
             } else {
@@ -357,10 +202,9 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::Status(a) => {
             let id = id(&a.id)?;
-            match m.status(&id).map_err(host)? {
+            match m.status(&id)? {
                 Some(s) => {
-                    let (human, json) =
-                        status_with_vms(&s, &vms.running_users(&id).map_err(host)?, m.root());
+                    let (human, json) = status_with_vms(&s, &vms.running_users(&id)?, m.root());
                     out.result(&human, json)?;
                 }
                 None => {
@@ -372,7 +216,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             }
         }
         VolumeVerb::List => {
-            let all = m.list().map_err(host)?;
+            let all = m.list()?;
             let mut human = String::new();
             for s in &all {
                 human.push_str(&format!(
@@ -405,8 +249,8 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::Destroy(a) => {
             let id = id(&a.id)?;
-            vms.refuse_if_in_use(&id, "destroy").map_err(host)?;
-            let d = m.destroy(&id).map_err(host)?;
+            vms.refuse_if_in_use(&id, "destroy")?;
+            let d = m.destroy(&id)?;
             let human = if d.already_absent {
                 format!("Volume {id} is already absent; nothing to do.")
             } else {
@@ -439,7 +283,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
             )?;
         }
         VolumeVerb::Sweep => {
-            let actions = m.sweep().map_err(host)?;
+            let actions = m.sweep()?;
             let human = if actions.is_empty() {
                 "Nothing to repair.".to_string()
             } else {
@@ -453,7 +297,7 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
         }
         VolumeVerb::BindArgs(a) => {
             let id = id(&a.id)?;
-            let b = m.bind_args(&id, &a.target).map_err(host)?;
+            let b = m.bind_args(&id, &a.target)?;
             out.result(
                 &format!("--mount {}\n-v {}", b.mount, b.volume),
                 serde_json::to_value(&b)?,

@@ -8,28 +8,14 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use sealvol_host::keys::{self, KeySource};
 use sealvol_host::luks_file::{ExportTo, LuksFile, ERASE_WARNING};
-use sealvol_luks::KdfLimits;
 use serde_json::{json, Value};
 
 use crate::cli::*;
 use crate::output::Output;
 
-/// The limits every header opened by this process is held to (`--kdf-max-*`).
-static KDF_LIMITS: std::sync::OnceLock<KdfLimits> = std::sync::OnceLock::new();
-
-/// Sets the limits on what opened headers may ask of an unlock (once, from `main`).
-pub(crate) fn set_kdf_limits(limits: KdfLimits) {
-    let _ = KDF_LIMITS.set(limits);
-}
-
-/// The limits on what opened headers may ask of an unlock.
-pub(crate) fn kdf_limits() -> KdfLimits {
-    KDF_LIMITS.get().copied().unwrap_or_default()
-}
-
 /// The volume's files as the options name them, under the process's KDF limits.
 fn files(volume: &Path, args: &VolumeArgs) -> LuksFile {
-    LuksFile::new(volume, args.header.clone()).with_limits(kdf_limits())
+    LuksFile::new(volume, args.header.clone()).with_limits(crate::cli::kdf_limits())
 }
 
 /// Tells the user when the KDF policy may have taken their key for what it is not.

@@ -1,8 +1,19 @@
 //! What the user typed: clap definitions only, no syscalls.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sealvol_host::keys::KeySource;
+use sealvol_luks::KdfLimits;
+
+pub mod export;
+pub mod luks;
+pub mod verity;
+pub mod vm;
+pub mod volume;
+
+pub use luks::*;
 
 /// Sealed volumes for workloads on untrusted hosts.
 ///
@@ -128,26 +139,26 @@ pub enum Command {
     Export(ExportArgs),
     /// Verified read-only images: dm-verity hash trees and signed root hashes.
     #[command(subcommand)]
-    Verity(crate::verity::VerityCommand),
+    Verity(verity::VerityCommand),
     /// Mount a volume's file system, with no device-mapper: FUSE file → loop device → mount.
     ///
     /// The key is read and checked first (exit 1 for a wrong key, nothing started); then a
     /// background export process serves the decrypted volume and `open` returns once the
     /// file system is mounted (or stays in the foreground with --foreground).
-    Open(crate::open::OpenArgs),
+    Open(export::OpenArgs),
     /// Unmount a volume opened with `open` and stop its export, which wipes the key.
     /// Closing a volume that is not open does nothing and succeeds.
-    Close(crate::open::CloseArgs),
+    Close(export::CloseArgs),
     /// Serve a volume's plaintext to qemu and other clients.
     #[command(subcommand)]
-    Serve(crate::open::ServeCommand),
+    Serve(export::ServeCommand),
     /// Workload volumes under a state directory: create, open, close, status, list, destroy
     /// (crypto-erase), sweep, bind-args. Crash-safe and idempotent.
-    Volume(crate::volume::VolumeCmd),
+    Volume(volume::VolumeCmd),
     /// Workload VMs under the state directory: create (qcow2 overlay, cloud-init seed),
     /// start (encrypted data disk through qemu's LUKS driver or sealvol's NBD export), stop,
     /// destroy, status, list, console-log, sweep.
-    Vm(crate::vm::VmCmd),
+    Vm(vm::VmCmd),
     /// (internal) a background export (of `open`, `verity open`, `volume` and `vm`):
     /// `sealvol_host::export::child`; reads what to serve and the volume key on stdin.
     #[command(name = "__export", hide = true)]
@@ -259,274 +270,32 @@ impl KdfArgs {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct FormatArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[command(flatten)]
-    pub key: KeyArgs,
-    #[command(flatten)]
-    pub kdf: KdfArgs,
-    /// On-disk format: luks2, or luks1 (what qemu's `luks` block driver reads; 512-byte
-    /// sectors, PBKDF2 keyslots, no tokens or labels).
-    #[arg(
-        long = "type",
-        short = 'M',
-        default_value = "luks2",
-        value_name = "TYPE"
-    )]
-    pub luks_type: String,
-    /// Cipher specification.
-    #[arg(long, short = 'c', default_value = "aes-xts-plain64")]
-    pub cipher: String,
-    /// Key size in bits (512 = AES-256-XTS, 256 = AES-128-XTS).
-    #[arg(long, short = 's', default_value_t = 512)]
-    pub key_size: u32,
-    /// Encryption sector size in bytes (512, 1024, 2048, 4096; default 4096, LUKS1 512 only).
-    #[arg(long)]
-    pub sector_size: Option<u64>,
-    /// Keyslot to use for the first key.
-    #[arg(long, short = 'S', value_name = "N")]
-    pub key_slot: Option<u32>,
-    /// Header label.
-    #[arg(long)]
-    pub label: Option<String>,
-    /// Header subsystem.
-    #[arg(long)]
-    pub subsystem: Option<String>,
-    /// Volume UUID (default: random).
-    #[arg(long)]
-    pub uuid: Option<String>,
-    /// Size of each JSON metadata copy in bytes (16K..4M, a power of two).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    pub luks2_metadata_size: Option<u64>,
-    /// Size of the keyslots area in bytes.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    pub luks2_keyslots_size: Option<u64>,
-    /// Data offset in 512-byte sectors (default: 16 MiB attached, 0 detached).
-    #[arg(long, value_name = "SECTORS")]
-    pub offset: Option<u64>,
-    /// Data area size: the volume file is grown to hold this much data (K, M, G, T suffixes,
-    /// powers of 1024). Without it an existing file keeps its size.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub size: Option<u64>,
-    /// Overwrite an existing LUKS header without asking.
-    #[arg(long, short = 'q')]
-    pub batch_mode: bool,
-    /// The volume file (created if missing).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-impl FormatArgs {
-    /// The library's request for these options.
-    ///
-    /// # Errors
-    /// An unknown `--type` or `--hash`.
-    pub fn request(&self) -> anyhow::Result<sealvol_host::luks_file::FormatRequest> {
-        use anyhow::Context;
-        Ok(sealvol_host::luks_file::FormatRequest {
-            header: sealvol_luks::NewHeader {
-                version: self.luks_type.parse()?,
-                cipher: self.cipher.clone(),
-                key_size_bits: self.key_size,
-                sector_size: self.sector_size,
-                detached: self.volume.header.is_some(),
-                label: self.label.clone(),
-                subsystem: self.subsystem.clone(),
-                uuid: self.uuid.clone(),
-                keyslot: self.key_slot,
-                metadata_size: self.luks2_metadata_size,
-                keyslots_size: self.luks2_keyslots_size,
-                data_offset_sectors: self.offset,
-                kdf: self.kdf.policy().context("--hash")?,
-            },
-            size: self.size,
-            overwrite: self.batch_mode,
-        })
+impl KeyArgs {
+    /// The source these options name.
+    pub fn source(&self) -> KeySource {
+        KeySource::from_options(self.key_file.as_deref(), self.key_fd)
     }
 }
 
-#[derive(Debug, Args)]
-pub struct DumpArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
+impl NewKeyArgs {
+    /// The source these options name.
+    pub fn source(&self) -> KeySource {
+        KeySource::from_options(self.new_key_file.as_deref(), self.new_key_fd)
+    }
 }
 
-#[derive(Debug, Args)]
-pub struct TestKeyArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[command(flatten)]
-    pub key: KeyArgs,
-    /// Only try this keyslot.
-    #[arg(long, short = 'S', value_name = "N")]
-    pub key_slot: Option<u32>,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
+/// The limits every header this process opens is held to (`--kdf-max-*`), set once by
+/// `main` from the global options.
+static KDF_LIMITS: OnceLock<KdfLimits> = OnceLock::new();
+
+/// Sets the process's KDF limits (once, from `main`).
+pub fn set_kdf_limits(limits: KdfLimits) {
+    let _ = KDF_LIMITS.set(limits);
 }
 
-#[derive(Debug, Args)]
-pub struct AddKeyArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[command(flatten)]
-    pub key: KeyArgs,
-    #[command(flatten)]
-    pub new_key: NewKeyArgs,
-    #[command(flatten)]
-    pub kdf: KdfArgs,
-    /// Keyslot for the new key (default: the first free one).
-    #[arg(long, short = 'S', value_name = "N")]
-    pub key_slot: Option<u32>,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct RemoveKeyArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[command(flatten)]
-    pub key: KeyArgs,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct ChangeKeyArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[command(flatten)]
-    pub key: KeyArgs,
-    #[command(flatten)]
-    pub new_key: NewKeyArgs,
-    #[command(flatten)]
-    pub kdf: KdfArgs,
-    /// Only accept the old key in this keyslot.
-    #[arg(long, short = 'S', value_name = "N")]
-    pub key_slot: Option<u32>,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct EraseArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    /// Do not ask for confirmation (required when stdin is not a terminal).
-    #[arg(long, short = 'q')]
-    pub batch_mode: bool,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct HeaderBackupArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    /// File to write the backup to (must not exist).
-    #[arg(long, value_name = "FILE")]
-    pub header_backup_file: PathBuf,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct HeaderRestoreArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    /// Backup made by `header-backup` or `cryptsetup luksHeaderBackup`.
-    #[arg(long, value_name = "FILE")]
-    pub header_backup_file: PathBuf,
-    /// Do not ask for confirmation (required when stdin is not a terminal).
-    #[arg(long, short = 'q')]
-    pub batch_mode: bool,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct RepairArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Add a JSON token (an object with "type" and "keyslots").
-    Add(TokenAddArgs),
-    /// Remove a token.
-    Remove(TokenIdArgs),
-    /// Print a token's JSON.
-    Export(TokenIdArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct TokenAddArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    /// File holding the token JSON; `-` reads stdin.
-    #[arg(long, value_name = "FILE")]
-    pub json_file: PathBuf,
-    /// Token id (default: the first free one).
-    #[arg(long, value_name = "N")]
-    pub token_id: Option<u32>,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct TokenIdArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[arg(long, value_name = "N")]
-    pub token_id: u32,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct ImportArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[command(flatten)]
-    pub key: KeyArgs,
-    /// Plaintext source file; `-` reads stdin (then give the key with --key-file FILE or --key-fd).
-    #[arg(value_name = "SRC")]
-    pub src: PathBuf,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct ExportArgs {
-    #[command(flatten)]
-    pub volume: VolumeArgs,
-    #[command(flatten)]
-    pub key: KeyArgs,
-    /// The LUKS volume file (the data file when --header is given).
-    #[arg(value_name = "VOLUME")]
-    pub volume_path: PathBuf,
-    /// Plaintext destination file (created or truncated); `-` writes stdout.
-    #[arg(value_name = "DST")]
-    pub dst: PathBuf,
+/// The limits on what opened headers may ask of an unlock.
+pub fn kdf_limits() -> KdfLimits {
+    KDF_LIMITS.get().copied().unwrap_or_default()
 }
 
 /// Parses a byte size: plain bytes or a number with K, M, G, T (powers of 1024; an optional
