@@ -23,6 +23,8 @@
 //! - [`verity_file`]: dm-verity trees on files, the `veritysetup` verbs (format, verify,
 //!   dump), signatures of root hashes, verified reads.
 //! - [`Progress`]: how long copies report.
+//! - [`crash`]: named crash points (debug builds only) where tests kill the process, to
+//!   check that the next run repairs what a crash there leaves.
 //! - [`export`]: opening a volume (checks, unlock, the device stack) and serving it: FUSE
 //!   file → loop → mount, or NBD, in this process or in a background process started
 //!   through one readiness handshake (the key on an inherited pipe); and closing it.
@@ -50,6 +52,7 @@
 #![warn(missing_docs)]
 
 pub mod cmd;
+pub mod crash;
 mod error;
 pub mod export;
 pub mod keys;

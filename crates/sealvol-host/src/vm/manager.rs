@@ -37,11 +37,9 @@ use crate::export::{self, KeyInput, Mode, NbdSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::luks_file::{Access, LuksFile};
 use crate::safe_dir::{FileId, Kind, SafeDir};
-use crate::state::StateDir;
-use crate::volume::{
-    self, crash_point, lock_exclusive, now, read_record, remove_durably, write_record, Held, Phase,
-};
-use crate::{cmd, process, Error, Result};
+use crate::state::{now, StateDir};
+use crate::volume::{self, lock_exclusive, read_record, remove_durably, write_record, Held, Phase};
+use crate::{cmd, crash, process, Error, Result};
 
 /// A VM id: the same rules as a volume id (`[a-z0-9][a-z0-9_.-]{0,62}`, no `..`).
 pub type VmId = volume::VolumeId;
@@ -615,7 +613,7 @@ impl VmManager {
             destroy_data: false,
         };
         self.save(&rec)?;
-        crash_point("vm-create:journal");
+        crash::point("vm-create:journal");
         match self.create_steps(&mut rec, ssh_key.as_deref()) {
             Ok(()) => {
                 tracing::info!(id = %id, "VM created");
@@ -695,7 +693,7 @@ impl VmManager {
         .map_err(|e| ("overlay", e.to_string()))?;
         rec.steps.push("overlay".into());
         self.save(rec).map_err(|e| ("overlay", e.to_string()))?;
-        crash_point("vm-create:overlay");
+        crash::point("vm-create:overlay");
 
         // seed: NoCloud user-data and meta-data (JSON is YAML), 0600, then the ISO.
         let mut user = json!({"hostname": id.as_str()});
@@ -726,11 +724,13 @@ impl VmManager {
             vdir.sync()
         })()
         .map_err(|e| ("seed", e.to_string()))?;
-        crash_point("vm-create:seed");
+        crash::point("vm-create:seed");
 
         rec.phase = Phase::Ready;
         rec.steps.clear();
-        self.save(rec).map_err(|e| ("ready", e.to_string()))
+        self.save(rec).map_err(|e| ("ready", e.to_string()))?;
+        crash::point("vm-create:ready");
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------
@@ -894,7 +894,7 @@ impl VmManager {
         // qemu holds the claim now (or failed and released it), and has read the secret.
         drop(claim);
         drop(secret);
-        crash_point("vm-start:spawned");
+        crash::point("vm-start:spawned");
         let child = match started {
             Ok(c) => c,
             Err(e) => {
@@ -1089,16 +1089,16 @@ impl VmManager {
             r.destroy_data = destroy_data;
             self.save(&r)?;
         }
-        crash_point("vm-destroy:journal");
+        crash::point("vm-destroy:journal");
         let stop = self.stop_locked(&mut r, stop_timeout)?;
-        crash_point("vm-destroy:stop");
+        crash::point("vm-destroy:stop");
         let data_destroyed = match (&r.params.data_volume, destroy_data) {
             (Some(v), true) => Some(self.volumes.destroy(v)?),
             _ => None,
         };
-        crash_point("vm-destroy:data");
+        crash::point("vm-destroy:data");
         self.remove_leftovers(&r.id)?;
-        crash_point("vm-destroy:files");
+        crash::point("vm-destroy:files");
         self.remove_record(&r.id)?;
         Ok(VmDestroyed {
             id: r.id.clone(),

@@ -69,7 +69,7 @@ mod record;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustix::fs::FlockOperation;
 use sealvol_crypto::SecretBytes;
@@ -83,8 +83,8 @@ pub use record::{LuksType, Params, Phase, Record, VolumeId, MAX_ID_LEN};
 use crate::export::{self, KeyInput, Launcher, Mode, MountSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::safe_dir::{canonical_prefix, FileId, Kind, SafeDir, WipeTarget};
-use crate::state::{runtime_id, StateDir};
-use crate::{loopdev, mount, Error, Result};
+use crate::state::{now, runtime_id, StateDir};
+use crate::{crash, loopdev, mount, Error, Result};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sealvol";
@@ -93,44 +93,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/sealvol";
 pub const DEFAULT_HEADER_AREA: u64 = 16 << 20;
 /// Largest volume: 16 TiB.
 pub const MAX_SIZE: u64 = 16 << 40;
-/// Debug builds only: `kill -9` this process when it reaches the named step
-/// (see [`crash_point`]).
-pub const CRASH_ENV: &str = "SEALVOL_TEST_CRASH_AT";
 /// How long `destroy` retries a busy unmount before detaching lazily.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// How long an export gets to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Every step a crash can be injected at, in order (`create:…`, then `destroy:…`, then
-/// `export:mounted`: an export process, inheriting the variable, killed after it mounted the
-/// file system and before it recorded itself).
-pub const CRASH_STEPS: &[&str] = &[
-    "create:journal",
-    "create:image",
-    "create:format",
-    "create:mkfs",
-    "create:close",
-    "create:ready",
-    "destroy:journal",
-    "destroy:unmount",
-    "destroy:erase",
-    "destroy:delete",
-    "export:mounted",
-];
-
-/// Test hook, compiled into debug builds only: when `SEALVOL_TEST_CRASH_AT` names `step`,
-/// the process kills itself with SIGKILL, as a power cut or OOM kill would. It carries a
-/// step name, never a key. Release builds ignore it.
-pub fn crash_point(step: &str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == step) {
-        tracing::warn!(step, "test hook: killing this process");
-        crate::process::kill(crate::process::this_pid());
-        std::thread::sleep(Duration::from_secs(60));
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = step;
-}
 
 /// A freshly formatted volume.
 #[derive(Clone, Debug)]
@@ -494,12 +460,6 @@ fn wipe_checked(
     }
     let n = wipe(&mut f, &path, len)?;
     Ok(WipeOutcome::Done(path, n))
-}
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A held lock: released on drop (or when the process dies).
@@ -1049,7 +1009,7 @@ impl Manager {
             created: now(),
         };
         self.save(&rec)?;
-        crash_point("create:journal");
+        crash::point("create:journal");
         match self.create_steps(&mut rec, opts, key, kdf) {
             Ok(()) => {
                 let status = self.status_of(&rec);
@@ -1101,7 +1061,7 @@ impl Manager {
     fn step_done(&self, rec: &mut Record, step: &str) -> Result<()> {
         rec.steps.push(step.to_string());
         self.save(rec)?;
-        crash_point(&format!("create:{step}"));
+        crash::point(&format!("create:{step}"));
         Ok(())
     }
 
@@ -1176,7 +1136,7 @@ impl Manager {
         rec.phase = Phase::Ready;
         rec.steps.clear();
         self.save(rec).map_err(at("ready"))?;
-        crash_point("create:ready");
+        crash::point("create:ready");
         Ok(())
     }
 
@@ -1403,9 +1363,9 @@ impl Manager {
             r.steps.clear();
             self.save(&r)?;
         }
-        crash_point("destroy:journal");
+        crash::point("destroy:journal");
         let lazy = self.clear_host(id, Busy::RetryThenLazy(BUSY_WAIT))?.lazy;
-        crash_point("destroy:unmount");
+        crash::point("destroy:unmount");
 
         // Keys first: the header area of the image, then every other file of the id whole,
         // each through a descriptor checked to be the volume's.
@@ -1448,7 +1408,7 @@ impl Manager {
             }
             None => {}
         }
-        crash_point("destroy:erase");
+        crash::point("destroy:erase");
 
         // Then the data (links are removed, never followed; a mount below is an error).
         volumes.remove_tree(id.as_str())?;
@@ -1456,7 +1416,7 @@ impl Manager {
         mnt.remove_dir(id.as_str())?;
         volumes.sync()?;
         mnt.sync()?;
-        crash_point("destroy:delete");
+        crash::point("destroy:delete");
         self.remove_record(id)?;
         Ok(Destroyed {
             id: id.clone(),
