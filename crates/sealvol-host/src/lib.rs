@@ -68,5 +68,5 @@ pub mod verity_file;
 pub mod vm;
 pub mod volume;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Subject};
 pub use progress::Progress;

@@ -157,11 +157,10 @@ pub struct DestroyArgs {
 
 /// A host error as the CLI's: a wrong key stays a clean "no" (exit 1).
 fn host(e: sealvol_host::Error) -> anyhow::Error {
-    match e {
-        sealvol_host::Error::VmStep {
-            wrong_key: true, ..
-        } => anyhow!(CleanNo(e.to_string())),
-        e => anyhow!(e),
+    if e.is_wrong_key() {
+        anyhow!(CleanNo(e.to_string()))
+    } else {
+        anyhow!(e)
     }
 }
 

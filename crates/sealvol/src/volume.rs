@@ -162,11 +162,10 @@ pub(crate) fn state_dir(state_dir: Option<&Path>, config: Option<&Path>) -> Resu
 
 /// A host error as the CLI's: a wrong key stays a clean "no" (exit 1).
 fn host(e: sealvol_host::Error) -> anyhow::Error {
-    match e {
-        sealvol_host::Error::Step {
-            wrong_key: true, ..
-        } => anyhow!(CleanNo(e.to_string())),
-        e => anyhow!(e),
+    if e.is_wrong_key() {
+        anyhow!(CleanNo(e.to_string()))
+    } else {
+        anyhow!(e)
     }
 }
 

@@ -39,7 +39,7 @@ use crate::luks_file::{Access, LuksFile};
 use crate::safe_dir::{FileId, Kind, SafeDir};
 use crate::state::{now, StateDir};
 use crate::volume::{self, lock_exclusive, read_record, remove_durably, write_record, Held, Phase};
-use crate::{cmd, crash, process, Error, Result};
+use crate::{cmd, crash, process, Error, Result, Subject};
 
 /// A VM id: the same rules as a volume id (`[a-z0-9][a-z0-9_.-]{0,62}`, no `..`).
 pub type VmId = volume::VolumeId;
@@ -536,7 +536,7 @@ impl VmManager {
     /// input changes nothing; a failed step undoes the ones before it.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for bad input or an existing id; [`Error::VmStep`] naming the
+    /// [`Error::Invalid`] for bad input or an existing id; [`Error::Step`] naming the
     /// failed step.
     pub fn create(&self, id: &VmId, params: &VmParams, input: &CreateInput) -> Result<VmStatus> {
         let mut params = params.clone();
@@ -629,13 +629,13 @@ impl VmManager {
                         format!("; undoing it also failed ({u}): `sealvol vm sweep` finishes it")
                     }
                 };
-                Err(Error::VmStep {
+                Err(Error::Step {
+                    subject: Subject::Vm,
                     verb: "create",
                     id: id.to_string(),
                     step,
-                    reason: e,
+                    cause: e,
                     after,
-                    wrong_key: false,
                 })
             }
         }
@@ -645,13 +645,14 @@ impl VmManager {
         &self,
         rec: &mut VmRecord,
         ssh_key: Option<&str>,
-    ) -> std::result::Result<(), (&'static str, String)> {
+    ) -> std::result::Result<(), (&'static str, Box<Error>)> {
+        let at = |step: &'static str| move |e: Error| (step, Box::new(e));
         let id = rec.id.clone();
-        let vm = self.state().map_err(|e| ("dir", e.to_string()))?;
+        let vm = self.state().map_err(at("dir"))?;
         let vdir = vm
             .ensure_dir("dirs", 0o700)
             .and_then(|dirs| dirs.create_dir(id.as_str(), 0o700))
-            .map_err(|e| ("dir", e.to_string()))?;
+            .map_err(at("dir"))?;
         // A file qemu-img or genisoimage writes is made here first, exclusively, and its
         // path checked right before the tool gets it (the tool then truncates that file).
         let made = |name: &str| -> Result<PathBuf> {
@@ -666,22 +667,20 @@ impl VmManager {
                 .args(["info", "--output=json", "-U"])
                 .arg(&rec.params.base),
         )
-        .map_err(|e| ("overlay", e.to_string()))?;
+        .map_err(at("overlay"))?;
         let fmt = serde_json::from_str::<serde_json::Value>(&info)
             .ok()
             .and_then(|v| v["format"].as_str().map(str::to_string))
             .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric()))
             .ok_or_else(|| {
-                (
-                    "overlay",
-                    format!(
-                        "qemu-img cannot tell the format of the base image {}",
-                        rec.params.base.display()
-                    ),
-                )
-            })?;
+                Error::Invalid(format!(
+                    "qemu-img cannot tell the format of the base image {}",
+                    rec.params.base.display()
+                ))
+            })
+            .map_err(at("overlay"))?;
         rec.base_format = Some(fmt.clone());
-        let overlay = made("overlay.qcow2").map_err(|e| ("overlay", e.to_string()))?;
+        let overlay = made("overlay.qcow2").map_err(at("overlay"))?;
         cmd::run(
             Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-b"])
@@ -690,9 +689,9 @@ impl VmManager {
                 .arg(&overlay)
                 .arg(rec.params.disk_size.to_string()),
         )
-        .map_err(|e| ("overlay", e.to_string()))?;
+        .map_err(at("overlay"))?;
         rec.steps.push("overlay".into());
-        self.save(rec).map_err(|e| ("overlay", e.to_string()))?;
+        self.save(rec).map_err(at("overlay"))?;
         crash::point("vm-create:overlay");
 
         // seed: NoCloud user-data and meta-data (JSON is YAML), 0600, then the ISO.
@@ -723,12 +722,12 @@ impl VmManager {
             )?;
             vdir.sync()
         })()
-        .map_err(|e| ("seed", e.to_string()))?;
+        .map_err(at("seed"))?;
         crash::point("vm-create:seed");
 
         rec.phase = Phase::Ready;
         rec.steps.clear();
-        self.save(rec).map_err(|e| ("ready", e.to_string()))?;
+        self.save(rec).map_err(at("ready"))?;
         crash::point("vm-create:ready");
         Ok(())
     }
@@ -764,7 +763,7 @@ impl VmManager {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a VM or data volume that is not usable, or no key for a data
-    /// volume; [`Error::VmStep`] (with `wrong_key` for a key that opens nothing) after
+    /// volume; [`Error::Step`] (its cause an [`Error::WrongKey`] for a key that opens nothing) after
     /// undoing what was started.
     pub fn start(&self, id: &VmId, key: Option<&SecretBytes>) -> Result<(bool, VmStatus)> {
         self.ready(id)?;
@@ -776,13 +775,13 @@ impl VmManager {
         if r.running.is_some() {
             self.stop_locked(&mut r, Duration::from_secs(1))?;
         }
-        let fail = |step: &'static str, reason: String, wrong_key: bool| Error::VmStep {
+        let fail = |step: &'static str, cause: Error| Error::Step {
+            subject: Subject::Vm,
             verb: "start",
             id: id.to_string(),
             step,
-            reason,
+            cause: Box::new(cause),
             after: "; nothing is left running".into(),
-            wrong_key,
         };
         let choice = match r.params.accel.as_str() {
             "kvm" => AccelChoice::Kvm,
@@ -836,7 +835,7 @@ impl VmManager {
                         claim = Some(c);
                         let pipe = self
                             .qemu_secret(&image, key)
-                            .map_err(|e| fail("data-key", e.to_string(), e.is_wrong_key()))?;
+                            .map_err(|e| fail("data-key", e))?;
                         let secret_file = pipe.path();
                         secret = Some(pipe);
                         Some(DataDisk::Luks {
@@ -860,7 +859,7 @@ impl VmManager {
                                 log: Some((&self.file(id, "nbd.log"), &log)),
                             },
                         )
-                        .map_err(|e| fail("nbd-export", e.to_string(), e.is_wrong_key()))?;
+                        .map_err(|e| fail("nbd-export", e))?;
                         nbd_pid = Some(ready.pid());
                         Some(DataDisk::Nbd {
                             socket: socket.clone(),
@@ -901,7 +900,7 @@ impl VmManager {
                 if let Some(pid) = nbd_pid {
                     self.stop_nbd(id, pid);
                 }
-                return Err(fail("qemu", e.to_string(), false));
+                return Err(fail("qemu", e));
             }
         };
         let mut child = child;
@@ -912,11 +911,10 @@ impl VmManager {
             }
             return Err(fail(
                 "qemu",
-                format!(
-                    "qemu exited right after it started ({status}); see {}",
-                    self.console_log(id).display()
-                ),
-                false,
+                Error::QemuExited {
+                    status: status.to_string(),
+                    console_log: self.console_log(id),
+                },
             ));
         }
         drop(child); // qemu runs on; it is reaped by whoever inherits it
@@ -932,7 +930,7 @@ impl VmManager {
             .and_then(|()| vdir.write_atomic("qemu.pid", pid.to_string().as_bytes(), 0o600));
         if let Err(e) = saved {
             let _ = self.stop_locked(&mut r, Duration::from_secs(1));
-            return Err(fail("record", e.to_string(), false));
+            return Err(fail("record", e));
         }
         tracing::info!(id = %id, pid, accel = verdict.accel.as_str(), "VM started");
         Ok((false, self.status_of(&r)))
@@ -1024,7 +1022,7 @@ impl VmManager {
     /// then deletes its files and record. An absent id is a success that says so.
     ///
     /// # Errors
-    /// [`Error::VmStep`] when a step fails; the record stays `destroying` and the next
+    /// [`Error::Step`] when a step fails; the record stays `destroying` and the next
     /// `destroy` or `sweep` finishes it.
     pub fn destroy(
         &self,
@@ -1058,13 +1056,13 @@ impl VmManager {
         };
         let d = self
             .teardown(&rec, destroy_data, stop_timeout)
-            .map_err(|e| Error::VmStep {
+            .map_err(|e| Error::Step {
+                subject: Subject::Vm,
                 verb: "destroy",
                 id: id.to_string(),
                 step: "teardown",
-                reason: e.to_string(),
+                cause: Box::new(e),
                 after: "; run `sealvol vm destroy` again or `sealvol vm sweep` to finish it".into(),
-                wrong_key: false,
             })?;
         self.unlink_lock(id);
         tracing::info!(id = %id, "VM destroyed");

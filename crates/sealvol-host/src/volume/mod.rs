@@ -84,7 +84,7 @@ use crate::export::{self, KeyInput, Launcher, Mode, MountSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::safe_dir::{canonical_prefix, FileId, Kind, SafeDir, WipeTarget};
 use crate::state::{now, runtime_id, StateDir};
-use crate::{crash, loopdev, mount, Error, Result};
+use crate::{crash, loopdev, mount, Error, Result, Subject};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sealvol";
@@ -953,7 +953,8 @@ impl Manager {
     /// # Errors
     /// [`Error::Invalid`] for bad sizes or an id that exists with other parameters (nothing
     /// touched); [`Error::Step`] naming the failed step, after undoing the ones before it
-    /// (with `wrong_key` when mounting an existing volume with a key that opens nothing).
+    /// (its cause an [`Error::WrongKey`] when mounting an existing volume with a key that
+    /// opens nothing).
     pub fn create(
         &self,
         id: &VolumeId,
@@ -1032,12 +1033,12 @@ impl Manager {
                     ),
                 };
                 Err(Error::Step {
+                    subject: Subject::Volume,
                     verb: "create",
                     id: id.to_string(),
                     step,
-                    reason: e.to_string(),
+                    cause: e,
                     after,
-                    wrong_key: e.is_wrong_key(),
                 })
             }
         }
@@ -1148,8 +1149,8 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Invalid`] when the id does not exist or is not ready; [`Error::Planted`]
-    /// when its files are not the ones sealvol made; [`Error::Step`] (with `wrong_key` for
-    /// a key that opens nothing: then nothing changed).
+    /// when its files are not the ones sealvol made; [`Error::Step`] (its cause an
+    /// [`Error::WrongKey`] for a key that opens nothing: then nothing changed).
     pub fn open(&self, id: &VolumeId, key: &SecretBytes) -> Result<(bool, Status)> {
         self.ready(id)?; // before the locks make any directory
         let _locks = self.lock(id)?;
@@ -1179,12 +1180,12 @@ impl Manager {
         let (image, header, mnt) = self.paths_for_open(&r.id, r.params.detached_header)?;
         self.export_mount(&image, header.as_deref(), key, &mnt, None)
             .map_err(|e| Error::Step {
+                subject: Subject::Volume,
                 verb: "open",
                 id: r.id.to_string(),
                 step: "mount",
-                reason: e.to_string(),
+                cause: Box::new(e),
                 after: "; nothing was changed".into(),
-                wrong_key: e.is_wrong_key(),
             })
     }
 
@@ -1301,13 +1302,13 @@ impl Manager {
             None => self.orphan_record(id),
         };
         let d = self.teardown(&rec).map_err(|e| Error::Step {
+            subject: Subject::Volume,
             verb: "destroy",
             id: id.to_string(),
             step: "teardown",
-            reason: e.to_string(),
+            cause: Box::new(e),
             after: "; run `sealvol volume destroy` again or `sealvol volume sweep` to finish it"
                 .into(),
-            wrong_key: false,
         })?;
         self.unlink_lock(id);
         tracing::info!(id = %id, "volume destroyed");
