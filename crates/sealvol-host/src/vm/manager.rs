@@ -2,7 +2,8 @@
 //! cloud-init NoCloud seed ISO, port forwards, and optionally an encrypted data disk that is a
 //! workload volume of the [`volume`] manager.
 //!
-//! The design mirrors the volume manager's, and reuses its id rules, atomic records and locks:
+//! Its ids, records, locks, phases and sweep skeleton are a [`crate::store`], as the volume
+//! manager's are, in `<state>/vm`:
 //!
 //! ```text
 //! vm/records/<id>.json  the record: phase, parameters, the running qemu (pid, accelerator)
@@ -37,12 +38,13 @@ use crate::export::{self, KeyInput, Mode, NbdSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::luks_file::{Access, LuksFile};
 use crate::safe_dir::{FileId, Kind, SafeDir};
-use crate::state::{now, StateDir};
-use crate::volume::{self, lock_exclusive, read_record, remove_durably, write_record, Held, Phase};
-use crate::{cmd, crash, process, Error, Result, Subject};
+use crate::state::{now, Entry, StateDir};
+use crate::store::{Action, Journaled, Phase, Store, Sweeper};
+use crate::volume;
+use crate::{cmd, process, Error, Result, Subject};
 
 /// A VM id: the same rules as a volume id (`[a-z0-9][a-z0-9_.-]{0,62}`, no `..`).
-pub type VmId = volume::VolumeId;
+pub type VmId = crate::store::VolumeId;
 
 /// How long the accelerator probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -180,6 +182,24 @@ pub struct VmRecord {
     /// finishes it (`destroy` again, `sweep`) does.
     #[serde(default)]
     pub destroy_data: bool,
+}
+
+impl Journaled for VmRecord {
+    fn id(&self) -> &VmId {
+        &self.id
+    }
+    fn phase(&self) -> Phase {
+        self.phase
+    }
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+    }
+    fn steps(&self) -> &[String] {
+        &self.steps
+    }
+    fn steps_mut(&mut self) -> &mut Vec<String> {
+        &mut self.steps
+    }
 }
 
 /// What `vm status` reports.
@@ -327,7 +347,7 @@ fn checked_path(dir: &SafeDir, name: &str) -> Result<PathBuf> {
 /// The VM manager over `<state>/vm`, next to the volume manager of the same state directory.
 #[derive(Clone, Debug)]
 pub struct VmManager {
-    root: PathBuf,
+    store: Store<VmRecord>,
     volumes: volume::Manager,
     run: StateDir,
 }
@@ -337,7 +357,12 @@ impl VmManager {
     /// exports keep their runtime records in `run`.
     pub fn new(volumes: volume::Manager, run: StateDir) -> Self {
         VmManager {
-            root: volumes.root().join("vm"),
+            store: Store::new(
+                volumes.root().to_path_buf(),
+                Some("vm"),
+                Subject::Vm,
+                &["dirs"],
+            ),
             volumes,
             run,
         }
@@ -345,41 +370,12 @@ impl VmManager {
 
     /// `<state>/vm`.
     pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn sub_path(&self, s: &str) -> PathBuf {
-        self.root.join(s)
-    }
-
-    /// `<state>/vm`, created (0700) with the state directory when missing.
-    fn state(&self) -> Result<SafeDir> {
-        self.volumes.state()?.ensure_dir("vm", 0o700)
-    }
-
-    /// `<state>/vm` if it exists.
-    fn existing(&self) -> Result<Option<SafeDir>> {
-        match SafeDir::open_existing_root(self.volumes.root())? {
-            Some(d) => d.open_dir("vm"),
-            None => Ok(None),
-        }
-    }
-
-    /// The subdirectory `s` of `<state>/vm` (created, 0700).
-    fn sub(&self, s: &str) -> Result<SafeDir> {
-        self.state()?.ensure_dir(s, 0o700)
-    }
-
-    fn existing_sub(&self, s: &str) -> Result<Option<SafeDir>> {
-        match self.existing()? {
-            Some(d) => d.open_dir(s),
-            None => Ok(None),
-        }
+        self.store.root()
     }
 
     /// `vm/dirs/<id>` if it exists (a link planted there is an error).
     fn existing_vm_dir(&self, id: &VmId) -> Result<Option<SafeDir>> {
-        match self.existing_sub("dirs")? {
+        match self.store.existing_sub("dirs")? {
             Some(d) => d.open_dir(id.as_str()),
             None => Ok(None),
         }
@@ -397,12 +393,12 @@ impl VmManager {
 
     /// The record file of `id`.
     pub fn record_path(&self, id: &VmId) -> PathBuf {
-        self.sub_path("records").join(format!("{id}.json"))
+        self.store.record_path(id)
     }
 
     /// The directory of `id`'s files.
     pub fn vm_dir(&self, id: &VmId) -> PathBuf {
-        self.sub_path("dirs").join(id.as_str())
+        self.store.path("dirs").join(id.as_str())
     }
 
     fn file(&self, id: &VmId, name: &str) -> PathBuf {
@@ -414,82 +410,12 @@ impl VmManager {
         self.file(id, "console.log")
     }
 
-    fn ensure_dirs(&self) -> Result<SafeDir> {
-        let vm = self.state()?;
-        for d in ["records", "dirs", "locks"] {
-            vm.ensure_dir(d, 0o700)?;
-        }
-        Ok(vm)
-    }
-
-    fn lock_global(&self, exclusive: bool) -> Result<Held> {
-        let vm = self.ensure_dirs()?;
-        if exclusive {
-            lock_exclusive(&vm, "sweep.lock")
-        } else {
-            volume::lock_shared(&vm, "sweep.lock")
-        }
-    }
-
-    fn lock_id(&self, id: &VmId) -> Result<Held> {
-        lock_exclusive(&self.sub("locks")?, &format!("{id}.lock"))
-    }
-
-    fn lock(&self, id: &VmId) -> Result<(Held, Held)> {
-        let g = self.lock_global(false)?;
-        let l = self.lock_id(id)?;
-        Ok((g, l))
-    }
-
-    fn unlink_lock(&self, id: &VmId) {
-        if let Ok(Some(locks)) = self.existing_sub("locks") {
-            let _ = locks.remove_file(&format!("{id}.lock"));
-        }
-    }
-
     /// The record of `id`, if any.
     ///
     /// # Errors
     /// A damaged or unreadable record, or a link planted in its place.
     pub fn load(&self, id: &VmId) -> Result<Option<VmRecord>> {
-        let Some(records) = self.existing_sub("records")? else {
-            return Ok(None);
-        };
-        let r: Option<VmRecord> = read_record(&records, &format!("{id}.json"), "sealvol vm sweep")?;
-        if let Some(r) = r.as_ref().filter(|r| r.id != *id) {
-            return Err(Error::Invalid(format!(
-                "the VM record {} names id {}, not {id}",
-                self.record_path(id).display(),
-                r.id
-            )));
-        }
-        Ok(r)
-    }
-
-    fn save(&self, r: &VmRecord) -> Result<()> {
-        let json = serde_json::to_vec_pretty(r).expect("records serialise");
-        write_record(&self.sub("records")?, &format!("{}.json", r.id), &json)
-    }
-
-    fn remove_record(&self, id: &VmId) -> Result<()> {
-        match self.existing_sub("records")? {
-            Some(records) => remove_durably(&records, &format!("{id}.json")),
-            None => Ok(()),
-        }
-    }
-
-    fn ready(&self, id: &VmId) -> Result<VmRecord> {
-        match self.load(id)? {
-            Some(r) if r.phase == Phase::Ready => Ok(r),
-            Some(r) => Err(Error::Invalid(format!(
-                "VM {id} is {} (an interrupted operation); run `sealvol vm sweep` to finish it",
-                r.phase.as_str()
-            ))),
-            None => Err(Error::Invalid(format!(
-                "there is no VM {id} in {}; create it with `sealvol vm create {id} ...`",
-                self.root.display()
-            ))),
-        }
+        self.store.load(id)
     }
 
     /// The data volume `vol` as a ready volume: its image and detached header.
@@ -594,8 +520,8 @@ impl VmManager {
             .map(read_ssh_key)
             .transpose()?;
 
-        let _locks = self.lock(id)?;
-        self.sweep_id(id)?;
+        let _locks = self.store.lock(id)?;
+        self.store.sweep_id(self, id)?;
         if self.load(id)?.is_some() {
             return Err(Error::Invalid(format!(
                 "VM {id} exists already; destroy it first with `sealvol vm destroy {id}`"
@@ -612,31 +538,16 @@ impl VmManager {
             created: now(),
             destroy_data: false,
         };
-        self.save(&rec)?;
-        crash::point("vm-create:journal");
+        self.store.begin(&rec)?;
         match self.create_steps(&mut rec, ssh_key.as_deref()) {
             Ok(()) => {
                 tracing::info!(id = %id, "VM created");
                 Ok(self.status_of(&rec))
             }
             Err((step, e)) => {
-                let after = match self.teardown(&rec, false, SWEEP_STOP) {
-                    Ok(_) => {
-                        self.unlink_lock(id);
-                        "; everything done before it was undone".to_string()
-                    }
-                    Err(u) => {
-                        format!("; undoing it also failed ({u}): `sealvol vm sweep` finishes it")
-                    }
-                };
-                Err(Error::Step {
-                    subject: Subject::Vm,
-                    verb: "create",
-                    id: id.to_string(),
-                    step,
-                    cause: e,
-                    after,
-                })
+                Err(self
+                    .store
+                    .create_failed(id, step, *e, self.teardown(&rec, false, SWEEP_STOP)))
             }
         }
     }
@@ -648,7 +559,7 @@ impl VmManager {
     ) -> std::result::Result<(), (&'static str, Box<Error>)> {
         let at = |step: &'static str| move |e: Error| (step, Box::new(e));
         let id = rec.id.clone();
-        let vm = self.state().map_err(at("dir"))?;
+        let vm = self.store.open().map_err(at("dir"))?;
         let vdir = vm
             .ensure_dir("dirs", 0o700)
             .and_then(|dirs| dirs.create_dir(id.as_str(), 0o700))
@@ -690,9 +601,9 @@ impl VmManager {
                 .arg(rec.params.disk_size.to_string()),
         )
         .map_err(at("overlay"))?;
-        rec.steps.push("overlay".into());
-        self.save(rec).map_err(at("overlay"))?;
-        crash::point("vm-create:overlay");
+        self.store
+            .step_done(rec, "overlay")
+            .map_err(at("overlay"))?;
 
         // seed: NoCloud user-data and meta-data (JSON is YAML), 0600, then the ISO.
         let mut user = json!({"hostname": id.as_str()});
@@ -723,13 +634,8 @@ impl VmManager {
             vdir.sync()
         })()
         .map_err(at("seed"))?;
-        crash::point("vm-create:seed");
-
-        rec.phase = Phase::Ready;
-        rec.steps.clear();
-        self.save(rec).map_err(at("ready"))?;
-        crash::point("vm-create:ready");
-        Ok(())
+        self.store.step_done(rec, "seed").map_err(at("seed"))?;
+        self.store.finish(rec).map_err(at("ready"))
     }
 
     // -----------------------------------------------------------------------------------
@@ -766,9 +672,9 @@ impl VmManager {
     /// volume; [`Error::Step`] (its cause an [`Error::WrongKey`] for a key that opens nothing) after
     /// undoing what was started.
     pub fn start(&self, id: &VmId, key: Option<&SecretBytes>) -> Result<(bool, VmStatus)> {
-        self.ready(id)?;
-        let _locks = self.lock(id)?;
-        let mut r = self.ready(id)?;
+        self.store.ready(id)?;
+        let _locks = self.store.lock(id)?;
+        let mut r = self.store.ready(id)?;
         if self.qemu_alive(&r) {
             return Ok((true, self.status_of(&r)));
         }
@@ -788,7 +694,7 @@ impl VmManager {
             "tcg" => AccelChoice::Tcg,
             _ => AccelChoice::Auto,
         };
-        let verdict = probe_accel(&self.state()?, choice, PROBE_TIMEOUT)?;
+        let verdict = probe_accel(&self.store.open()?, choice, PROBE_TIMEOUT)?;
         let vdir = self.vm_safe_dir(id)?;
         // What qemu gets by path: made or checked through the VM's directory right now.
         let root_disk = checked_path(&vdir, "overlay.qcow2")?;
@@ -893,7 +799,7 @@ impl VmManager {
         // qemu holds the claim now (or failed and released it), and has read the secret.
         drop(claim);
         drop(secret);
-        crash::point("vm-start:spawned");
+        self.store.crash("start:spawned");
         let child = match started {
             Ok(c) => c,
             Err(e) => {
@@ -926,6 +832,7 @@ impl VmManager {
             started: now(),
         });
         let saved = self
+            .store
             .save(&r)
             .and_then(|()| vdir.write_atomic("qemu.pid", pid.to_string().as_bytes(), 0o600));
         if let Err(e) = saved {
@@ -970,9 +877,9 @@ impl VmManager {
     /// # Errors
     /// [`Error::Invalid`] when the VM does not exist.
     pub fn stop(&self, id: &VmId, timeout: Duration) -> Result<StopReport> {
-        self.ready(id)?;
-        let _locks = self.lock(id)?;
-        let mut r = self.ready(id)?;
+        self.store.ready(id)?;
+        let _locks = self.store.lock(id)?;
+        let mut r = self.store.ready(id)?;
         self.stop_locked(&mut r, timeout)
     }
 
@@ -1004,7 +911,7 @@ impl VmManager {
             }
         }
         r.running = None;
-        self.save(r)?;
+        self.store.save(r)?;
         if let Ok(Some(dir)) = self.existing_vm_dir(&id) {
             for f in ["qemu.pid", "qmp.sock"] {
                 let _ = dir.remove_file(f);
@@ -1030,7 +937,7 @@ impl VmManager {
         destroy_data: bool,
         stop_timeout: Duration,
     ) -> Result<VmDestroyed> {
-        if self.existing()?.is_none() {
+        if self.store.existing()?.is_none() {
             return Ok(VmDestroyed {
                 id: id.clone(),
                 already_absent: true,
@@ -1038,15 +945,13 @@ impl VmManager {
                 data_destroyed: None,
             });
         }
-        let _locks = self.lock(id)?;
+        let _locks = self.store.lock(id)?;
         let Some(rec) = self.load(id)? else {
-            let leftovers = self
-                .existing_sub("dirs")?
-                .is_some_and(|d| d.exists(id.as_str()));
+            let leftovers = self.store.names("dirs", id)?;
             if leftovers {
                 self.remove_leftovers(id)?;
             }
-            self.unlink_lock(id);
+            self.store.unlink_lock(id);
             return Ok(VmDestroyed {
                 id: id.clone(),
                 already_absent: !leftovers,
@@ -1056,15 +961,8 @@ impl VmManager {
         };
         let d = self
             .teardown(&rec, destroy_data, stop_timeout)
-            .map_err(|e| Error::Step {
-                subject: Subject::Vm,
-                verb: "destroy",
-                id: id.to_string(),
-                step: "teardown",
-                cause: Box::new(e),
-                after: "; run `sealvol vm destroy` again or `sealvol vm sweep` to finish it".into(),
-            })?;
-        self.unlink_lock(id);
+            .map_err(|e| self.store.destroy_failed(id, e))?;
+        self.store.unlink_lock(id);
         tracing::info!(id = %id, "VM destroyed");
         Ok(d)
     }
@@ -1083,21 +981,20 @@ impl VmManager {
         if r.phase == Phase::Ready
             || (r.phase == Phase::Destroying && !r.destroy_data && destroy_data)
         {
-            r.phase = Phase::Destroying;
             r.destroy_data = destroy_data;
-            self.save(&r)?;
+            self.store.destroying(&mut r)?;
         }
-        crash::point("vm-destroy:journal");
+        self.store.crash("destroy:journal");
         let stop = self.stop_locked(&mut r, stop_timeout)?;
-        crash::point("vm-destroy:stop");
+        self.store.crash("destroy:stop");
         let data_destroyed = match (&r.params.data_volume, destroy_data) {
             (Some(v), true) => Some(self.volumes.destroy(v)?),
             _ => None,
         };
-        crash::point("vm-destroy:data");
+        self.store.crash("destroy:data");
         self.remove_leftovers(&r.id)?;
-        crash::point("vm-destroy:files");
-        self.remove_record(&r.id)?;
+        self.store.crash("destroy:files");
+        self.store.remove_record(&r.id)?;
         Ok(VmDestroyed {
             id: r.id.clone(),
             already_absent: false,
@@ -1113,17 +1010,11 @@ impl VmManager {
             process::kill(pid);
             process::wait_gone(pid, Duration::from_secs(5));
         }
-        let sock = self.file(id, "data.nbd.sock");
-        if let Some(e) = self
-            .run
-            .list()
-            .into_iter()
-            .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
-        {
+        if let Some(e) = self.nbd_export(id) {
             self.stop_nbd(id, e.pid);
         }
         // Everything in it goes, links removed and never followed.
-        let dirs = self.sub("dirs")?;
+        let dirs = self.store.sub("dirs")?;
         dirs.remove_tree(id.as_str())?;
         dirs.sync()
     }
@@ -1159,17 +1050,6 @@ impl VmManager {
         Ok(self.load(id)?.map(|r| self.status_of(&r)))
     }
 
-    fn ids_in(&self, sub: &str) -> Vec<VmId> {
-        volume::ids_in(
-            self.existing_sub(sub).ok().flatten().as_ref(),
-            match sub {
-                "records" => ".json",
-                "locks" => ".lock",
-                _ => "",
-            },
-        )
-    }
-
     /// The VMs whose qemu runs with `vol` as their data disk (through qemu's LUKS driver or
     /// an NBD export of their own). Opening, closing or destroying `vol` under them would pull
     /// the disk from a running guest, or mount one file system twice.
@@ -1178,7 +1058,7 @@ impl VmManager {
     /// A damaged record.
     pub fn running_users(&self, vol: &volume::VolumeId) -> Result<Vec<VmId>> {
         let mut out = Vec::new();
-        for id in self.ids_in("records") {
+        for id in self.store.ids() {
             if let Some(r) = self.load(&id)? {
                 if r.params.data_volume.as_ref() == Some(vol) && self.qemu_alive(&r) {
                     out.push(id);
@@ -1213,7 +1093,7 @@ impl VmManager {
     /// A damaged record.
     pub fn list(&self) -> Result<Vec<VmStatus>> {
         let mut out = Vec::new();
-        for id in self.ids_in("records") {
+        for id in self.store.ids() {
             if let Some(r) = self.load(&id)? {
                 out.push(self.status_of(&r));
             }
@@ -1228,125 +1108,100 @@ impl VmManager {
     ///
     /// # Errors
     /// The first repair that fails.
-    pub fn sweep(&self) -> Result<Vec<volume::Action>> {
-        let _global = self.lock_global(true)?;
-        let mut ids = Vec::new();
-        for sub in ["records", "dirs", "locks"] {
-            ids.extend(self.ids_in(sub));
-        }
-        // qemu processes and NBD exports naming a VM directory.
-        let dirs = self.sub_path("dirs");
-        for pid in qemus_naming(&dirs) {
-            if let Some(id) = id_in_cmdline(pid, &dirs) {
-                ids.push(id);
-            }
-        }
-        for e in self.run.list() {
-            if let Some(id) = e
-                .nbd
-                .as_deref()
-                .and_then(|n| Path::new(n).strip_prefix(&dirs).ok())
-                .and_then(|rest| rest.iter().next())
-                .and_then(|c| VmId::parse(&c.to_string_lossy()).ok())
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        ids.dedup();
-        let mut actions = Vec::new();
-        for id in ids {
-            let _l = self.lock_id(&id)?;
-            actions.extend(self.sweep_id(&id)?);
-            if self.load(&id)?.is_none() {
-                self.unlink_lock(&id);
-            }
-        }
-        Ok(actions)
+    pub fn sweep(&self) -> Result<Vec<Action>> {
+        self.store.sweep(self)
     }
 
-    fn sweep_id(&self, id: &VmId) -> Result<Vec<volume::Action>> {
-        let act = |what: String| {
-            tracing::warn!(id = %id, action = %what, "vm sweep");
-            volume::Action {
-                id: id.to_string(),
-                action: what,
-            }
-        };
+    /// The runtime record of an NBD export serving on `id`'s socket, if any.
+    fn nbd_export(&self, id: &VmId) -> Option<Entry> {
+        let sock = self.file(id, "data.nbd.sock");
+        let sock = sock.to_string_lossy();
+        self.run
+            .list()
+            .into_iter()
+            .find(|e| e.nbd.as_deref() == Some(sock.as_ref()))
+    }
+}
+
+impl Sweeper for VmManager {
+    type Record = VmRecord;
+
+    fn undo_create(&self, r: &VmRecord) -> Result<String> {
+        self.teardown(r, false, SWEEP_STOP)?;
+        Ok("undid an interrupted create".into())
+    }
+
+    /// Destroys the data volume only when the interrupted destroy was asked to.
+    fn finish_destroy(&self, r: &VmRecord) -> Result<String> {
+        self.teardown(r, false, SWEEP_STOP)?;
+        Ok(match (&r.params.data_volume, r.destroy_data) {
+            (Some(v), true) => format!("finished an interrupted destroy, with its data volume {v}"),
+            (Some(v), false) => format!(
+                "finished an interrupted destroy (its data volume {v} was not asked for and stays)"
+            ),
+            (None, _) => "finished an interrupted destroy".into(),
+        })
+    }
+
+    /// Kills a qemu of the VM's directory that the record does not name; clears a VM whose
+    /// qemu died; stops the NBD export and removes the pid file of a stopped one.
+    fn repair_ready(&self, mut r: VmRecord) -> Result<Vec<String>> {
+        let id = r.id.clone();
         let mut out = Vec::new();
-        match self.load(id)? {
-            Some(r) if r.phase == Phase::Creating => {
-                self.teardown(&r, false, SWEEP_STOP)?;
-                out.push(act("undid an interrupted create".into()));
+        let ours = r.running.as_ref().map(|x| x.qemu_pid);
+        for pid in qemus_naming(&self.vm_dir(&id)) {
+            if Some(pid) != ours {
+                process::kill(pid);
+                process::wait_gone(pid, Duration::from_secs(5));
+                out.push(format!("killed qemu {pid} that the record does not name"));
             }
-            Some(r) if r.phase == Phase::Destroying => {
-                self.teardown(&r, false, SWEEP_STOP)?;
-                out.push(act(match (&r.params.data_volume, r.destroy_data) {
-                    (Some(v), true) => {
-                        format!("finished an interrupted destroy, with its data volume {v}")
-                    }
-                    (Some(v), false) => format!(
-                        "finished an interrupted destroy (its data volume {v} was not asked for and stays)"
-                    ),
-                    (None, _) => "finished an interrupted destroy".into(),
-                }));
+        }
+        if r.running.is_some() && !self.qemu_alive(&r) {
+            self.stop_locked(&mut r, Duration::from_secs(1))?;
+            out.push(
+                "cleared a VM whose qemu had died (its NBD export stopped, pid file removed)"
+                    .into(),
+            );
+        } else if r.running.is_none() {
+            if let Some(e) = self.nbd_export(&id) {
+                self.stop_nbd(&id, e.pid);
+                out.push(format!("stopped NBD export {} of a stopped VM", e.pid));
             }
-            Some(mut r) => {
-                let dir = self.vm_dir(id);
-                let ours = r.running.as_ref().map(|x| x.qemu_pid);
-                for pid in qemus_naming(&dir) {
-                    if Some(pid) != ours {
-                        process::kill(pid);
-                        process::wait_gone(pid, Duration::from_secs(5));
-                        out.push(act(format!(
-                            "killed qemu {pid} that the record does not name"
-                        )));
-                    }
-                }
-                if r.running.is_some() && !self.qemu_alive(&r) {
-                    self.stop_locked(&mut r, Duration::from_secs(1))?;
-                    out.push(act(
-                        "cleared a VM whose qemu had died (its NBD export stopped, pid file removed)"
-                            .into(),
-                    ));
-                } else if r.running.is_none() {
-                    let sock = self.file(id, "data.nbd.sock");
-                    if let Some(e) = self
-                        .run
-                        .list()
-                        .into_iter()
-                        .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
-                    {
-                        self.stop_nbd(id, e.pid);
-                        out.push(act(format!("stopped NBD export {} of a stopped VM", e.pid)));
-                    }
-                    if let Some(dir) = self.existing_vm_dir(id)? {
-                        if dir.remove_file("qemu.pid")? {
-                            out.push(act("removed a stale pid file".into()));
-                        }
-                    }
-                }
-            }
-            None => {
-                let dir = self.vm_dir(id);
-                let sock = self.file(id, "data.nbd.sock");
-                let exports = self
-                    .run
-                    .list()
-                    .into_iter()
-                    .any(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()));
-                let named = self
-                    .existing_sub("dirs")?
-                    .is_some_and(|d| d.exists(id.as_str()));
-                if named || !qemus_naming(&dir).is_empty() || exports {
-                    self.remove_leftovers(id)?;
-                    out.push(act(
-                        "removed the qemu, NBD export and files of a VM without a record".into(),
-                    ));
+            if let Some(dir) = self.existing_vm_dir(&id)? {
+                if dir.remove_file("qemu.pid")? {
+                    out.push("removed a stale pid file".into());
                 }
             }
         }
         Ok(out)
+    }
+
+    fn clear_leftovers(&self, id: &VmId) -> Result<Option<String>> {
+        let there = self.store.names("dirs", id)?
+            || !qemus_naming(&self.vm_dir(id)).is_empty()
+            || self.nbd_export(id).is_some();
+        if !there {
+            return Ok(None);
+        }
+        self.remove_leftovers(id)?;
+        Ok(Some(
+            "removed the qemu, NBD export and files of a VM without a record".into(),
+        ))
+    }
+
+    /// Ids of qemu processes and NBD exports naming a VM directory.
+    fn ids_on_host(&self) -> Vec<VmId> {
+        let dirs = self.store.path("dirs");
+        let mut ids: Vec<VmId> = qemus_naming(&dirs)
+            .into_iter()
+            .filter_map(|pid| id_in_cmdline(pid, &dirs))
+            .collect();
+        ids.extend(self.run.list().into_iter().filter_map(|e| {
+            let n = e.nbd?;
+            let rest = Path::new(&n).strip_prefix(&dirs).ok()?;
+            VmId::parse(&rest.iter().next()?.to_string_lossy()).ok()
+        }));
+        ids
     }
 }
 
