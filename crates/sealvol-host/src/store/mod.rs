@@ -21,7 +21,8 @@
 //! Records are small JSON files replaced atomically: written to a temporary file, fsynced,
 //! renamed over the old one, then the directory is fsynced. A reader sees the old record or
 //! the new one, never half of one, and a record that a call returned after is on disk. That
-//! is all the journal needs (one writer per id under its lock, a few writes per operation).
+//! is all the journal needs (one writer per id under its lock, a few writes per operation),
+//! so there is no embedded database to trust or to carry.
 //! A record is any [`Journaled`] type: it says its id, its [`Phase`] and the steps of the
 //! current operation that are done.
 //!
@@ -39,7 +40,8 @@
 //! or the host knows of (records, entries, locks, and what the manager finds running), under
 //! the id's lock: undoes an interrupted create, finishes an interrupted destroy, repairs a
 //! ready one, clears leftovers that have no record, and unlinks the lock of an id without a
-//! record. What each of those means is the manager's ([`Sweeper`]).
+//! record. What each of those means is the manager's (it implements the crate-private
+//! `Sweeper`).
 
 mod id;
 #[cfg(test)]
