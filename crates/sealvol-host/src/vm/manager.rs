@@ -437,16 +437,20 @@ impl VmManager {
         }
     }
 
-    /// Checks the data volume suits `via` (qemu 7.2's LUKS driver: LUKS1, attached header).
+    /// Checks the data volume suits `via`: qemu's LUKS driver reads LUKS1 only, and a
+    /// detached header only from qemu 9.0 on.
     fn check_data(&self, vol: &VmId, via: DataVia) -> Result<(PathBuf, Option<PathBuf>)> {
         let (image, header) = self.data_volume(vol)?;
         if via == DataVia::Luks {
             if header.is_some() {
-                return Err(Error::Invalid(format!(
-                    "data volume {vol} has a detached header, which qemu's LUKS driver (qemu 7.2) cannot read; use --data-via nbd"
-                )));
+                let (major, minor) = super::qemu_version()?;
+                if (major, minor) < super::QEMU_DETACHED_LUKS {
+                    return Err(Error::Invalid(format!(
+                        "data volume {vol} has a detached header, which the LUKS driver of qemu {major}.{minor} cannot read (qemu 9.0 and later can: Debian bookworm-backports has it); use --data-via nbd"
+                    )));
+                }
             }
-            if !is_luks1(&self.volumes.image_head(vol, 8)?) {
+            if !is_luks1(&self.volumes.header_head(vol, header.is_some(), 8)?) {
                 return Err(Error::Invalid(format!(
                     "data volume {vol} is not LUKS1, and qemu's LUKS driver reads LUKS1 only; use --data-via nbd (any LUKS version), or a LUKS1 volume (`sealvol volume create --type luks1`)"
                 )));
@@ -650,8 +654,14 @@ impl VmManager {
 
     /// Checks that `key` opens the LUKS1 volume `image`, then puts it in a [`SecretPipe`] for
     /// qemu's `secret` object (which takes UTF-8 text only).
-    fn qemu_secret(&self, image: &Path, key: &SecretBytes) -> Result<SecretPipe> {
-        let mut open = LuksFile::new(image, None).open(Access::Read, self.volumes.kdf_limits())?;
+    fn qemu_secret(
+        &self,
+        image: &Path,
+        header: Option<&Path>,
+        key: &SecretBytes,
+    ) -> Result<SecretPipe> {
+        let mut open = LuksFile::new(image, header.map(Path::to_path_buf))
+            .open(Access::Read, self.volumes.kdf_limits())?;
         if let Some(warning) = open.damaged_copy() {
             tracing::warn!("{warning}");
         }
@@ -740,12 +750,13 @@ impl VmManager {
                         c.inherit_by_children()?;
                         claim = Some(c);
                         let pipe = self
-                            .qemu_secret(&image, key)
+                            .qemu_secret(&image, header.as_deref(), key)
                             .map_err(|e| fail("data-key", e))?;
                         let secret_file = pipe.path();
                         secret = Some(pipe);
                         Some(DataDisk::Luks {
                             volume: image,
+                            header,
                             secret_file,
                         })
                     }

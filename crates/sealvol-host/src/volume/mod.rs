@@ -651,18 +651,24 @@ impl Manager {
     ///
     /// # Errors
     /// As [`Manager::checked_files`].
-    pub(crate) fn image_head(&self, id: &VolumeId, n: usize) -> Result<Vec<u8>> {
-        let dir = self
-            .vol_dir(id)?
-            .ok_or_else(|| Error::Invalid(format!("there is no image of volume {id}")))?;
-        checked_file(&dir, "disk.img")?;
-        let f = dir
-            .open_read("disk.img")?
-            .ok_or_else(|| Error::Invalid(format!("there is no image of volume {id}")))?;
+    /// The first `n` bytes of the file that holds `id`'s LUKS header: the detached header
+    /// when `detached`, else the image.
+    pub(crate) fn header_head(&self, id: &VolumeId, detached: bool, n: usize) -> Result<Vec<u8>> {
+        self.file_head(id, if detached { "header.img" } else { "disk.img" }, n)
+    }
+
+    fn file_head(&self, id: &VolumeId, name: &str, n: usize) -> Result<Vec<u8>> {
+        let missing = || Error::Invalid(format!("there is no {name} of volume {id}"));
+        let dir = self.vol_dir(id)?.ok_or_else(missing)?;
+        checked_file(&dir, name)?;
+        let f = dir.open_read(name)?.ok_or_else(missing)?;
         let mut head = Vec::with_capacity(n);
-        f.take(n as u64)
-            .read_to_end(&mut head)
-            .map_err(|e| Error::io(format!("cannot read {}", self.image(id).display()), e))?;
+        f.take(n as u64).read_to_end(&mut head).map_err(|e| {
+            Error::io(
+                format!("cannot read {}", self.volume_dir(id).join(name).display()),
+                e,
+            )
+        })?;
         Ok(head)
     }
 
@@ -836,11 +842,6 @@ impl Manager {
                 "--fs {:?} is not a file system type; use ext4, ext3, ext2, xfs or btrfs",
                 params.fs
             )));
-        }
-        if params.luks_type == LuksType::Luks1 && params.detached_header {
-            return Err(Error::Invalid(
-                "a LUKS1 volume keeps its header attached (what qemu's luks driver reads through the volume); drop --detached-header or use --type luks2".into(),
-            ));
         }
         // Bad input is refused before anything is locked or made.
         let existing = self.load(id)?.filter(|r| r.phase == Phase::Ready);
