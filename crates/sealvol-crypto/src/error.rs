@@ -23,7 +23,7 @@ pub enum Error {
     #[error("unsupported sector size {0}; use 512, 1024, 2048 or 4096")]
     SectorSize(u64),
     /// A hash name LUKS allows but sealvol does not support.
-    #[error("unsupported hash {0:?}; supported: sha1, sha256, sha512")]
+    #[error("unsupported hash {0:?}; supported: sha1, sha256, sha512, ripemd160, whirlpool")]
     UnknownHash(String),
     /// KDF (or AF splitter) parameters out of range; the message names the parameter.
     #[error("invalid KDF parameters: {0}")]

@@ -138,15 +138,10 @@ pub fn material_sectors(key_bytes: u32) -> u64 {
 
 /// The hash names LUKS1 headers carry.
 pub(crate) fn parse_hash(name: &str) -> Result<HashAlg> {
-    match name {
-        "sha1" => Ok(HashAlg::Sha1),
-        "sha256" => Ok(HashAlg::Sha256),
-        "sha512" => Ok(HashAlg::Sha512),
-        other => Err(Error::Unsupported {
-            what: "LUKS1 hash-spec",
-            name: other.to_string(),
-        }),
-    }
+    HashAlg::from_luks_name(name).ok_or_else(|| Error::Unsupported {
+        what: "LUKS1 hash-spec",
+        name: name.to_string(),
+    })
 }
 
 impl Header {

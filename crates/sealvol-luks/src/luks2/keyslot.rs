@@ -30,16 +30,13 @@ pub(crate) fn check_cipher(name: &str, key_len: usize) -> Result<()> {
     Ok(())
 }
 
+/// The hash a header names (sha1, sha256, sha512, ripemd160, whirlpool; exact lowercase, as
+/// cryptsetup writes them).
 pub(crate) fn hash_alg(name: &str, what: &'static str) -> Result<HashAlg> {
-    match name {
-        "sha1" => Ok(HashAlg::Sha1),
-        "sha256" => Ok(HashAlg::Sha256),
-        "sha512" => Ok(HashAlg::Sha512),
-        other => Err(Error::Unsupported {
-            what,
-            name: other.to_string(),
-        }),
-    }
+    HashAlg::from_luks_name(name).ok_or_else(|| Error::Unsupported {
+        what,
+        name: name.to_string(),
+    })
 }
 
 /// Derives `len` bytes from `passphrase` with the keyslot KDF.
