@@ -42,11 +42,13 @@ pub mod hash;
 pub mod kdf;
 pub mod random;
 mod secret;
+pub mod spec;
 mod xts;
 
 pub use error::{Error, Result};
 pub use hash::HashAlg;
 pub use secret::SecretBytes;
+pub use spec::CipherSpec;
 pub use xts::{Backend, ParallelXts, SectorSize, XtsCipher, PARALLEL_THRESHOLD};
 
 /// Benchmark support: not part of the stable API.
