@@ -42,12 +42,14 @@ pub mod hash;
 pub mod kdf;
 pub mod random;
 mod secret;
+mod sector;
 pub mod spec;
 mod xts;
 
 pub use error::{Error, Result};
 pub use hash::HashAlg;
 pub use secret::SecretBytes;
+pub use sector::{AesBackend, SectorCipher};
 pub use spec::CipherSpec;
 pub use xts::{Backend, ParallelXts, SectorSize, XtsCipher, PARALLEL_THRESHOLD};
 

@@ -458,4 +458,4 @@ impl std::fmt::Display for CipherSpec {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
