@@ -162,6 +162,8 @@ pub enum CipherPart {
     IvHash,
     /// The key size for this cipher and mode.
     KeySize,
+    /// Integrity protection (dm-integrity, authenticated modes) around the cipher.
+    Integrity,
 }
 
 impl std::fmt::Display for CipherPart {
@@ -173,6 +175,7 @@ impl std::fmt::Display for CipherPart {
             CipherPart::Iv => "IV generator",
             CipherPart::IvHash => "ESSIV hash",
             CipherPart::KeySize => "key size",
+            CipherPart::Integrity => "integrity protection",
         })
     }
 }

@@ -21,7 +21,7 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use sealvol_crypto::kdf::{self, Argon2Variant};
-use sealvol_crypto::{HashAlg, SecretBytes, SectorSize};
+use sealvol_crypto::{CipherSpec, HashAlg, SecretBytes, SectorSize};
 
 use crate::{luks1, luks2, DataSegment, Error, KdfParams, Result};
 
@@ -284,9 +284,13 @@ impl KdfParams {
 pub struct NewHeader {
     /// LUKS1 or LUKS2.
     pub version: Version,
-    /// Data cipher (only `aes-xts-plain64`).
+    /// Data cipher: any specification [`CipherSpec::parse`] accepts (aes, serpent, twofish
+    /// in xts-plain64, xts-plain, cbc-essiv:sha256, cbc-plain64, cbc-plain; adiantum). LUKS1
+    /// stores it as cipher-name and cipher-mode, LUKS2 as the joined string; the first
+    /// keyslot's area uses it too, as cryptsetup does.
     pub cipher: String,
-    /// Volume key size in bits: 512 (AES-256-XTS) or 256 (AES-128-XTS).
+    /// Volume key size in bits: one the cipher's mode allows (xts 256, 384, 512; cbc 128,
+    /// 192, 256; adiantum 256).
     pub key_size_bits: u32,
     /// Encryption sector size; default 4096 (LUKS1: 512, its only size).
     pub sector_size: Option<u64>,
@@ -357,15 +361,13 @@ impl NewHeader {
     /// the version's format errors.
     pub fn build(&self, passphrase: &[u8]) -> Result<BuiltHeader> {
         let luks1 = self.version == Version::Luks1;
-        if self.cipher != luks2::CIPHER_AES_XTS_PLAIN64 {
-            return Err(Error::UnsupportedCipher(self.cipher.clone()));
-        }
-        if self.key_size_bits != 256 && self.key_size_bits != 512 {
+        if self.key_size_bits % 8 != 0 {
             return Err(Error::Invalid(format!(
-                "a key size of {} bits is not valid for aes-xts-plain64; use 512 (AES-256) or 256 (AES-128)",
+                "a key size of {} bits is not whole bytes",
                 self.key_size_bits
             )));
         }
+        CipherSpec::parse(&self.cipher, self.key_size_bits as usize / 8)?;
         let sector_size = match (luks1, self.sector_size) {
             (true, None | Some(512)) => SectorSize::S512,
             (true, Some(s)) => {
@@ -404,6 +406,7 @@ impl NewHeader {
                 unreachable!("params_for gives LUKS1 PBKDF2 only");
             };
             let opts = luks1::FormatOptions {
+                cipher: self.cipher.clone(),
                 key_size_bits: self.key_size_bits,
                 hash,
                 iterations,
@@ -589,14 +592,29 @@ mod tests {
                     cipher: "aes-cbc-essiv:sha256".into(),
                     ..NewHeader::default()
                 },
-                "aes-cbc-essiv",
+                "key size \"512 bits\"",
             ),
             (
                 NewHeader {
-                    key_size_bits: 384,
+                    cipher: "aes-cbc-lmk".into(),
+                    key_size_bits: 256,
                     ..NewHeader::default()
                 },
-                "384 bits",
+                "IV generator \"lmk\"",
+            ),
+            (
+                NewHeader {
+                    key_size_bits: 128,
+                    ..NewHeader::default()
+                },
+                "128 bits",
+            ),
+            (
+                NewHeader {
+                    key_size_bits: 260,
+                    ..NewHeader::default()
+                },
+                "260 bits",
             ),
             (
                 NewHeader {

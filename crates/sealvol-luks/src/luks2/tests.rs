@@ -510,15 +510,15 @@ fn cipher_null_segment_is_refused() {
     });
     assert!(matches!(
         vol.data_segment(),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", Some(0)),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
 }
 
@@ -532,21 +532,24 @@ fn cipher_null_keyslot_is_refused() {
     });
     assert!(matches!(
         vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", Some(0)),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
-    // Other ciphers are refused too.
+    // Ciphers sealvol does not implement are refused too, naming the part.
     let mut vol = rewrite(vol, |h| {
         let a = &mut h.metadata.keyslots.get_mut(&0).unwrap().area;
-        a.encryption = Some("aes-cbc-essiv:sha256".into());
-        a.key_size = Some(32);
+        a.encryption = Some("camellia-xts-plain64".into());
+        a.key_size = Some(64);
     });
     assert!(matches!(
         vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher {
+            part: sealvol_crypto::spec::CipherPart::Cipher,
+            ..
+        })
     ));
 }
 
@@ -571,7 +574,7 @@ fn segment_with_integrity_or_bad_stripes_is_refused() {
     });
     assert!(matches!(
         vol.data_segment(),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
 }
 
