@@ -160,7 +160,8 @@ pub struct KdfPolicy {
     pub max_memory_kib: Option<u32>,
     /// Argon2 lanes (default min(4, CPUs)).
     pub parallel: Option<u32>,
-    /// PBKDF2 hash (LUKS1: the header's hash for every keyslot).
+    /// PBKDF2 hash (LUKS1: the header's hash for every keyslot; LUKS2: also the hash of the
+    /// volume key digest and of the AF splitter, as cryptsetup's `--hash`).
     pub hash: HashAlg,
     /// How to treat the key when `kind` is not given.
     pub profile: KeyProfile,
@@ -441,6 +442,8 @@ impl NewHeader {
                 metadata_size: self.metadata_size.unwrap_or(defaults.metadata_size),
                 keyslots_size: self.keyslots_size,
                 data_offset,
+                // As cryptsetup: --hash names the digest's and the AF splitter's hash too.
+                digest_hash: self.kdf.hash,
                 ..defaults
             };
             let vol =
@@ -581,6 +584,80 @@ mod tests {
         }
         assert_eq!(probe(b"not a header"), None);
         assert_eq!(probe(&[0u8; 4096]), None);
+    }
+
+    /// Every cipher specification and key size sealvol implements, with every hash, builds a
+    /// header of both versions that opens, unlocks, and names the cipher as cryptsetup does
+    /// (LUKS1: cipher-name and cipher-mode apart; LUKS2: joined, on the segment and on the
+    /// keyslot area).
+    #[test]
+    fn every_cipher_key_size_and_hash_builds_both_versions() {
+        let key = [0xffu8; 32];
+        let specs: &[(&str, &[u32])] = &[
+            ("aes-xts-plain64", &[256, 384, 512]),
+            ("serpent-xts-plain", &[256, 384, 512]),
+            ("twofish-xts-plain64", &[256, 384, 512]),
+            ("aes-cbc-essiv:sha256", &[128, 192, 256]),
+            ("serpent-cbc-plain64", &[128, 192, 256]),
+            ("twofish-cbc-plain", &[128, 192, 256]),
+            ("xchacha12,aes-adiantum-plain64", &[256]),
+            ("xchacha20,aes-adiantum-plain64", &[256]),
+        ];
+        let mut n = 0;
+        for &(cipher, sizes) in specs {
+            for &bits in sizes {
+                for version in [Version::Luks1, Version::Luks2] {
+                    let hash = HashAlg::ALL[n % HashAlg::ALL.len()];
+                    n += 1;
+                    let req = NewHeader {
+                        version,
+                        cipher: cipher.into(),
+                        key_size_bits: bits,
+                        kdf: KdfPolicy {
+                            hash,
+                            ..KdfPolicy::default()
+                        },
+                        ..NewHeader::default()
+                    };
+                    let built = req.build(&key).unwrap();
+                    assert_eq!(built.segment.cipher, cipher);
+                    assert_eq!(built.segment.key_size as u32 * 8, bits);
+                    let mut vol = AnyVolume::open(Cursor::new(built.bytes)).unwrap();
+                    let vk = vol.unlock(&key, None).unwrap().volume_key;
+                    assert_eq!(vk.len() as u32 * 8, bits);
+                    let seg = vol.data_segment().unwrap();
+                    assert_eq!(seg.spec().unwrap().to_string(), cipher);
+                    seg.cipher(&vk).unwrap();
+                    match &vol {
+                        AnyVolume::Luks1(v) => {
+                            let h = v.header();
+                            let spec = h.cipher_spec().unwrap();
+                            assert_eq!(h.cipher(), cipher);
+                            assert_eq!(h.hash(), hash);
+                            let raw = h.encode();
+                            let field = |at: usize| {
+                                let f = &raw[at..at + 32];
+                                String::from_utf8(
+                                    f[..f.iter().position(|&b| b == 0).unwrap()].to_vec(),
+                                )
+                                .unwrap()
+                            };
+                            assert_eq!(field(8), spec.cipher_name());
+                            assert_eq!(field(40), spec.mode_name());
+                        }
+                        AnyVolume::Luks2(v) => {
+                            let md = &v.header().metadata;
+                            assert_eq!(md.segments[&0].encryption.as_deref(), Some(cipher));
+                            let area = &md.keyslots[&0].area;
+                            assert_eq!(area.encryption.as_deref(), Some(cipher));
+                            assert_eq!(area.key_size, Some(bits / 8));
+                            assert_eq!(md.digests[&0].hash, hash.as_str());
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 2 * (3 * 3 + 3 * 3 + 2));
     }
 
     #[test]
