@@ -797,3 +797,39 @@ fn hostile_kdf_costs_are_refused_at_once() {
         .volume_key
         .ct_eq(vk.expose()));
 }
+
+/// Keyslots of a volume in any cipher: the first one's area and every added one's use the
+/// data segment's cipher and key size (cryptsetup `crypt_keyslot_get_encryption`), and each
+/// opens with its own passphrase.
+#[test]
+fn keyslots_use_the_segment_cipher() {
+    for (cipher, key_len) in [
+        ("serpent-cbc-essiv:sha256", 32),
+        ("twofish-xts-plain", 48),
+        ("aes-cbc-plain", 16),
+        ("xchacha20,aes-adiantum-plain64", 32),
+    ] {
+        let vk = SecretBytes::random(key_len).unwrap();
+        let opts = FormatOptions {
+            cipher: cipher.into(),
+            key_size_bits: key_len as u32 * 8,
+            ..small_opts()
+        };
+        let mut vol = Volume::format(Cursor::new(Vec::new()), &opts, &vk, b"pw").unwrap();
+        let id = vol
+            .add_keyslot(&vk, b"second", &KdfParams::pbkdf2_min(), None)
+            .unwrap();
+        let md = &vol.header().metadata;
+        for k in [0, id] {
+            let area = &md.keyslots[&k].area;
+            assert_eq!(area.encryption.as_deref(), Some(cipher), "{cipher} slot {k}");
+            assert_eq!(area.key_size, Some(key_len as u32), "{cipher} slot {k}");
+        }
+        for (pw, slot) in [(&b"pw"[..], 0), (&b"second"[..], id)] {
+            let u = vol.unlock(pw, None).unwrap();
+            assert_eq!(u.keyslot, slot);
+            assert!(u.volume_key.ct_eq(vk.expose()), "{cipher}");
+        }
+        assert!(matches!(vol.unlock(b"wrong", None), Err(Error::WrongKey)));
+    }
+}
