@@ -822,7 +822,11 @@ fn keyslots_use_the_segment_cipher() {
         let md = &vol.header().metadata;
         for k in [0, id] {
             let area = &md.keyslots[&k].area;
-            assert_eq!(area.encryption.as_deref(), Some(cipher), "{cipher} slot {k}");
+            assert_eq!(
+                area.encryption.as_deref(),
+                Some(cipher),
+                "{cipher} slot {k}"
+            );
             assert_eq!(area.key_size, Some(key_len as u32), "{cipher} slot {k}");
         }
         for (pw, slot) in [(&b"pw"[..], 0), (&b"second"[..], id)] {
