@@ -17,7 +17,7 @@
 //! | 208 | 8 × 48 | key slots: active, iterations, salt (32), key-material-offset, stripes |
 
 use crate::{Error, Result};
-use sealvol_crypto::HashAlg;
+use sealvol_crypto::{CipherSpec, HashAlg};
 
 /// Bytes of the binary header.
 pub const PHDR_LEN: usize = 592;
@@ -73,9 +73,10 @@ impl std::fmt::Debug for Keyslot {
 
 /// A parsed and validated LUKS1 header.
 ///
-/// Only headers sealvol can use exist as this type: cipher `aes` with mode `xts-plain64`
-/// and a 32- or 64-byte key, hash sha1/sha256/sha512, 4000 stripes, key material inside
-/// the header area, after the binary header and before the payload, never overlapping.
+/// Only headers sealvol can use exist as this type: a cipher-name and cipher-mode that make a
+/// [`CipherSpec`] with the header's key size (aes, serpent, twofish in xts or cbc, adiantum),
+/// a hash sealvol implements, 4000 stripes, key material inside the header area, after the
+/// binary header and before the payload, never overlapping.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Header {
     pub(crate) cipher_name: String,
@@ -138,15 +139,10 @@ pub fn material_sectors(key_bytes: u32) -> u64 {
 
 /// The hash names LUKS1 headers carry.
 pub(crate) fn parse_hash(name: &str) -> Result<HashAlg> {
-    match name {
-        "sha1" => Ok(HashAlg::Sha1),
-        "sha256" => Ok(HashAlg::Sha256),
-        "sha512" => Ok(HashAlg::Sha512),
-        other => Err(Error::Unsupported {
-            what: "LUKS1 hash-spec",
-            name: other.to_string(),
-        }),
-    }
+    HashAlg::from_luks_name(name).ok_or_else(|| Error::Unsupported {
+        what: "LUKS1 hash-spec",
+        name: name.to_string(),
+    })
 }
 
 impl Header {
@@ -220,19 +216,7 @@ impl Header {
     /// As [`Header::decode`].
     pub fn validate(&self) -> Result<()> {
         let inv = |m: String| Err(Error::Invalid(m));
-        if self.cipher_name == "cipher_null" || self.cipher_mode.starts_with("ecb") {
-            return Err(Error::UnsupportedCipher(self.cipher()));
-        }
-        if self.cipher_name != "aes" || self.cipher_mode != "xts-plain64" {
-            return Err(Error::UnsupportedCipher(self.cipher()));
-        }
-        if self.key_bytes != 32 && self.key_bytes != 64 {
-            return Err(Error::UnsupportedCipher(format!(
-                "{} with a {}-bit key",
-                self.cipher(),
-                u64::from(self.key_bytes) * 8
-            )));
-        }
+        self.cipher_spec()?;
         if self.mk_digest_iter == 0 {
             return inv("LUKS1 mk-digest-iter is 0".into());
         }
@@ -319,6 +303,17 @@ impl Header {
     /// `cipher-name-cipher-mode`, e.g. `aes-xts-plain64`.
     pub fn cipher(&self) -> String {
         format!("{}-{}", self.cipher_name, self.cipher_mode)
+    }
+    /// The cipher with the header's key size: the data's and every keyslot's.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedCipher`] (never for a header that [`Header::decode`] returned).
+    pub fn cipher_spec(&self) -> Result<CipherSpec> {
+        Ok(CipherSpec::from_luks1(
+            &self.cipher_name,
+            &self.cipher_mode,
+            self.key_bytes as usize,
+        )?)
     }
     /// The hash of PBKDF2 (keyslots and digest) and of the AF splitter.
     pub fn hash(&self) -> HashAlg {

@@ -510,15 +510,15 @@ fn cipher_null_segment_is_refused() {
     });
     assert!(matches!(
         vol.data_segment(),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", Some(0)),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
 }
 
@@ -532,21 +532,24 @@ fn cipher_null_keyslot_is_refused() {
     });
     assert!(matches!(
         vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", Some(0)),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
-    // Other ciphers are refused too.
+    // Ciphers sealvol does not implement are refused too, naming the part.
     let mut vol = rewrite(vol, |h| {
         let a = &mut h.metadata.keyslots.get_mut(&0).unwrap().area;
-        a.encryption = Some("aes-cbc-essiv:sha256".into());
-        a.key_size = Some(32);
+        a.encryption = Some("camellia-xts-plain64".into());
+        a.key_size = Some(64);
     });
     assert!(matches!(
         vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher {
+            part: sealvol_crypto::spec::CipherPart::Cipher,
+            ..
+        })
     ));
 }
 
@@ -571,7 +574,7 @@ fn segment_with_integrity_or_bad_stripes_is_refused() {
     });
     assert!(matches!(
         vol.data_segment(),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
 }
 
@@ -817,4 +820,44 @@ fn kdf_params_render_as_the_cli_names_them() {
         serde_json::to_value(a).unwrap(),
         json!({"type": "argon2id", "time": 4, "memory": 65536, "cpus": 2})
     );
+}
+
+/// Keyslots of a volume in any cipher: the first one's area and every added one's use the
+/// data segment's cipher and key size (cryptsetup `crypt_keyslot_get_encryption`), and each
+/// opens with its own passphrase.
+#[test]
+fn keyslots_use_the_segment_cipher() {
+    for (cipher, key_len) in [
+        ("serpent-cbc-essiv:sha256", 32),
+        ("twofish-xts-plain", 48),
+        ("aes-cbc-plain", 16),
+        ("xchacha20,aes-adiantum-plain64", 32),
+    ] {
+        let vk = SecretBytes::random(key_len).unwrap();
+        let opts = FormatOptions {
+            cipher: cipher.into(),
+            key_size_bits: key_len as u32 * 8,
+            ..small_opts()
+        };
+        let mut vol = Volume::format(Cursor::new(Vec::new()), &opts, &vk, b"pw").unwrap();
+        let id = vol
+            .add_keyslot(&vk, b"second", &KdfParams::pbkdf2_min(), None)
+            .unwrap();
+        let md = &vol.header().metadata;
+        for k in [0, id] {
+            let area = &md.keyslots[&k].area;
+            assert_eq!(
+                area.encryption.as_deref(),
+                Some(cipher),
+                "{cipher} slot {k}"
+            );
+            assert_eq!(area.key_size, Some(key_len as u32), "{cipher} slot {k}");
+        }
+        for (pw, slot) in [(&b"pw"[..], 0), (&b"second"[..], id)] {
+            let u = vol.unlock(pw, None).unwrap();
+            assert_eq!(u.keyslot, slot);
+            assert!(u.volume_key.ct_eq(vk.expose()), "{cipher}");
+        }
+        assert!(matches!(vol.unlock(b"wrong", None), Err(Error::WrongKey)));
+    }
 }

@@ -1,13 +1,12 @@
 //! A LUKS2 header on a [`Storage`]: format, open, unlock, keyslots, tokens, erase, backup.
 
 use super::header::{read_header, write_copy, write_header, Header, LoadReport};
-use super::keyslot::{self, check_cipher, slot_params};
+use super::keyslot::{self, cipher_spec, slot_params};
 use super::metadata::{Af, Area, Config, Keyslot, Metadata, Segment};
 use super::segment::DataSegment;
 use super::{
     binary, keyslot_area_size, random_array, validate, FormatOptions, Kdf, KdfParams, AF_STRIPES,
-    CIPHER_AES_XTS_PLAIN64, DEFAULT_HDR_AREA, MAX_KEYSLOTS, MAX_KEYSLOTS_SIZE, METADATA_SIZES,
-    MIN_PBKDF2_ITERATIONS,
+    DEFAULT_HDR_AREA, MAX_KEYSLOTS, MAX_KEYSLOTS_SIZE, METADATA_SIZES, MIN_PBKDF2_ITERATIONS,
 };
 use crate::error::Copy;
 use crate::storage::{self, Storage};
@@ -156,7 +155,7 @@ impl<S: Storage> Volume<S> {
             )));
         }
         let key_len = (opts.key_size_bits / 8) as usize;
-        check_cipher(&opts.cipher, key_len)?;
+        cipher_spec(&opts.cipher, key_len)?;
         if volume_key.len() != key_len {
             return Err(inv(format!(
                 "the volume key has {} bytes but key_size_bits {} needs {key_len}",
@@ -477,8 +476,8 @@ impl<S: Storage> Volume<S> {
     ///
     /// # Errors
     /// [`Error::Invalid`] when there is not exactly one regular segment (reencryption in
-    /// progress) or its offset is not sector aligned; [`Error::UnsupportedCipher`] for
-    /// anything but `aes-xts-plain64` (never `cipher_null`).
+    /// progress) or its offset is not sector aligned; [`Error::UnsupportedCipher`] for a
+    /// cipher sealvol does not implement (never `cipher_null`) or integrity protection.
     pub fn data_segment(&self) -> Result<DataSegment> {
         let md = &self.header.metadata;
         let regular: Vec<_> = md.segments.iter().filter(|(_, s)| !s.is_backup()).collect();
@@ -501,9 +500,18 @@ impl<S: Storage> Volume<S> {
             .and_then(|k| md.keyslots.get(&k))
             .map(|k| k.key_size as usize)
             .unwrap_or(0);
-        check_cipher(&cipher, if key_size == 0 { 64 } else { key_size })?;
-        if seg.integrity.is_some() {
-            return Err(Error::UnsupportedCipher(format!("{cipher} with integrity")));
+        if key_size == 0 {
+            keyslot::cipher_spec_any_key(&cipher)?;
+        } else {
+            cipher_spec(&cipher, key_size)?;
+        }
+        if let Some(integrity) = &seg.integrity {
+            return Err(Error::UnsupportedCipher {
+                spec: cipher,
+                part: sealvol_crypto::spec::CipherPart::Integrity,
+                found: integrity.to_string(),
+                hint: "sealvol reads volumes without dm-integrity only".into(),
+            });
         }
         let sector_size = SectorSize::try_from(u64::from(seg.sector_size.unwrap_or(0)))?;
         let ss = sector_size.bytes() as u64;
@@ -686,7 +694,7 @@ impl<S: Storage> Volume<S> {
         priority: Option<u32>,
     ) -> Result<Header> {
         kdf.check()?;
-        let (digest, _seg) = self.segment_digest()?;
+        let (digest, seg) = self.segment_digest()?;
         if !keyslot::digest_matches(&self.header.metadata.digests[&digest], volume_key)? {
             return Err(Error::WrongKey);
         }
@@ -711,7 +719,9 @@ impl<S: Storage> Volume<S> {
                 kind: "raw".into(),
                 offset,
                 size,
-                encryption: Some(CIPHER_AES_XTS_PLAIN64.into()),
+                // As cryptsetup (`crypt_keyslot_get_encryption`): the area reuses the data
+                // segment's cipher with the volume key's size.
+                encryption: Some(seg.cipher.clone()),
                 key_size: Some(key_len as u32),
                 extra: Default::default(),
             },
