@@ -280,6 +280,16 @@ impl KdfParams {
     }
 }
 
+/// cryptsetup's default key size for `cipher`, in bits: the largest key its mode allows (512
+/// for XTS: two AES-256 keys; 256 for CBC and Adiantum); 512 when the spec does not parse
+/// (then [`NewHeader::build`] says what is wrong with it).
+pub fn default_key_bits(cipher: &str) -> u32 {
+    [64usize, 48, 32, 24, 16]
+        .into_iter()
+        .find(|&len| CipherSpec::parse(cipher, len).is_ok())
+        .map_or(512, |len| len as u32 * 8)
+}
+
 /// Everything about a new header but the keys (`cryptsetup luksFormat`'s options).
 #[derive(Clone, Debug)]
 pub struct NewHeader {
@@ -658,6 +668,16 @@ mod tests {
             }
         }
         assert_eq!(n, 2 * (3 * 3 + 3 * 3 + 2));
+    }
+
+    #[test]
+    fn default_key_sizes_follow_the_mode() {
+        assert_eq!(default_key_bits("aes-xts-plain64"), 512);
+        assert_eq!(default_key_bits("serpent-xts-plain"), 512);
+        assert_eq!(default_key_bits("aes-cbc-essiv:sha256"), 256);
+        assert_eq!(default_key_bits("twofish-cbc-plain64"), 256);
+        assert_eq!(default_key_bits("xchacha20,aes-adiantum-plain64"), 256);
+        assert_eq!(default_key_bits("nonsense"), 512);
     }
 
     #[test]
