@@ -1,0 +1,1 @@
+//! Fuzzing hooks (not API).
