@@ -229,28 +229,40 @@ fn pick_root(
     keys: &dyn Fn(&[u8; 16]) -> Result<LayerKeys>,
 ) -> Result<(SlotRead, LayerKeys, [usize; 2])> {
     let (slots, lens) = read_slots(store)?;
-    let mut best: Option<(SlotRead, LayerKeys)> = None;
+    // Both slots of a layer name the same UUID: its keys are derived once.
+    let mut derived: Vec<([u8; 16], LayerKeys)> = Vec::new();
+    let mut best: Option<SlotRead> = None;
     let mut why = [String::new(), String::new()];
     for (i, s) in slots.into_iter().enumerate() {
         match s {
             Ok(s) => {
-                let k = keys(&s.root.uuid)?;
+                if !derived.iter().any(|(u, _)| *u == s.root.uuid) {
+                    derived.push((s.root.uuid, keys(&s.root.uuid)?));
+                }
+                let k = &derived
+                    .iter()
+                    .find(|(u, _)| *u == s.root.uuid)
+                    .expect("derived")
+                    .1;
                 if !k.verify(&s.content, &s.mac) {
                     why[i] = "the root MAC does not verify under this key".into();
-                    continue;
-                }
-                if best
+                } else if best
                     .as_ref()
-                    .is_none_or(|(b, _)| s.root.counter > b.root.counter)
+                    .is_none_or(|b| s.root.counter > b.root.counter)
                 {
-                    best = Some((s, k));
+                    best = Some(s);
                 }
             }
             Err(e) => why[i] = describe(&Err(e)),
         }
     }
     let [slot0, slot1] = why;
-    let (s, k) = best.ok_or(Error::NoValidRoot { slot0, slot1 })?;
+    let s = best.ok_or(Error::NoValidRoot { slot0, slot1 })?;
+    let k = derived
+        .into_iter()
+        .find(|(u, _)| *u == s.root.uuid)
+        .expect("derived")
+        .1;
     Ok((s, k, lens))
 }
 
