@@ -34,8 +34,9 @@ pub const FANOUT: u64 = 64;
 pub const FANOUT_SHIFT: u32 = 6;
 /// Largest virtual size: 2^60 bytes keeps every byte offset and cluster count in a u64.
 pub const MAX_VIRTUAL_SIZE: u64 = 1 << 60;
-/// Largest physical address (in blocks) a node or entry may name: 2^52 blocks = 16 EiB.
-pub const MAX_BLOCK: u64 = 1 << 52;
+/// Largest physical address (in blocks) a node or entry may name: 2^40 blocks = 4 PiB, so
+/// every byte offset of a cluster fits in a u64 with room to spare.
+pub const MAX_BLOCK: u64 = 1 << 40;
 /// Most generations (own) a layer may hold.
 pub const MAX_GENERATIONS: usize = 128;
 /// Most lower layers below one overlay.
