@@ -35,7 +35,7 @@ const PARALLEL_MIN: usize = 256 << 10;
 pub struct CreateOptions {
     /// Virtual size in bytes (rounded up to the cluster size); default: the base's size.
     pub virtual_size: Option<u64>,
-    /// Cluster size in bytes: a power of two from 4 KiB to 1 MiB (default 64 KiB).
+    /// Cluster size in bytes: a power of two from 4 KiB to 1 MiB (default 4 KiB).
     pub cluster_size: u32,
     /// KDF of the embedded LUKS2 keyslot (default: PBKDF2 at cryptsetup's minimum, for
     /// machine keys; give a memory-hard profile for passphrases).

@@ -26,8 +26,8 @@ pub const DATA_START: u64 = LUKS_AREA + 2 * ROOT_SLOT_LEN;
 pub const MIN_CLUSTER_SHIFT: u32 = 12;
 /// Largest cluster: 1 MiB.
 pub const MAX_CLUSTER_SHIFT: u32 = 20;
-/// Default cluster size: 64 KiB (see `docs/overlay-format.md`, "Cluster size").
-pub const DEFAULT_CLUSTER_SHIFT: u32 = 16;
+/// Default cluster size: 4 KiB (see `docs/overlay-format.md`, "Cluster size").
+pub const DEFAULT_CLUSTER_SHIFT: u32 = 12;
 /// Entries per map node (leaf or internal).
 pub const FANOUT: u64 = 64;
 /// log2 of [`FANOUT`].

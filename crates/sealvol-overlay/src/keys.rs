@@ -169,11 +169,13 @@ impl MasterKey {
 
     /// The AEAD key and nonce of the extent with `nonce`.
     fn extent(&self, nonce: &[u8; EXTENT_NONCE_LEN]) -> Result<(GcmSiv, [u8; 12])> {
-        let mut okm = SecretBytes::zeroed(44);
+        // On the stack, wiped on return: a SecretBytes here would cost an mlock and an
+        // munlock per cluster.
+        let mut okm = zeroize::Zeroizing::new([0u8; 44]);
         self.hkdf
-            .expand_into(&[LABEL_EXTENT, nonce], okm.expose_mut())?;
-        let key = GcmSiv::new(&okm.expose()[..32])?;
-        let n: [u8; 12] = okm.expose()[32..].try_into().expect("12 bytes");
+            .expand_into(&[LABEL_EXTENT, nonce], &mut okm[..])?;
+        let key = GcmSiv::new(&okm[..32])?;
+        let n: [u8; 12] = okm[32..].try_into().expect("12 bytes");
         Ok((key, n))
     }
 
