@@ -328,11 +328,8 @@ impl OverlayDevice {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&gen);
         // The other root slot still names the key: overwrite it too.
-        let checkpoint = self.change_root(|st| Ok(st.durable))?;
-        let checkpoint = Checkpoint {
-            counter: checkpoint.counter + 1,
-            ..self.checkpoint()
-        };
+        self.change_root(|_| Ok(()))?;
+        let checkpoint = self.checkpoint();
         tracing::info!(layer = %self.uuid(), generation = gen, clusters = done, "retired");
         Ok(RetireReport {
             generation: gen,

@@ -223,6 +223,7 @@ fn retire_reencrypts_and_leaves_no_byte_of_the_key_material_in_the_file() {
     let report = ov.retire(1, &mut |p| seen.push(p)).unwrap();
     assert_eq!(report.generation, 1);
     assert_eq!(report.into, 2);
+    assert_eq!(report.checkpoint, ov.checkpoint());
     assert_eq!(
         report.clusters, 12,
         "clusters 1..=12 of 16 KiB still held generation 1"
