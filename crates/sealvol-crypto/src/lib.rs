@@ -23,6 +23,8 @@
 //! - [`kdf`]: PBKDF2 (sha1, sha256, sha512, ripemd160, whirlpool) and Argon2i/Argon2id, plus
 //!   benchmarks that pick cryptsetup-like costs.
 //! - [`af`]: the LUKS anti-forensic splitter (split and merge).
+//! - [`hkdf`]: HKDF-SHA512 (per-extent keys of the overlay); `aead`: AES-256-GCM-SIV
+//!   (with the `aws-lc` feature), the overlay's cluster and key-wrap AEAD.
 //!
 //! Unsafe code is confined to one private module (`ffi`: the aws-lc binding and
 //! `mlock`), with a `// SAFETY:` justification on every block.
@@ -43,10 +45,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "aws-lc")]
+pub mod aead;
 pub mod af;
 mod error;
 mod ffi;
 pub mod hash;
+pub mod hkdf;
 pub mod kdf;
 pub mod random;
 mod secret;
