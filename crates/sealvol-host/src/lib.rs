@@ -34,6 +34,8 @@
 //! - [`volume`]: workload volumes over a state directory (`/var/lib/sealvol`): create, open,
 //!   close, destroy with crypto-erase, and the sweep; a [`store`] of its own. It takes the key
 //!   as bytes and formats and opens through [`export`] itself.
+//! - [`keyring`]: keys held in memory under names, and key references (a registered key's
+//!   name, or a key file only root can read) that records may keep instead of keys.
 //! - [`vm`]: qemu VMs with an encrypted data disk (qemu's LUKS driver, or an [`export`] over
 //!   NBD), and their manager (a [`store`] in the state directory's `vm/`).
 //!
@@ -58,6 +60,7 @@ pub mod config;
 pub mod crash;
 mod error;
 pub mod export;
+pub mod keyring;
 pub mod keys;
 pub mod lock;
 pub mod loopdev;
