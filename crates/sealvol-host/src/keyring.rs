@@ -93,7 +93,7 @@ impl KeyRef {
     /// How the source is named in messages and status (never the key).
     pub fn describe(&self) -> String {
         match self {
-            KeyRef::Registered(n) => format!("registered key {n:?}"),
+            KeyRef::Registered(n) => format!("registered key \"{n}\""),
             KeyRef::File(p) => format!("key file {}", p.display()),
         }
     }
