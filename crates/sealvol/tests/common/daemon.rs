@@ -25,6 +25,7 @@ impl Daemon {
     /// Starts a daemon in `dir`; with `plugin`, its volume plugin socket is
     /// /run/docker/plugins/<plugin>.sock.
     pub fn start(dir: &Path, plugin: Option<&str>, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
         let mut d = Daemon {
             dir: dir.to_path_buf(),
             api: dir.join("api.sock"),
