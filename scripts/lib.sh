@@ -100,3 +100,16 @@ ensure_qemu_backports() {
   [ "$(qemu_major qemu-system-x86_64)" -ge 9 ] || die "qemu-system-x86_64 is still older than 9 after installing from bookworm-backports"
   [ "$(qemu_major qemu-img)" -ge 9 ] || die "qemu-img is still older than 9 after installing from bookworm-backports"
 }
+
+# ensure_engines — the container engines the volume-plugin tests drive
+# (crates/sealvol/tests/engines_volume_plugin.rs): Debian's docker.io (Engine 20.10) and
+# podman (4.3), plus curl for the API's TCP test. The tests start and stop a dockerd of
+# their own (own data and exec roots, --iptables=false --bridge=none) and run podman with
+# its own storage and a CONTAINERS_CONF naming the plugin, so nothing here starts a
+# service; it checks that the engines run at all and fails loudly when they do not.
+ensure_engines() {
+  ensure_packages dockerd:docker.io podman:podman curl:curl busybox:busybox-static
+  dockerd --version || die "dockerd does not run (Debian package docker.io)"
+  podman --version || die "podman does not run (Debian package podman)"
+  [ -x /usr/bin/docker ] || die "/usr/bin/docker (docker.io's client) is missing"
+}

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,9 +48,56 @@ impl Default for FuseOptions {
     }
 }
 
+/// Plaintext bytes and requests the FUSE file served since it was mounted, counted as the
+/// requests complete (a failed request counts nothing). Read them with
+/// [`IoCounters::snapshot`] while the export runs ([`FileExport::counters`]).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    read_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoSnapshot {
+    /// Plaintext bytes read.
+    pub read_bytes: u64,
+    /// Plaintext bytes written.
+    pub write_bytes: u64,
+    /// Read requests served.
+    pub reads: u64,
+    /// Write requests served.
+    pub writes: u64,
+}
+
+impl IoCounters {
+    /// The counts now.
+    pub fn snapshot(&self) -> IoSnapshot {
+        IoSnapshot {
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            write_bytes: self.write_bytes.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn read(&self, n: usize) {
+        self.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wrote(&self, n: usize) {
+        self.write_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The FUSE file system: one inode, the device.
 struct DeviceFile {
     dev: Arc<dyn BlockDevice>,
+    counters: Arc<IoCounters>,
     read_only: bool,
     uid: u32,
     gid: u32,
@@ -166,7 +214,10 @@ impl Filesystem for DeviceFile {
                 buf.resize(len, 0);
             }
             match self.dev.read_at(&mut buf[..len], offset) {
-                Ok(()) => reply.data(&buf[..len]),
+                Ok(()) => {
+                    self.counters.read(len);
+                    reply.data(&buf[..len]);
+                }
                 Err(e) => {
                     tracing::error!(offset, len, error = %e, "read failed");
                     reply.error(errno(&e));
@@ -188,7 +239,10 @@ impl Filesystem for DeviceFile {
         reply: ReplyWrite,
     ) {
         match self.dev.write_at(data, offset) {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                self.counters.wrote(data.len());
+                reply.written(data.len() as u32);
+            }
             Err(e) => {
                 tracing::error!(offset, len = data.len(), error = %e, "write failed");
                 reply.error(errno(&e));
@@ -281,6 +335,7 @@ impl Filesystem for DeviceFile {
 pub struct FileExport {
     session: Option<fuser::BackgroundSession>,
     path: PathBuf,
+    counters: Arc<IoCounters>,
 }
 
 impl std::fmt::Debug for FileExport {
@@ -312,8 +367,10 @@ impl FileExport {
             )));
         }
         let read_only = opts.read_only || dev.read_only();
+        let counters = Arc::new(IoCounters::default());
         let fs = DeviceFile {
             dev,
+            counters: Arc::clone(&counters),
             read_only,
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
@@ -340,12 +397,18 @@ impl FileExport {
         Ok(FileExport {
             session: Some(session),
             path: path.to_path_buf(),
+            counters,
         })
     }
 
     /// The exported file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The bytes and requests served so far (shared: it keeps counting).
+    pub fn counters(&self) -> Arc<IoCounters> {
+        Arc::clone(&self.counters)
     }
 
     /// False once the session has ended (unmounted from outside, or the kernel connection
@@ -410,6 +473,8 @@ mod tests {
         let dev: Arc<dyn BlockDevice> = mem.clone();
         let export = FileExport::mount(dev, &file, &FuseOptions::default()).unwrap();
         assert!(export.is_running());
+        let counters = export.counters();
+        assert_eq!(counters.snapshot(), IoSnapshot::default());
         assert_eq!(std::fs::metadata(&file).unwrap().len(), 3 << 20);
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -423,6 +488,11 @@ mod tests {
         let mut back = vec![0u8; big.len()];
         f.read_exact_at(&mut back, 12345).unwrap();
         assert_eq!(back, big);
+        // Every plaintext byte written reached the device through a counted write; reads
+        // may come from the page cache, or be rounded up to pages, but are counted.
+        let c = counters.snapshot();
+        assert_eq!(c.write_bytes, big.len() as u64, "{c:?}");
+        assert!(c.writes >= 2 && c.reads >= 1, "{c:?}");
         rustix::fs::fallocate(
             &f,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,

@@ -175,6 +175,35 @@ pub enum Error {
         /// What was done or what to do.
         action: String,
     },
+    /// The key a volume needs is not available: a registered key that is not (or no longer)
+    /// registered, or a key file that is missing or that others than root could read.
+    #[error("{key} is not available: {reason}; {fix}")]
+    KeyUnavailable {
+        /// The key's source, named (never the key).
+        key: String,
+        /// Why it is not available.
+        reason: String,
+        /// What to do.
+        fix: String,
+    },
+
+    /// There is no volume of that id.
+    #[error("there is no volume {id}; create it first")]
+    NoSuchVolume {
+        /// The id asked for.
+        id: String,
+    },
+
+    /// The volume is in use (mounted for containers or API clients), so it is refused.
+    #[error("volume {id} is in use by {users}; {fix}")]
+    InUse {
+        /// The volume.
+        id: String,
+        /// Who uses it, in words.
+        users: String,
+        /// What to do.
+        fix: String,
+    },
     /// A step of an operation of the volume or VM manager failed; what was done before it
     /// has been undone (or, for a destroy, will be finished by the next run or `sweep`).
     /// Match `cause` for why: a key that opens nothing is a [`Error::WrongKey`] there

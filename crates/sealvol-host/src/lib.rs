@@ -34,6 +34,10 @@
 //! - [`volume`]: workload volumes over a state directory (`/var/lib/sealvol`): create, open,
 //!   close, destroy with crypto-erase, and the sweep; a [`store`] of its own. It takes the key
 //!   as bytes and formats and opens through [`export`] itself.
+//! - [`keyring`]: keys held in memory under names, and key references (a registered key's
+//!   name, or a key file only root can read) that records may keep instead of keys.
+//! - [`service`]: what a daemon serves: the volume manager's volumes with their key sources,
+//!   users (reference counts across mounts) and recovery after restarts.
 //! - [`vm`]: qemu VMs with an encrypted data disk (qemu's LUKS driver, or an [`export`] over
 //!   NBD), and their manager (a [`store`] in the state directory's `vm/`).
 //!
@@ -58,6 +62,7 @@ pub mod config;
 pub mod crash;
 mod error;
 pub mod export;
+pub mod keyring;
 pub mod keys;
 pub mod lock;
 pub mod loopdev;
@@ -66,6 +71,7 @@ pub mod mount;
 pub mod process;
 pub mod progress;
 pub mod safe_dir;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod verity_file;

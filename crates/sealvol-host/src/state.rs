@@ -55,6 +55,24 @@ pub struct Entry {
     pub started: u64,
 }
 
+/// Plaintext bytes and requests a mounted export served since it started (its FUSE file's
+/// counters), as the export last wrote them to `<root>/<id>/io.json` (about once a second,
+/// when they changed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoCounts {
+    /// Plaintext bytes read.
+    pub read_bytes: u64,
+    /// Plaintext bytes written.
+    pub write_bytes: u64,
+    /// Read requests served.
+    pub reads: u64,
+    /// Write requests served.
+    pub writes: u64,
+}
+
+/// The name of the I/O counters file in a volume's runtime directory.
+pub const IO_COUNTS: &str = "io.json";
+
 /// The runtime directory (`/run/sealvol`): every entry of it is made, read and removed
 /// through a [`SafeDir`], never through a symbolic link.
 #[derive(Clone, Debug)]
@@ -195,6 +213,23 @@ impl StateDir {
         rt.verify(FUSE_FILE, made)
     }
 
+    /// Replaces the I/O counters of volume `id`'s export (atomically, mode 0600).
+    ///
+    /// # Errors
+    /// As [`StateDir::dir`]; [`Error::Io`] naming the file.
+    pub fn save_counts(&self, id: &str, counts: &IoCounts) -> Result<()> {
+        let json = serde_json::to_vec(counts).expect("counters serialise");
+        self.runtime(id)?.write_atomic(IO_COUNTS, &json, 0o600)
+    }
+
+    /// The I/O counters volume `id`'s export last wrote, if any (an unreadable file, or a
+    /// link planted in its place, counts as none).
+    pub fn counts(&self, id: &str) -> Option<IoCounts> {
+        let dir = self.existing().ok()??.open_dir(id).ok()??;
+        let bytes = dir.read(IO_COUNTS).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn entry_name(id: &str) -> String {
         format!("{id}.json")
     }
@@ -310,7 +345,17 @@ mod tests {
         assert_eq!(state.load("vol-1-2"), Some(e.clone()));
         assert_eq!(state.list(), vec![e]);
         state.runtime_dir("vol-1-2").unwrap();
+        assert_eq!(state.counts("vol-1-2"), None);
+        let c = IoCounts {
+            read_bytes: 4096,
+            write_bytes: 1 << 20,
+            reads: 1,
+            writes: 2,
+        };
+        state.save_counts("vol-1-2", &c).unwrap();
+        assert_eq!(state.counts("vol-1-2"), Some(c));
         state.remove("vol-1-2");
+        assert_eq!(state.counts("vol-1-2"), None);
         assert!(state.list().is_empty());
         assert!(!dir.path().join("run/vol-1-2").exists());
     }

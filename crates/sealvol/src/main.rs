@@ -13,11 +13,12 @@ use clap::Parser;
 use crate::cli::verity::VerityCommand;
 use crate::cli::{Cli, Command, TokenCommand};
 use crate::output::{CleanNo, CleanNoWith, Output};
-use crate::verbs::{export, luks, verity, vm, volume};
+use crate::verbs::{daemon, export, luks, verity, vm, volume};
 
 /// Runs one verb: each module's function makes its library call and prints the result.
-fn run(command: Command, out: &Output) -> anyhow::Result<()> {
+fn run(command: Command, out: &Output, verbose: u8) -> anyhow::Result<()> {
     match command {
+        Command::Daemon(a) => daemon::run(a, verbose),
         Command::Format(a) => luks::format(a, out),
         Command::Dump(a) => luks::dump(a, out),
         Command::TestKey(a) => luks::test_key(a, out),
@@ -56,10 +57,13 @@ fn main() -> ExitCode {
         cli::Command::InternalExport => cli.verbose.max(1),
         _ => cli.verbose,
     };
-    init_logging(verbose);
+    // The daemon sets up its own logging (info by default, JSON on request).
+    if !matches!(cli.command, cli::Command::Daemon(_)) {
+        init_logging(verbose);
+    }
     let out = Output::new(cli.json);
     cli::set_kdf_limits(cli.limits.limits());
-    match run(cli.command, &out) {
+    match run(cli.command, &out, cli.verbose) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if is_broken_pipe(&err) {

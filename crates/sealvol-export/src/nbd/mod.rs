@@ -311,6 +311,20 @@ impl Server {
     }
 }
 
+/// Binds a unix socket at `path` with mode 0600 whatever the umask, as the NBD server does
+/// (bound in a private 0700 directory, made 0600, renamed into place; a stale socket is
+/// replaced, a symlink, another file or a socket a server answers on is refused): for other
+/// servers of root-only sockets (the daemon's API and volume plugin).
+///
+/// # Errors
+/// [`Error::Invalid`] for what is refused at `path`; [`Error::Io`] when binding fails.
+pub fn bind_private_unix(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    match socket::bind_unix(path)? {
+        Listener::Unix { listener, .. } => Ok(listener),
+        Listener::Tcp(_) => unreachable!("bind_unix makes unix sockets"),
+    }
+}
+
 /// Serves one client on `conn`: handshake (TLS when `opts.tls` is set), then requests until
 /// it disconnects. For a server use [`Server::serve`], which also bounds the handshake's
 /// time, the number of clients, and stops; this serves a single connection (tests, fuzzing).

@@ -13,7 +13,7 @@ use sealvol_export::nbd::{NbdOptions, Server};
 use super::{device, MountSpec, Mounted, NbdEndpoint, NbdServing, NbdSpec, Prepared, Ready, Serve};
 use crate::lock::VolumeLock;
 use crate::loopdev::{self, LoopOptions};
-use crate::state::{now, Entry, StateDir};
+use crate::state::{now, Entry, IoCounts, StateDir};
 use crate::{crash, mount, process, Error, Result};
 
 /// Serves `prepared` as `serve` until SIGTERM or SIGINT; `ready` is called once it serves.
@@ -182,10 +182,28 @@ fn serve_mount(
     ready(&record);
     tracing::info!(volume = %plan.volume.display(), mount = %mount_dir.display(), "serving");
 
-    // Serve until told to stop; a busy file system keeps us serving.
+    // Serve until told to stop; a busy file system keeps us serving. About once a second
+    // the FUSE file's I/O counters go to the runtime directory, when they changed.
+    let counters = stack.export.as_ref().map(FileExport::counters);
+    let mut written = IoCounts::default();
     let mut result = Ok(record);
-    loop {
+    for tick in 1u64.. {
         std::thread::sleep(Duration::from_millis(100));
+        if let Some(c) = counters.as_ref().filter(|_| tick % 10 == 0) {
+            let s = c.snapshot();
+            let now = IoCounts {
+                read_bytes: s.read_bytes,
+                write_bytes: s.write_bytes,
+                reads: s.reads,
+                writes: s.writes,
+            };
+            if now != written {
+                match run.save_counts(&plan.id, &now) {
+                    Ok(()) => written = now,
+                    Err(e) => tracing::debug!(error = %e, "cannot write the I/O counters"),
+                }
+            }
+        }
         let alive = stack.export.as_ref().is_some_and(FileExport::is_running);
         if !alive {
             tracing::error!("the FUSE export ended under us; tearing down");

@@ -292,6 +292,36 @@ pub fn human_size(n: u64) -> String {
     format!("{v} {}", units[i])
 }
 
+/// Parses a byte size: plain bytes or a number with K, M, G, T (powers of 1024; an optional
+/// trailing `B` or `iB` is accepted): what `--size` and a volume driver's `size` option say.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the text and the units accepted.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "{s:?} is not a size; use bytes or a number with K, M, G or T"
+        ))
+    })?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => {
+            return Err(Error::Invalid(format!(
+                "unknown size unit {other:?} in {s:?}; use K, M, G or T"
+            )))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| Error::Invalid(format!("size {s:?} does not fit in 64 bits")))
+}
+
 /// The smallest data area `mkfs.<fs>` accepts with room to use.
 pub fn min_data_size(fs: &str) -> u64 {
     match fs {
@@ -1042,6 +1072,33 @@ impl Manager {
         self.stop_exports(id, Busy::Fail)
     }
 
+    /// Replaces the key of volume `id`: a keyslot for `new_key` (its KDF by `kdf`) is
+    /// written before the keyslot `key` opens is wiped, so a crash leaves one of the two
+    /// keys working. A mounted volume stays mounted (its export holds the volume key, which
+    /// does not change).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the id does not exist or is not ready; [`Error::Planted`]
+    /// when its files are not the ones sealvol made; [`Error::WrongKey`] when `key` opens
+    /// nothing (nothing written).
+    pub fn change_key(
+        &self,
+        id: &VolumeId,
+        key: &SecretBytes,
+        new_key: &SecretBytes,
+        kdf: &KdfPolicy,
+    ) -> Result<crate::luks_file::KeyAdded> {
+        self.store.ready(id)?;
+        let _locks = self.store.lock(id)?;
+        let r = self.store.ready(id)?;
+        let (image, header) = self.checked_files(id, r.params.detached_header)?;
+        let changed = crate::luks_file::LuksFile::new(image, header)
+            .with_limits(self.limits)
+            .change_key(key.expose(), new_key.expose(), kdf, None)?;
+        tracing::info!(id = %id, keyslot = changed.keyslot, "volume key changed");
+        Ok(changed)
+    }
+
     /// Stops every export of `id`'s image and clears a mount on its mount point that has no
     /// live export. Returns whether anything was open.
     fn stop_exports(&self, id: &VolumeId, busy: Busy) -> Result<bool> {
@@ -1444,6 +1501,17 @@ mod tests {
         assert!(e.contains("--sparse-ok") && e.contains("1 GiB free"), "{e}");
         check_size(&p(10 << 30), 1 << 30, true, dir).unwrap();
         check_size(&p(64 << 20), 1 << 30, false, dir).unwrap();
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size(" 1t ").unwrap(), 1 << 40);
+        for bad in ["10X", "-1", "", "G", "99999999999T", "1.5G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

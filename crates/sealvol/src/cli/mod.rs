@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealvol_host::keys::KeySource;
 use sealvol_luks::KdfLimits;
 
+pub mod daemon;
 pub mod export;
 pub mod luks;
 pub mod verity;
@@ -159,6 +160,10 @@ pub enum Command {
     /// start (encrypted data disk through qemu's LUKS driver or sealvol's NBD export), stop,
     /// destroy, status, list, console-log, sweep.
     Vm(vm::VmCmd),
+    /// Serve the Docker/Podman volume plugin and the JSON API (docs/daemon.md) until
+    /// SIGTERM: volumes created with `docker volume create -d sealvol --opt size=1G --opt
+    /// key-id=ID`, keys registered through the API (never in options, argv or files).
+    Daemon(daemon::DaemonArgs),
     /// (internal) a background export (of `open`, `verity open`, `volume` and `vm`):
     /// `sealvol_host::export::child`; reads what to serve and the volume key on stdin.
     #[command(name = "__export", hide = true)]
@@ -298,29 +303,9 @@ pub fn kdf_limits() -> KdfLimits {
     KDF_LIMITS.get().copied().unwrap_or_default()
 }
 
-/// Parses a byte size: plain bytes or a number with K, M, G, T (powers of 1024; an optional
-/// trailing `B` or `iB` is accepted).
+/// Parses a byte size for clap: `sealvol_host::volume::parse_size`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits_end);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; use bytes or a number with K, M, G or T"))?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?}; use K, M, G or T"
-            ))
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {s:?} does not fit in 64 bits"))
+    sealvol_host::volume::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -341,5 +326,6 @@ mod tests {
         assert!(parse_size("10X").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("10X").unwrap_err().contains("unknown size unit"));
     }
 }

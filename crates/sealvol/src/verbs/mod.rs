@@ -2,6 +2,7 @@
 //! the result through [`crate::output::Output`]. Errors go back to `main`, which alone picks
 //! the exit code.
 
+pub mod daemon;
 pub mod export;
 pub mod luks;
 pub mod verity;

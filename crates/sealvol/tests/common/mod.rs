@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+pub mod daemon;
+
 /// The binary under test.
 pub const SEALVOL: &str = env!("CARGO_BIN_EXE_sealvol");
 

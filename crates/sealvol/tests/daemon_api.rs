@@ -1,0 +1,481 @@
+//! `sealvol daemon`'s JSON API against its contract, `docs/openapi.json`: every route the
+//! server has is documented and every documented operation is called; every request the
+//! tests send as valid matches its request schema; every response's status is documented
+//! for its operation and its body matches that response's schema. Then hostile requests:
+//! oversized and malformed bodies, path-traversal ids, unknown routes and methods, and
+//! concurrent destroys and opens of one volume; and no key in any reply, log or file.
+//! The real binary serves; volumes are real (FUSE, loop, ext4).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::daemon::{assert_no_key, assert_no_key_in_tree, b64, Daemon};
+use common::{need, random_bytes, tmpdir, write_secret};
+use serde_json::{json, Value};
+
+const DOC: &str = include_str!("../../../docs/openapi.json");
+
+/// The document, and the operations it declares.
+struct Contract {
+    doc: Value,
+    seen: std::sync::Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Contract {
+    fn new() -> Self {
+        Contract {
+            doc: serde_json::from_str(DOC).expect("docs/openapi.json is JSON"),
+            seen: Default::default(),
+        }
+    }
+
+    fn operations(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (path, item) in self.doc["paths"].as_object().unwrap() {
+            for (m, _) in item.as_object().unwrap() {
+                if m != "parameters" {
+                    out.insert((m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The documented template a concrete path is an instance of.
+    #[track_caller]
+    fn template(&self, path: &str) -> String {
+        self.find_template(path)
+            .unwrap_or_else(|| panic!("{path} is not a documented path"))
+    }
+
+    fn find_template(&self, path: &str) -> Option<String> {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for t in self.doc["paths"].as_object().unwrap().keys() {
+            let ts: Vec<&str> = t.trim_start_matches('/').split('/').collect();
+            if ts.len() == segs.len()
+                && ts
+                    .iter()
+                    .zip(&segs)
+                    .all(|(a, b)| a == b || (a.starts_with('{') && a.ends_with('}')))
+            {
+                return Some(t.clone());
+            }
+        }
+        None
+    }
+
+    fn validator(&self, schema: &Value) -> jsonschema::Validator {
+        let mut s = schema.clone();
+        s["components"] = self.doc["components"].clone();
+        jsonschema::draft202012::new(&s).expect("the document's schemas compile")
+    }
+
+    #[track_caller]
+    fn check(&self, schema: &Value, v: &Value, what: &str) {
+        let val = self.validator(schema);
+        let errors: Vec<String> = val
+            .iter_errors(v)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what} does not match its schema: {errors:?}\n{v:#}"
+        );
+    }
+
+    /// Sends a request the test means as valid (its body checked against the request
+    /// schema), checks the response against the document, returns it.
+    #[track_caller]
+    fn call(&self, d: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let t = self.template(path);
+        let op = &self.doc["paths"][&t][method.to_lowercase()];
+        assert!(op.is_object(), "{method} {t} is not documented");
+        if let Some(b) = &body {
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            assert!(schema.is_object(), "{method} {t} documents no request body");
+            self.check(schema, b, &format!("the request body of {method} {t}"));
+        }
+        self.response(d, method, path, body.map(|b| b.to_string().into_bytes()))
+    }
+
+    /// Sends raw bytes (valid or not) and checks the response against the document.
+    #[track_caller]
+    fn response(&self, d: &Daemon, method: &str, path: &str, raw: Option<Vec<u8>>) -> (u16, Value) {
+        let (status, bytes) = d
+            .client()
+            .request(method, path, raw.as_deref().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{method} {path}: reply is not JSON ({e}): {bytes:?}"));
+        // An undocumented path or method is answered with the API's error schema.
+        let t = self.find_template(path);
+        let op = t
+            .as_ref()
+            .map(|t| self.doc["paths"][t][method.to_lowercase()].clone())
+            .filter(Value::is_object);
+        match op {
+            Some(op) => {
+                let resp = &op["responses"][status.to_string()];
+                assert!(
+                    resp.is_object(),
+                    "{method} {path} answered {status}, which its operation does not document: {v}"
+                );
+                let schema = &resp["content"]["application/json"]["schema"];
+                self.check(
+                    schema,
+                    &v,
+                    &format!("the {status} reply of {method} {path}"),
+                );
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .insert((method.to_string(), t.unwrap()));
+            }
+            None => {
+                assert!(
+                    status == 404 || status == 405,
+                    "{method} {path}: {status} {v}"
+                );
+                self.check(
+                    &json!({"$ref": "#/components/schemas/Error"}),
+                    &v,
+                    "an error reply",
+                );
+            }
+        }
+        (status, v)
+    }
+}
+
+#[test]
+fn daemon_api_matches_its_openapi_document_and_refuses_hostile_requests() {
+    need("mkfs.ext4");
+    need("losetup");
+    let dir = tmpdir();
+    let c = Contract::new();
+    // Every route the server has is documented, and nothing else is.
+    let routes: BTreeSet<(String, String)> = sealvol_daemon::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(routes, c.operations(), "server routes vs docs/openapi.json");
+
+    let d = Daemon::start(dir.path(), None, &["--linger-ms", "0"]);
+    let key = random_bytes(32);
+    let other = random_bytes(32);
+    let third = random_bytes(32);
+
+    let (s, doc) = c.call(&d, "GET", "/v1/openapi.json", None);
+    assert_eq!((s, &doc["openapi"]), (200, &json!("3.1.0")));
+    let (s, st) = c.call(&d, "GET", "/v1/status", None);
+    assert_eq!(s, 200);
+    assert_eq!(st["daemon"]["pid"], json!(d.pid()));
+
+    // Keys.
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/keys",
+        Some(json!({"id": "k1", "key": b64(&key)})),
+    );
+    assert_eq!((s, &r["replaced"]), (200, &json!(false)));
+    let (s, r) = c.call(&d, "GET", "/v1/keys", None);
+    assert_eq!((s, &r["keys"]), (200, &json!(["k1"])));
+
+    // A volume through its whole life.
+    let create = json!({"id": "v1", "size": "64M", "key": {"key_id": "k1"}});
+    let (s, r) = c.call(&d, "POST", "/v1/volumes", Some(create.clone()));
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["volume"]["key"], json!({"key_id": "k1"}));
+    let (s, r) = c.call(&d, "POST", "/v1/volumes", Some(create));
+    assert_eq!((s, &r["already_existed"]), (200, &json!(true)));
+    let (s, r) = c.call(&d, "GET", "/v1/volumes", None);
+    assert_eq!((s, r["volumes"].as_array().unwrap().len()), (200, 1));
+    let (s, r) = c.call(&d, "POST", "/v1/volumes/v1/open", Some(json!({})));
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["users"], json!([{"id": "api", "mounts": 1}]));
+    let mnt = r["mount_path"].as_str().unwrap().to_string();
+    std::fs::write(format!("{mnt}/f"), vec![7u8; 1 << 20]).unwrap();
+    std::process::Command::new("sync").status().unwrap();
+    // The throughput counters come from the export, about once a second.
+    let mut written = 0;
+    for _ in 0..50 {
+        let (_, v) = c.call(&d, "GET", "/v1/volumes/v1", None);
+        written = v["export"]["io"]["write_bytes"].as_u64().unwrap_or(0);
+        if written >= 1 << 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(written >= 1 << 20, "write_bytes {written}");
+    // In use: not destroyed, nothing changed.
+    let (s, r) = c.call(&d, "DELETE", "/v1/volumes/v1", None);
+    assert_eq!((s, &r["kind"]), (409, &json!("in_use")));
+    assert!(std::path::Path::new(&format!("{mnt}/f")).exists());
+    // Rekey: to a key handed over, then to a registered one.
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes/v1/rekey",
+        Some(json!({"new_key": {"base64": b64(&other)}})),
+    );
+    assert_eq!((s, &r["key"]), (200, &Value::Null), "{r}");
+    c.call(
+        &d,
+        "POST",
+        "/v1/keys",
+        Some(json!({"id": "k3", "key": b64(&third)})),
+    );
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes/v1/rekey",
+        Some(json!({"key": {"base64": b64(&other)}, "new_key": {"key_id": "k3"}})),
+    );
+    assert_eq!((s, &r["key"]), (200, &json!({"key_id": "k3"})), "{r}");
+    // The old key no longer opens it: refused as a wrong key, typed.
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes/v1/rekey",
+        Some(json!({"key": {"key_id": "k1"}, "new_key": {"key_id": "k1"}})),
+    );
+    assert_eq!((s, &r["kind"]), (403, &json!("wrong_key")), "{r}");
+    let (s, r) = c.call(&d, "POST", "/v1/volumes/v1/close", Some(json!({})));
+    assert_eq!((s, &r["mounted"]), (200, &json!(false)), "{r}");
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes/v1/open",
+        Some(json!({"key": {"base64": b64(&key)}})),
+    );
+    assert_eq!((s, &r["kind"]), (403, &json!("wrong_key")), "{r}");
+    let (s, r) = c.call(&d, "POST", "/v1/volumes/v1/open", None);
+    assert_eq!(s, 200, "{r}");
+    c.call(&d, "POST", "/v1/volumes/v1/close", None);
+    // A key source that is not there.
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes",
+        Some(json!({"id": "v9", "size": 67108864, "key": {"key_id": "nobody"}})),
+    );
+    assert_eq!((s, &r["kind"]), (412, &json!("key_unavailable")), "{r}");
+    let loose = write_secret(dir.path(), "loose", &key);
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes",
+        Some(json!({"id": "v9", "size": "64M", "key": {"key_file": loose}})),
+    );
+    assert_eq!((s, &r["kind"]), (412, &json!("key_unavailable")), "{r}");
+    assert!(r["error"].as_str().unwrap().contains("chmod 0600"), "{r}");
+    let (s, r) = c.call(&d, "GET", "/v1/volumes/v9", None);
+    assert_eq!((s, &r["kind"]), (404, &json!("not_found")));
+    let (s, _) = c.call(&d, "POST", "/v1/sweep", Some(json!({})));
+    assert_eq!(s, 200);
+
+    // Hostile requests: refused with the API's errors, nothing changed.
+    let before = std::fs::read_dir(d.state.join("records")).unwrap().count();
+    let big = format!("{{\"id\":\"k2\",\"key\":\"{}\"}}", "A".repeat(200 << 10));
+    let (s, r) = c.response(&d, "POST", "/v1/keys", Some(big.into_bytes()));
+    assert_eq!((s, &r["kind"]), (413, &json!("too_large")));
+    for bad in [
+        &b"{"[..],
+        b"[]",
+        b"{\"id\":\"v2\"}",
+        b"\xff\xfe",
+        b"{\"id\":\"v2\",\"size\":1,\"key\":{},\"x\":1}",
+    ] {
+        let (s, r) = c.response(&d, "POST", "/v1/volumes", Some(bad.to_vec()));
+        assert_eq!((s, &r["kind"]), (400, &json!("invalid")), "{bad:?}: {r}");
+    }
+    let (s, r) = c.response(
+        &d,
+        "POST",
+        "/v1/volumes",
+        Some(
+            json!({"id": "../../etc", "size": "64M", "key": {"key_id": "k1"}})
+                .to_string()
+                .into_bytes(),
+        ),
+    );
+    assert_eq!((s, &r["kind"]), (400, &json!("invalid")), "{r}");
+    let (s, r) = c.response(
+        &d,
+        "POST",
+        "/v1/volumes",
+        Some(
+            json!({"id": "v2", "size": "64M", "key": {"key_id": "k1", "base64": "AAAA"}})
+                .to_string()
+                .into_bytes(),
+        ),
+    );
+    assert_eq!(s, 400, "{r}");
+    for p in [
+        "/v1/volumes/..%2F..%2Fetc",
+        "/v1/volumes/%2e%2e",
+        "/v1/volumes/A",
+        "/v1/volumes/a%00b",
+        "/v1/volumes/.hidden/open",
+    ] {
+        let m = if p.ends_with("open") { "POST" } else { "GET" };
+        let (s, r) = c.response(&d, m, p, None);
+        assert_eq!((s, &r["kind"]), (400, &json!("invalid")), "{p}: {r}");
+    }
+    let (s, r) = c.response(&d, "GET", "/v1/volumes/../../etc/passwd", None);
+    assert_eq!(s, 404, "{r}");
+    let (s, _) = c.response(&d, "GET", "/v2/volumes", None);
+    assert_eq!(s, 404);
+    let (s, r) = c.response(&d, "PUT", "/v1/volumes", None);
+    assert_eq!((s, &r["kind"]), (405, &json!("method")));
+    assert_eq!(
+        std::fs::read_dir(d.state.join("records")).unwrap().count(),
+        before
+    );
+
+    // Concurrent destroys and opens of one volume: each call ends cleanly (done, in use,
+    // or not found) and the volume ends consistent, with nothing stale.
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes",
+        Some(json!({"id": "v2", "size": "64M", "key": {"key_id": "k1"}})),
+    );
+    assert_eq!(s, 201, "{r}");
+    let c = Arc::new(c);
+    let d = Arc::new(d);
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let (c, d) = (Arc::clone(&c), Arc::clone(&d));
+            std::thread::spawn(move || {
+                let (s, r) = if i % 2 == 0 {
+                    c.call(&d, "POST", "/v1/volumes/v2/open", None)
+                } else {
+                    c.call(&d, "DELETE", "/v1/volumes/v2", None)
+                };
+                assert!([200, 404, 409].contains(&s), "{s} {r}");
+                s
+            })
+        })
+        .collect();
+    let outcomes: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let (s, r) = c.call(&d, "GET", "/v1/volumes/v2", None);
+    match s {
+        200 => {
+            assert!(r["stale"].as_array().unwrap().is_empty(), "{r}");
+            assert!(
+                r["export_alive"].as_bool().unwrap() && r["mounted"].as_bool().unwrap(),
+                "{r}"
+            );
+            c.call(&d, "POST", "/v1/volumes/v2/close", None);
+        }
+        404 => assert!(outcomes.contains(&200)),
+        _ => panic!("{s} {r}"),
+    }
+    let (_, r) = c.call(&d, "POST", "/v1/sweep", None);
+    assert_eq!(
+        r["actions"],
+        json!([]),
+        "a sweep after the race found work: {r}"
+    );
+    for id in ["v1", "v2"] {
+        let (s, r) = c.call(&d, "DELETE", &format!("/v1/volumes/{id}"), None);
+        assert_eq!(s, 200, "{r}");
+    }
+    let (s, r) = c.call(&d, "DELETE", "/v1/keys/k1", None);
+    assert_eq!((s, &r["removed"]), (200, &json!(true)));
+
+    // Every documented operation was called and answered by the contract.
+    let seen = c.seen.lock().unwrap().clone();
+    let missing: Vec<_> = c.operations().difference(&seen).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "operations never exercised: {missing:?}"
+    );
+
+    // No key anywhere: the log, the state and runtime directories.
+    let log = d.log_text();
+    for k in [&key, &other, &third] {
+        assert_no_key(log.as_bytes(), k, "the daemon's log");
+        assert_no_key_in_tree(&d.state, k);
+        assert_no_key_in_tree(&d.run, k);
+    }
+    assert!(
+        log.contains("\"/v1/volumes\"") || log.contains("path=/v1/volumes"),
+        "requests are logged"
+    );
+}
+
+#[test]
+fn daemon_api_over_tcp_needs_the_token_and_logs_json() {
+    let dir = tmpdir();
+    let token = "tok-".to_string() + &hex::encode(random_bytes(16));
+    let tf = write_secret(dir.path(), "token", token.as_bytes());
+    // Loopback only; a token file others can read is refused.
+    let out = std::process::Command::new(common::SEALVOL)
+        .args([
+            "daemon",
+            "--no-plugin",
+            "--api-listen",
+            "0.0.0.0:0",
+            "--api-token-file",
+        ])
+        .arg(&tf)
+        .args(["--state-dir"])
+        .arg(dir.path().join("s"))
+        .args(["--api-socket"])
+        .arg(dir.path().join("a.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loopback"),
+        "{out:?}"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let tfs = tf.to_str().unwrap().to_string();
+    let d = Daemon::start(
+        dir.path(),
+        None,
+        &[
+            "--api-listen",
+            &addr,
+            "--api-token-file",
+            &tfs,
+            "--log-json",
+        ],
+    );
+    let curl = need("curl");
+    let get = |auth: Option<&str>| {
+        let mut c = std::process::Command::new(&curl);
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
+        if let Some(a) = auth {
+            c.args(["-H", a]);
+        }
+        let o = c.arg(format!("http://{addr}/v1/status")).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert_eq!(get(None), "401");
+    assert_eq!(get(Some("Authorization: Bearer wrong-token-000000")), "401");
+    assert_eq!(get(Some(&format!("Authorization: Bearer {token}"))), "200");
+    let (s, _) = d.api("GET", "/v1/status", None);
+    assert_eq!(s, 200);
+    // One JSON object per line, none holding the token.
+    let log = d.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string(), "{l}");
+    }
+    assert!(!log.contains(&token));
+}
