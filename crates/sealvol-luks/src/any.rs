@@ -142,8 +142,9 @@ impl<S: Storage> AnyVolume<S> {
         }
     }
 
-    /// `Some(reason)` when the header may be read but not changed (LUKS2 requirements).
-    pub fn read_only(&self) -> Option<&str> {
+    /// `Some(reason)` when the header may be read but not opened or changed (LUKS2
+    /// requirement flags, a reencryption, OPAL, dm-integrity: [`luks2::Volume::blockers`]).
+    pub fn read_only(&self) -> Option<String> {
         self.as_luks2().and_then(|v| v.read_only())
     }
 

@@ -11,13 +11,17 @@ mod json;
 mod keyslot;
 pub mod metadata;
 mod segment;
-mod validate;
+mod state;
+pub mod validate;
 mod volume;
 
 pub use crate::error::Copy;
 pub use header::{Header, LoadReport};
-pub use metadata::{Af, Area, Config, Digest, Kdf, Keyslot, Metadata, Requirements, Segment};
+pub use metadata::{
+    Af, Area, Config, Digest, DigestParams, Kdf, Keyslot, Metadata, Requirements, Segment,
+};
 pub use segment::DataSegment;
+pub use state::Blocker;
 pub use volume::{Unlocked, Volume};
 
 use crate::{Error, Result};

@@ -195,10 +195,12 @@ fn build(g: &Gen) -> Header {
         kind: "pbkdf2".into(),
         keyslots: ids,
         segments: vec![0],
-        hash: g.digest_hash.into(),
-        iterations: 1000,
-        salt: vec![7; 32],
-        digest: vec![9; g.digest_len],
+        params: Some(super::metadata::DigestParams {
+            hash: g.digest_hash.into(),
+            iterations: 1000,
+            salt: vec![7; 32],
+            digest: vec![9; g.digest_len],
+        }),
         extra: Map::new(),
     };
     Header {
