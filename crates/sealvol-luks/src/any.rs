@@ -79,6 +79,9 @@ impl<S: Storage> AnyVolume<S> {
     pub fn open(mut storage: S) -> Result<Self> {
         match primary_version(&mut storage) {
             Some(1) => Ok(AnyVolume::Luks1(luks1::Volume::open(storage)?)),
+            // cryptsetup `_crypt_load_luks`: a version above 2 behind the primary magic is
+            // refused outright (0, a damaged primary, goes on to the LUKS2 copies).
+            Some(v) if v > 2 => Err(Error::UnsupportedVersion(v)),
             _ => Ok(AnyVolume::Luks2(luks2::Volume::open(storage)?)),
         }
     }

@@ -75,8 +75,31 @@ fn luks2_json<S: Storage>(vol: &luks2::Volume<S>) -> Value {
             "secondary": copy_state(&report.secondary),
         },
         "read_only": vol.read_only(),
+        "blockers": vol.blockers().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "unusable": unusable(vol),
         "metadata": h.metadata().to_json(),
     })
+}
+
+/// The objects sealvol cannot use and why: `{"keyslots": {"1": "..."}, "digests": {...},
+/// "data_segment": "..."}` (empty maps and `null` when everything is usable).
+fn unusable<S: Storage>(vol: &luks2::Volume<S>) -> Value {
+    let md = vol.header().metadata();
+    let keyslots: Map<String, Value> = md
+        .keyslots
+        .iter()
+        .filter_map(|(id, k)| {
+            k.unusable(*id)
+                .map(|why| (id.to_string(), Value::from(why)))
+        })
+        .collect();
+    let digests: Map<String, Value> = md
+        .digests
+        .iter()
+        .filter_map(|(id, d)| d.unusable().map(|why| (id.to_string(), Value::from(why))))
+        .collect();
+    let data = vol.data_segment().err().map(|e| e.to_string());
+    json!({"keyslots": keyslots, "digests": digests, "data_segment": data})
 }
 
 /// The document of [`AnyVolume::dump_json`] laid out as `cryptsetup luksDump` prints a
@@ -202,9 +225,19 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
             flags.join(" ")
         }
     )?;
-    if let Some(reason) = doc["read_only"].as_str() {
-        writeln!(o, "Read-only:     \t{reason}")?;
+    let blockers = doc["blockers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for b in blockers.iter().filter_map(Value::as_str) {
+        writeln!(o, "Blocked:       \t{b}")?;
     }
+    if blockers.is_empty() {
+        if let Some(reason) = doc["read_only"].as_str() {
+            writeln!(o, "Read-only:     \t{reason}")?;
+        }
+    }
+    let unusable = &doc["unusable"];
 
     writeln!(o, "\nData segments:")?;
     for (id, seg) in entries(meta, "segments") {
@@ -219,11 +252,19 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
         writeln!(o, "\tcipher: {}", s(&seg, "encryption"))?;
         writeln!(o, "\tsector: {} [bytes]", num(&seg, "sector_size"))?;
     }
+    if blockers.is_empty() {
+        if let Some(why) = unusable["data_segment"].as_str() {
+            writeln!(o, "  unusable: {why}")?;
+        }
+    }
 
     let digests = entries(meta, "digests");
     writeln!(o, "\nKeyslots:")?;
     for (id, ks) in entries(meta, "keyslots") {
         writeln!(o, "  {id}: {}", s(&ks, "type"))?;
+        if let Some(why) = unusable["keyslots"][id.as_str()].as_str() {
+            writeln!(o, "\tUnusable:   {why}")?;
+        }
         writeln!(
             o,
             "\tKey:        {} bits",
@@ -283,6 +324,9 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
     writeln!(o, "Digests:")?;
     for (id, d) in &digests {
         writeln!(o, "  {id}: {}", s(d, "type"))?;
+        if let Some(why) = unusable["digests"][id.as_str()].as_str() {
+            writeln!(o, "\tUnusable:   {why}")?;
+        }
         writeln!(o, "\tHash:       {}", s(d, "hash"))?;
         writeln!(o, "\tIterations: {}", num(d, "iterations"))?;
         writeln!(

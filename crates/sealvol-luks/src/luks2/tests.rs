@@ -517,3 +517,74 @@ fn kdf_params_render_as_the_cli_names_them() {
         json!({"type": "argon2id", "time": 4, "memory": 65536, "cpus": 2})
     );
 }
+
+/// Keyslot 1: a luks2 keyslot whose KDF sealvol does not implement, after keyslot 0.
+fn add_scrypt_keyslot(h: &mut Header) {
+    let mut k = h.metadata.keyslots[&0].clone();
+    k.area.offset += k.area.size;
+    k.kdf = None;
+    k.extra.insert(
+        "kdf".into(),
+        json!({"type": "scrypt", "n": 1048576, "salt": "c2FsdA=="}),
+    );
+    h.metadata.keyslots.insert(1, k);
+    h.metadata.digests.get_mut(&0).unwrap().keyslots.push(1);
+}
+
+#[test]
+fn an_unknown_kdf_leaves_the_rest_usable_dumped_and_preserved() {
+    let vk = SecretBytes::random(64).unwrap();
+    let mut vol = rewrite(volume(&vk), add_scrypt_keyslot);
+    let foreign = vol.header().metadata().to_json()["keyslots"]["1"].clone();
+    // Keyslot 0 still unlocks; keyslot 1 names what is missing.
+    assert!(vol
+        .unlock(b"pw", None)
+        .unwrap()
+        .volume_key
+        .ct_eq(vk.expose()));
+    match vol.unlock(b"pw", Some(1)) {
+        Err(e @ Error::UnusableKeyslot { id: 1, .. }) => {
+            assert!(e.to_string().contains("scrypt"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Dump (JSON and text) lists it and why.
+    let any = crate::AnyVolume::Luks2(vol);
+    let doc = any.dump_json();
+    let why = doc["unusable"]["keyslots"]["1"].as_str().unwrap();
+    assert!(why.contains("scrypt"), "{why}");
+    assert!(doc["unusable"]["keyslots"].get("0").is_none());
+    let text = crate::dump::text(&doc);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("\tUnusable:") && l.contains("scrypt")),
+        "{text}"
+    );
+    // Writing the header back keeps the unknown keyslot value for value.
+    let crate::AnyVolume::Luks2(mut vol) = any else {
+        unreachable!()
+    };
+    let id = vol
+        .add_keyslot(&vk, b"second", &KdfParams::pbkdf2_min(), None)
+        .unwrap();
+    assert_eq!(id, 2);
+    let vol = Volume::open(vol.into_storage()).unwrap();
+    assert_eq!(vol.header().metadata().to_json()["keyslots"]["1"], foreign);
+    let mut vol = vol;
+    assert_eq!(vol.unlock(b"second", None).unwrap().keyslot, 2);
+}
+
+#[test]
+fn only_unusable_keyslots_give_the_reason_not_wrong_key() {
+    let vk = SecretBytes::random(64).unwrap();
+    let mut vol = rewrite(volume(&vk), |h| {
+        add_scrypt_keyslot(h);
+        h.metadata.keyslots.get_mut(&0).unwrap().priority = Some(0);
+    });
+    // Keyslot 0 is "ignore" (only tried when named), keyslot 1 unusable.
+    assert!(matches!(
+        vol.unlock(b"pw", None),
+        Err(Error::UnusableKeyslot { id: 1, .. })
+    ));
+    assert_eq!(vol.unlock(b"pw", Some(0)).unwrap().keyslot, 0);
+}
