@@ -51,7 +51,8 @@ fn luks1_json(h: &luks1::Header) -> Value {
         "version": 1,
         "uuid": h.uuid(),
         "cipher": h.cipher(),
-        "hash": h.hash().as_str(),
+        "hash": h.hash_spec(),
+        "unusable": h.usable().err().map(|e| e.to_string()),
         "payload_offset": h.payload_offset(),
         "key_bytes": h.key_bytes(),
         "mk_digest_iterations": h.mk_digest_iter(),
@@ -128,6 +129,9 @@ fn luks1_human(h: &Value, o: &mut String) -> std::fmt::Result {
     )?;
     writeln!(o, "MK iterations: \t{}", num(h, "mk_digest_iterations"))?;
     writeln!(o, "UUID:          \t{}", s(h, "uuid"))?;
+    if let Some(why) = h["unusable"].as_str() {
+        writeln!(o, "Unusable:      \t{why}")?;
+    }
     let slots = h["keyslots"]
         .as_array()
         .map(Vec::as_slice)
