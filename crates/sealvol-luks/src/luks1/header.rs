@@ -128,8 +128,8 @@ fn put_text(b: &mut [u8], at: usize, len: usize, s: &str) {
 }
 
 /// The digest names cryptsetup's OpenSSL 3 backend (Debian's) resolves, compared without
-/// case, whose HMAC is at least 20 bytes (`_check_and_convert_hdr`: `crypt_hmac_size(hash)
-/// >= LUKS_DIGESTSIZE`). A cryptsetup built on another backend (gcrypt, kernel) knows a
+/// case, whose HMAC is at least 20 bytes (`_check_and_convert_hdr` compares
+/// `crypt_hmac_size(hash)` with `LUKS_DIGESTSIZE`). A cryptsetup built on another backend (gcrypt, kernel) knows a
 /// slightly different set: see docs/luks-validation.md.
 const CRYPTSETUP_HASHES: &[&str] = &[
     "sha1",
