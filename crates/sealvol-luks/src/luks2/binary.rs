@@ -157,8 +157,13 @@ pub(crate) fn checksum(alg: &str, copy: &[u8]) -> Option<Vec<u8>> {
         h.update(&copy[CSUM_OFF + CSUM_LEN..]);
         h.finalize().to_vec()
     }
+    // cryptsetup writes sha256; it verifies with any hash its crypto backend knows. These
+    // are the ones sealvol verifies (docs/luks-validation.md lists the difference).
     match alg {
+        "sha1" => Some(run::<sha1::Sha1>(copy)),
+        "sha224" => Some(run::<sha2::Sha224>(copy)),
         "sha256" => Some(run::<sha2::Sha256>(copy)),
+        "sha384" => Some(run::<sha2::Sha384>(copy)),
         "sha512" => Some(run::<sha2::Sha512>(copy)),
         _ => None,
     }
@@ -180,7 +185,7 @@ pub(crate) fn set_checksum(copy: &mut [u8], csum: &[u8]) {
 pub(crate) fn verify_checksum(alg: &str, copy: &[u8]) -> Result<(), String> {
     let Some(c) = checksum(alg, copy) else {
         return Err(format!(
-            "unsupported checksum algorithm {alg:?} (sha256 and sha512 are supported)"
+            "unsupported checksum algorithm {alg:?} (sha1, sha224, sha256, sha384 and sha512 are supported)"
         ));
     };
     if stored_checksum(copy, c.len()) != c.as_slice() {
