@@ -125,7 +125,7 @@ fn luks1_human(h: &Value, o: &mut String) -> std::fmt::Result {
     writeln!(
         o,
         "MK bits:       \t{}",
-        h["key_bytes"].as_u64().unwrap_or(0) * 8
+        h["key_bytes"].as_u64().unwrap_or(0).saturating_mul(8)
     )?;
     writeln!(o, "MK iterations: \t{}", num(h, "mk_digest_iterations"))?;
     writeln!(o, "UUID:          \t{}", s(h, "uuid"))?;
@@ -272,7 +272,10 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
         writeln!(
             o,
             "\tKey:        {} bits",
-            ks.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8
+            ks.get("key_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .saturating_mul(8)
         )?;
         let prio = match ks.get("priority").and_then(Value::as_u64) {
             Some(0) => "ignored",
@@ -285,7 +288,10 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
         writeln!(
             o,
             "\tCipher key: {} bits",
-            area.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8
+            area.get("key_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .saturating_mul(8)
         )?;
         let kdf = ks.get("kdf").cloned().unwrap_or(Value::Null);
         writeln!(o, "\tPBKDF:      {}", s(&kdf, "type"))?;

@@ -300,6 +300,20 @@ pub fn parse_header_bytes(bytes: &[u8]) -> Result<Header> {
     header::header_from(p, Some(salt))
 }
 
+/// Parses and validates a JSON area (the bytes after a copy's 4096-byte binary header) for a
+/// copy of `hdr_size` bytes: the area's form, cryptsetup's repair and every metadata rule
+/// ([`validate::RULES`]), then the typed model. No checksum, no binary header: for fuzzing
+/// and tests of the metadata rules alone.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the rule.
+pub fn parse_json_area(area: &[u8], hdr_size: u64) -> Result<Metadata> {
+    let mut v = header::parse_json_area(area)?;
+    validate::repair(&mut v);
+    validate::check(&v, hdr_size)?;
+    Metadata::from_json(&v)
+}
+
 impl binary::Magic {
     fn is_luks(&self) -> bool {
         !matches!(self, binary::Magic::Other)

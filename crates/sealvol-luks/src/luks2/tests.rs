@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::io::Cursor;
 
 /// A header cryptsetup 2.6 wrote (`luksFormat --pbkdf pbkdf2 --pbkdf-force-iterations 1000`).
-const BASE: &str = r#"{"keyslots":{"0":{"type":"luks2","key_size":64,"af":{"type":"luks1","stripes":4000,"hash":"sha256"},"area":{"type":"raw","offset":"32768","size":"258048","encryption":"aes-xts-plain64","key_size":64},"kdf":{"type":"pbkdf2","hash":"sha256","iterations":1000,"salt":"IiObm2876HKnAW/rVjizgmqxlv21NO2r3oy8g/FCVsw="}}},"tokens":{},"segments":{"0":{"type":"crypt","offset":"16777216","size":"dynamic","iv_tweak":"0","encryption":"aes-xts-plain64","sector_size":4096}},"digests":{"0":{"type":"pbkdf2","keyslots":["0"],"segments":["0"],"hash":"sha256","iterations":1000,"salt":"Ia/s7TC4O+HPHa4Cx7kVkeFxlP72rfcy+llJxnKjbxw=","digest":"Gj20BJ3U29gxgiPNWz+VFjcOQ2FqKqaKeosJwlS3xhw="}},"config":{"json_size":"12288","keyslots_size":"16744448"}}"#;
+pub(super) const BASE: &str = r#"{"keyslots":{"0":{"type":"luks2","key_size":64,"af":{"type":"luks1","stripes":4000,"hash":"sha256"},"area":{"type":"raw","offset":"32768","size":"258048","encryption":"aes-xts-plain64","key_size":64},"kdf":{"type":"pbkdf2","hash":"sha256","iterations":1000,"salt":"IiObm2876HKnAW/rVjizgmqxlv21NO2r3oy8g/FCVsw="}}},"tokens":{},"segments":{"0":{"type":"crypt","offset":"16777216","size":"dynamic","iv_tweak":"0","encryption":"aes-xts-plain64","sector_size":4096}},"digests":{"0":{"type":"pbkdf2","keyslots":["0"],"segments":["0"],"hash":"sha256","iterations":1000,"salt":"Ia/s7TC4O+HPHa4Cx7kVkeFxlP72rfcy+llJxnKjbxw=","digest":"Gj20BJ3U29gxgiPNWz+VFjcOQ2FqKqaKeosJwlS3xhw="}},"config":{"json_size":"12288","keyslots_size":"16744448"}}"#;
 
 fn base() -> Value {
     serde_json::from_str(BASE).unwrap()
