@@ -588,3 +588,16 @@ fn only_unusable_keyslots_give_the_reason_not_wrong_key() {
     ));
     assert_eq!(vol.unlock(b"pw", Some(0)).unwrap().keyslot, 0);
 }
+
+#[test]
+fn checksum_algorithm_names_resolve_as_openssl_resolves_them() {
+    // cryptsetup (OpenSSL backend) reads "SHA256" and "sha2-256" as sha256.
+    for name in ["SHA256", "sha2-256", "Sha-256"] {
+        let mut b = copy_raw(BASE.as_bytes(), 16384);
+        b[72..104].fill(0);
+        b[72..72 + name.len()].copy_from_slice(name.as_bytes());
+        let c = binary::checksum(name, &b).unwrap();
+        binary::set_checksum(&mut b, &c);
+        parse_header_bytes(&b).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
