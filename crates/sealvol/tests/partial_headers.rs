@@ -188,3 +188,52 @@ fn cryptsetup_empty_segment_cipher_is_refused_by_both() {
         .stderr_mentions("segment-crypt-fields");
     sv(["test-key", "--key-file", s(&k0), s(&img)]).fails();
 }
+
+/// OPAL and dm-integrity segments (made by JSON surgery that `cryptsetup luksDump` accepts:
+/// this host has neither an OPAL drive nor dm-integrity for a real one): dumped, refused
+/// with what they are and what to run, never written.
+#[test]
+fn cryptsetup_opal_and_integrity_segments_are_dumped_and_refused_by_name() {
+    let d = tmpdir();
+    type Surgery = fn(&mut Value);
+    let cases: [(&str, Surgery, &str); 2] = [
+        (
+            "opal",
+            |m| {
+                let s = &mut m["segments"]["0"];
+                s["type"] = json!("hw-opal-crypt");
+                s["size"] = json!("1048576");
+                s["opal_segment_number"] = json!(1);
+                s["opal_key_size"] = json!(32);
+                s["opal_segment_size"] = json!("1048576");
+            },
+            "OPAL",
+        ),
+        (
+            "integrity",
+            |m| {
+                m["segments"]["0"]["integrity"] = json!({"type": "hmac(sha256)",
+                    "journal_encryption": "none", "journal_integrity": "none"})
+            },
+            "dm-integrity",
+        ),
+    ];
+    for (name, surgery, what) in cases {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (img, k0, _) = two_keyslots(&dir);
+        rewrite_luks2_json(&img, surgery);
+        cryptsetup(["luksDump", s(&img)]).ok();
+        let before = snapshot(&img);
+        let doc = sv(["--json", "dump", s(&img)]).ok().json();
+        assert!(doc["blockers"].to_string().contains(what), "{name}: {doc}");
+        sv(["test-key", "--key-file", s(&k0), s(&img)])
+            .fails()
+            .stderr_mentions(what)
+            .stderr_mentions("cryptsetup");
+        sv(["remove-key", "--key-file", s(&k0), s(&img)])
+            .fails()
+            .stderr_mentions(what);
+        assert_unchanged(&img, &before, name);
+    }
+}
