@@ -76,9 +76,9 @@ fn luks2_json<S: Storage>(vol: &luks2::Volume<S>) -> Value {
             "secondary": copy_state(&report.secondary),
         },
         "read_only": vol.read_only(),
+        "metadata": h.metadata().to_json(),
         "blockers": vol.blockers().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "unusable": unusable(vol),
-        "metadata": h.metadata().to_json(),
     })
 }
 
