@@ -17,8 +17,8 @@
 //! - `checksum-algorithm`: cryptsetup verifies a copy's checksum with any hash of its crypto
 //!   backend, sealvol with sha1, sha224, sha256, sha384 and sha512 (cryptsetup writes sha256).
 //!
-//! Cases per run: `SEALVOL_DIFF_CASES` (default 2400), within `SEALVOL_DIFF_SECONDS`
-//! (default 45); the seed is `SEALVOL_DIFF_SEED` (default fixed). The corpus
+//! Cases per run: `SEALVOL_DIFF_CASES` (default 2000), within `SEALVOL_DIFF_SECONDS`
+//! (default 35); the seed is `SEALVOL_DIFF_SEED` (default fixed). The corpus
 //! `tests/data/diff_corpus.jsonl` (interesting cases, one JSON object a line) is replayed
 //! first on every run.
 
@@ -823,8 +823,8 @@ fn cryptsetup_and_sealvol_give_every_mutated_header_the_same_verdict() {
         assert!(sealvol_verdict(&f).accepted, "{}", b.name);
         assert!(cryptsetup_verdict(&f).accepted, "{}", b.name);
     }
-    let budget = Duration::from_secs(env_or("SEALVOL_DIFF_SECONDS", 45));
-    let wanted: usize = env_or("SEALVOL_DIFF_CASES", 2400);
+    let budget = Duration::from_secs(env_or("SEALVOL_DIFF_SECONDS", 35));
+    let wanted: usize = env_or("SEALVOL_DIFF_CASES", 2000);
     let seed: u64 = env_or("SEALVOL_DIFF_SEED", 0x5ea1_0001);
     let corpus: Vec<Value> = CORPUS
         .lines()
