@@ -114,17 +114,20 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
 }
 
 /// A NUL-terminated text field as cryptsetup reads it: the last byte forced to NUL, the C
-/// string up to the first NUL (bytes that are not UTF-8 are replaced for display).
+/// string up to the first NUL. Each byte becomes the char of the same value (Latin-1), so
+/// that any field, UTF-8 or not, encodes back to the same bytes.
 fn text(b: &[u8], at: usize, len: usize) -> String {
     let field = &b[at..at + len - 1];
     let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
+    field[..end].iter().map(|&c| char::from(c)).collect()
 }
 
+/// Writes `s` as [`text`] reads it (chars are bytes; sealvol's own names are ASCII).
 fn put_text(b: &mut [u8], at: usize, len: usize, s: &str) {
-    let n = s.len().min(len - 1);
     b[at..at + len].fill(0);
-    b[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
+    for (dst, c) in b[at..at + len - 1].iter_mut().zip(s.chars()) {
+        *dst = u8::try_from(u32::from(c)).unwrap_or(b'?');
+    }
 }
 
 /// The digest names cryptsetup's OpenSSL 3 backend (Debian's) resolves, compared without
