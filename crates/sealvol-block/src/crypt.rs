@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use sealvol_crypto::{SecretBytes, SectorSize, XtsCipher};
+use sealvol_crypto::{SecretBytes, SectorCipher, SectorSize};
 use sealvol_luks::DataSegment;
 
 use crate::stripe::StripeLocks;
@@ -21,8 +21,9 @@ const MAX_SECTOR: usize = 4096;
 /// Buffers kept for reuse between writes.
 const POOLED_BUFFERS: usize = 8;
 
-/// A LUKS data segment on `D`, seen as plaintext: aes-xts-plain64 with the sector IV
-/// `iv_tweak + byte_offset / 512`, byte for byte what dm-crypt reads and writes.
+/// A LUKS data segment on `D`, seen as plaintext: the segment's cipher (any
+/// [`sealvol_crypto::CipherSpec`]: aes, serpent, twofish in xts or cbc, adiantum) with the
+/// sector IV `iv_tweak + byte_offset / 512`, byte for byte what dm-crypt reads and writes.
 ///
 /// - Requests of any offset and length: the sectors a request covers fully are crypted in
 ///   place (reads) or through a pooled buffer (writes); a sector covered partly is read,
@@ -30,7 +31,7 @@ const POOLED_BUFFERS: usize = 8;
 ///   so two requests writing different bytes of one sector both land. Requests that overlap
 ///   in bytes race as they would on a disk.
 /// - Requests of 128 KiB and more are split across two threads (rayon's pool), each with
-///   its own [`XtsCipher`] from a pool: no key setup and no allocation per request once the
+///   its own [`SectorCipher`] from a pool: no key setup and no allocation per request once the
 ///   pools are warm.
 /// - The key lives only in the ciphers, which wipe it on drop.
 pub struct CryptDevice<D> {
@@ -40,7 +41,7 @@ pub struct CryptDevice<D> {
     sector: SectorSize,
     iv_tweak: u64,
     read_only: bool,
-    ciphers: Mutex<Vec<XtsCipher>>,
+    ciphers: Mutex<Vec<SectorCipher>>,
     buffers: Mutex<Vec<Vec<u8>>>,
     locks: StripeLocks,
 }
@@ -163,7 +164,7 @@ impl<D: BlockDevice> CryptDevice<D> {
     }
 
     /// Takes a cipher from the pool (or makes one when every pooled cipher is in use).
-    fn cipher(&self) -> Result<XtsCipher> {
+    fn cipher(&self) -> Result<SectorCipher> {
         let mut pool = self.ciphers.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() > 1 {
             return Ok(pool.pop().expect("pool has more than one cipher"));
@@ -172,7 +173,7 @@ impl<D: BlockDevice> CryptDevice<D> {
         Ok(pool[0].try_clone()?)
     }
 
-    fn give_back(&self, c: XtsCipher) {
+    fn give_back(&self, c: SectorCipher) {
         let mut pool = self.ciphers.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < 16 {
             pool.push(c);
@@ -366,24 +367,48 @@ mod tests {
     use std::sync::Arc;
 
     fn segment(offset: u64, sector: SectorSize, iv_tweak: u64) -> DataSegment {
+        segment_with(offset, sector, iv_tweak, "aes-xts-plain64", 64)
+    }
+
+    fn segment_with(
+        offset: u64,
+        sector: SectorSize,
+        iv_tweak: u64,
+        cipher: &str,
+        key_size: usize,
+    ) -> DataSegment {
         DataSegment {
             id: 0,
             offset,
             size: None,
             iv_tweak,
             sector_size: sector,
-            cipher: "aes-xts-plain64".into(),
-            key_size: 64,
+            cipher: cipher.into(),
+            key_size,
         }
     }
 
     fn key() -> SecretBytes {
+        key_of(64)
+    }
+
+    fn key_of(len: usize) -> SecretBytes {
         SecretBytes::from_vec(
-            (0..64u8)
+            (0..len as u8)
                 .map(|i| i.wrapping_mul(37).wrapping_add(11))
                 .collect(),
         )
     }
+
+    /// The ciphers of the other tests' cases: one per mode and IV generator.
+    const CIPHERS: [(&str, usize); 6] = [
+        ("aes-xts-plain64", 64),
+        ("serpent-cbc-essiv:sha256", 32),
+        ("twofish-xts-plain", 48),
+        ("aes-cbc-plain64", 24),
+        ("xchacha12,aes-adiantum-plain64", 32),
+        ("xchacha20,aes-adiantum-plain64", 32),
+    ];
 
     #[test]
     fn split_covers_every_byte_once() {
@@ -416,17 +441,25 @@ mod tests {
     }
 
     /// A CryptDevice's writes are what `sealvol_luks::data::import` writes, and its reads
-    /// what `data::export` reads.
+    /// what `data::export` reads, for every mode.
     #[test]
     fn matches_luks_data_import_and_export() {
-        for (sector, tweak) in [
+        for (i, (sector, tweak)) in [
             (SectorSize::S4096, 0),
             (SectorSize::S512, 7),
             (SectorSize::S4096, 1 << 40),
-        ] {
+            (SectorSize::S2048, 4),
+            (SectorSize::S1024, (1 << 32) - 64),
+            (SectorSize::S4096, 8),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (cipher, key_size) = CIPHERS[i];
+            let key = || key_of(key_size);
             let offset = 16 << 10;
             let data_len = 3 << 20;
-            let seg = segment(offset, sector, tweak);
+            let seg = segment_with(offset, sector, tweak, cipher, key_size);
             let plain: Vec<u8> = (0..data_len as u32)
                 .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                 .collect();
@@ -441,6 +474,10 @@ mod tests {
                 &mut |_| {},
             )
             .unwrap();
+            assert!(
+                imported.get_ref()[offset as usize..] != plain[..],
+                "{cipher}"
+            );
 
             let dev =
                 CryptDevice::new(MemDevice::new(offset as usize + data_len), &seg, &key()).unwrap();
@@ -459,7 +496,10 @@ mod tests {
             for w in cuts.windows(2) {
                 dev.write_at(&plain[w[0]..w[1]], w[0] as u64).unwrap();
             }
-            assert!(dev.inner().to_vec() == imported.get_ref()[..], "{sector:?}");
+            assert!(
+                dev.inner().to_vec() == imported.get_ref()[..],
+                "{cipher} {sector:?}"
+            );
 
             let mut exported = Vec::new();
             let mut src = Cursor::new(imported.into_inner());
@@ -591,12 +631,14 @@ mod tests {
         fn behaves_like_plain_memory(
             big in any::<bool>(),
             tweak in 0u64..1_000_000,
+            cipher in 0..CIPHERS.len(),
             ops in prop::collection::vec(op(32 * 1024), 1..40),
         ) {
             let sector = if big { SectorSize::S4096 } else { SectorSize::S512 };
             let size = 32 * 1024u64;
-            let seg = segment(8192, sector, tweak);
-            let dev = CryptDevice::new(MemDevice::new(8192 + size as usize), &seg, &key()).unwrap();
+            let (name, key_size) = CIPHERS[cipher];
+            let seg = segment_with(8192, sector, tweak - tweak % 8, name, key_size);
+            let dev = CryptDevice::new(MemDevice::new(8192 + size as usize), &seg, &key_of(key_size)).unwrap();
             let mut model = vec![0u8; size as usize];
             // The device starts as ciphertext zeros: decrypted garbage. Make both agree.
             dev.read_at(&mut model, 0).unwrap();

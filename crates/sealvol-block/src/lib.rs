@@ -8,8 +8,10 @@
 //! - [`FileDevice`]: a regular file or a block device, with `pread`/`pwrite` (optionally
 //!   `O_DIRECT`), `fdatasync` and hole punching.
 //! - [`MemDevice`]: bytes in memory, for tests and examples.
-//! - [`CryptDevice`]: the plaintext view of a LUKS data segment on any other device:
-//!   aes-xts-plain64 sector by sector exactly as dm-crypt does, any offset and length
+//! - [`CryptDevice`]: the plaintext view of a LUKS data segment on any other device: its
+//!   cipher (aes-xts-plain64, serpent-cbc-essiv:sha256, xchacha12,aes-adiantum-plain64 ...;
+//!   every [`sealvol_crypto::CipherSpec`]) sector by sector exactly as dm-crypt does, any
+//!   offset and length
 //!   (partial sectors are read, patched and rewritten under a per-sector lock), large requests
 //!   split across cores.
 //! - [`VerityDevice`]: the read-only, verified view of a dm-verity protected image: every

@@ -22,8 +22,21 @@ pub enum Error {
     /// A sector size dm-crypt does not accept.
     #[error("unsupported sector size {0}; use 512, 1024, 2048 or 4096")]
     SectorSize(u64),
+    /// A cipher specification (or key size) sealvol does not implement; `part` says which
+    /// part of it.
+    #[error("unsupported cipher {spec:?}: {part} {found:?} is not supported; {hint}")]
+    UnsupportedCipher {
+        /// The whole specification as given.
+        spec: String,
+        /// The part that is not supported.
+        part: crate::spec::CipherPart,
+        /// That part as given (the key size in bits for [`crate::spec::CipherPart::KeySize`]).
+        found: String,
+        /// What is supported instead.
+        hint: String,
+    },
     /// A hash name LUKS allows but sealvol does not support.
-    #[error("unsupported hash {0:?}; supported: sha1, sha256, sha512")]
+    #[error("unsupported hash {0:?}; supported: sha1, sha256, sha512, ripemd160, whirlpool")]
     UnknownHash(String),
     /// KDF (or AF splitter) parameters out of range; the message names the parameter.
     #[error("invalid KDF parameters: {0}")]

@@ -1,4 +1,4 @@
-//! The only module with `unsafe`: aws-lc's XTS binding and mlock/munlock.
+//! The only module with `unsafe`: aws-lc's XTS and CBC bindings and mlock/munlock.
 //!
 //! Everything here is a thin, safe wrapper: callers in the rest of the crate never see a raw
 //! pointer. Each `unsafe` block says why its preconditions hold.
@@ -30,7 +30,7 @@ pub(crate) fn munlock(buf: &[u8]) {
 }
 
 #[cfg(feature = "aws-lc")]
-pub(crate) use awslc::{raw_xts256_encrypt, EvpXts};
+pub(crate) use awslc::{raw_xts256_encrypt, AesCbc, EvpXts};
 
 #[cfg(feature = "aws-lc")]
 mod awslc {
@@ -186,6 +186,76 @@ mod awslc {
         /// Decrypts one sector in place.
         pub(crate) fn decrypt_sector(&mut self, data: &mut [u8], iv: &[u8; 16]) -> Result<()> {
             self.dec.sector(data, iv)
+        }
+    }
+
+    /// AES-CBC through aws-lc's `AES_cbc_encrypt` (AES-NI/VAES assembly where the CPU has
+    /// it): the encryption and decryption key schedules, set once. No context, no
+    /// allocation per call.
+    pub(crate) struct AesCbc {
+        enc: Box<sys::AES_KEY>,
+        dec: Box<sys::AES_KEY>,
+    }
+
+    impl AesCbc {
+        /// Both key schedules for a 16-, 24- or 32-byte AES key.
+        pub(crate) fn new(key: &[u8]) -> Result<Self> {
+            if !matches!(key.len(), 16 | 24 | 32) {
+                return Err(Error::KeyLength {
+                    what: "aws-lc AES-CBC",
+                    got: key.len(),
+                    expected: "16, 24 or 32",
+                });
+            }
+            let bits = (key.len() * 8) as std::os::raw::c_uint;
+            let mut enc = Box::new(sys::AES_KEY::default());
+            let mut dec = Box::new(sys::AES_KEY::default());
+            // SAFETY: `key` points to `bits / 8` readable bytes (checked above); `enc` and
+            // `dec` are valid, exclusively borrowed AES_KEY structures that the calls fill.
+            let ok = unsafe {
+                sys::AES_set_encrypt_key(key.as_ptr(), bits, &mut *enc) == 0
+                    && sys::AES_set_decrypt_key(key.as_ptr(), bits, &mut *dec) == 0
+            };
+            if !ok {
+                return Err(backend_error("AES_set_encrypt_key / AES_set_decrypt_key"));
+            }
+            Ok(AesCbc { enc, dec })
+        }
+
+        /// CBC-encrypts `data` (whole 16-byte blocks) in place from `iv`.
+        pub(crate) fn encrypt(&self, data: &mut [u8], iv: &[u8; 16]) {
+            self.run(data, iv, true);
+        }
+
+        /// CBC-decrypts `data` (whole 16-byte blocks) in place from `iv`.
+        pub(crate) fn decrypt(&self, data: &mut [u8], iv: &[u8; 16]) {
+            self.run(data, iv, false);
+        }
+
+        fn run(&self, data: &mut [u8], iv: &[u8; 16], encrypt: bool) {
+            assert!(data.len() % 16 == 0, "CBC takes whole blocks");
+            let mut ivec = *iv;
+            let (key, enc): (&sys::AES_KEY, _) = if encrypt {
+                (&self.enc, sys::AES_ENCRYPT as std::os::raw::c_int)
+            } else {
+                (&self.dec, sys::AES_DECRYPT as std::os::raw::c_int)
+            };
+            let p = data.as_mut_ptr();
+            // SAFETY: `p` points to `data.len()` initialized, writable bytes (a multiple of the
+            // block size, asserted above) that nothing else borrows during the call; input and
+            // output are the same pointer, which AES_cbc_encrypt supports (it reads each block
+            // before writing it, and its assembly paths handle `in == out`). `key` is a key
+            // schedule set up by AES_set_*_key for this direction; `ivec` is 16 writable bytes
+            // (the function leaves the last ciphertext block there; we drop it).
+            unsafe { sys::AES_cbc_encrypt(p, p, data.len(), key, ivec.as_mut_ptr(), enc) };
+            zeroize::Zeroize::zeroize(&mut ivec);
+        }
+    }
+
+    impl Drop for AesCbc {
+        fn drop(&mut self) {
+            zeroize::Zeroize::zeroize(&mut self.enc.rd_key);
+            zeroize::Zeroize::zeroize(&mut self.dec.rd_key);
         }
     }
 

@@ -66,6 +66,12 @@ pub fn pbkdf2(
         HashAlg::Sha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, out),
         HashAlg::Sha256 => pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, out),
         HashAlg::Sha512 => pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, iterations, out),
+        HashAlg::Ripemd160 => {
+            pbkdf2::pbkdf2_hmac::<ripemd::Ripemd160>(password, salt, iterations, out)
+        }
+        HashAlg::Whirlpool => {
+            pbkdf2::pbkdf2_hmac::<whirlpool::Whirlpool>(password, salt, iterations, out)
+        }
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use aes::cipher::{
     Array, BlockCipherDecBackend, BlockCipherDecClosure, BlockCipherDecrypt, BlockCipherEncBackend,
     BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit,
 };
-use aes::{Aes128, Aes128Enc, Aes256, Aes256Enc, Block};
+use aes::{Aes128, Aes128Enc, Aes192, Aes192Enc, Aes256, Aes256Enc, Block};
 use std::cell::Cell;
 use std::marker::PhantomData;
 
@@ -95,7 +95,7 @@ const SECTORS_PER_SESSION: usize = 64;
 const BLOCK: usize = 16;
 
 /// The 16-byte `plain64` IV: the 64-bit IV little-endian, then eight zero bytes.
-fn plain64(iv: u64) -> [u8; 16] {
+pub(crate) fn plain64(iv: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&iv.to_le_bytes());
     out
@@ -264,9 +264,10 @@ impl BlockCipherDecClosure for DecPass<'_, '_> {
     }
 }
 
-/// XTS over RustCrypto `aes`: `D` is the data cipher (K1, both directions), `E` the tweak
-/// cipher (K2, encryption only). The `aes` types zeroize their key schedules on drop.
-struct SoftXts<D, E> {
+/// XTS over a RustCrypto block cipher (`aes`, `serpent`, `twofish`): `D` is the data cipher
+/// (K1, both directions), `E` the tweak cipher (K2, encryption only). The cipher types
+/// zeroize their key schedules on drop (their `zeroize` features).
+pub(crate) struct SoftXts<D, E> {
     data: D,
     tweak: E,
 }
@@ -276,13 +277,14 @@ where
     D: BlockCipherEncrypt + BlockCipherDecrypt + BlockSizeUser<BlockSize = U16> + KeyInit,
     E: BlockCipherEncrypt + BlockSizeUser<BlockSize = U16> + KeyInit,
 {
-    /// `key` is K1 || K2, each half an AES key.
-    fn new(key: &[u8]) -> Result<Self> {
+    /// `key` is K1 || K2, each half a key of the block cipher; `what` and `expected` name
+    /// the cipher and its key lengths in a key length error.
+    pub(crate) fn new(key: &[u8], what: &'static str, expected: &'static str) -> Result<Self> {
         let (k1, k2) = key.split_at(key.len() / 2);
         let bad = |_| Error::KeyLength {
-            what: "AES-XTS",
+            what,
             got: key.len(),
-            expected: "32 or 64",
+            expected,
         };
         Ok(SoftXts {
             data: D::new_from_slice(k1).map_err(bad)?,
@@ -298,7 +300,14 @@ where
     /// K1 cipher's backend (so the key broadcast and CPU-feature dispatch happen once per
     /// session, and the blocks go through the backend's widest parallel path, 64 blocks
     /// with VAES-512).
-    fn crypt(&self, buf: &mut [u8], sector_len: usize, first_iv: u64, iv_step: u64, encrypt: bool) {
+    pub(crate) fn crypt(
+        &self,
+        buf: &mut [u8],
+        sector_len: usize,
+        first_iv: u64,
+        iv_step: u64,
+        encrypt: bool,
+    ) {
         let per_sector = sector_len / BLOCK;
         let (blocks, rest) = Block::slice_as_chunks_mut(buf);
         debug_assert!(rest.is_empty() && per_sector > 0);
@@ -343,10 +352,12 @@ enum Engine {
     #[cfg(feature = "aws-lc")]
     AwsLc(crate::ffi::EvpXts),
     Soft128(Box<SoftXts<Aes128, Aes128Enc>>),
+    Soft192(Box<SoftXts<Aes192, Aes192Enc>>),
     Soft256(Box<SoftXts<Aes256, Aes256Enc>>),
 }
 
-/// AES-XTS (`aes-xts-plain64`) with a 32-byte (AES-128) or 64-byte (AES-256) key.
+/// AES-XTS (`aes-xts-plain64`) with a 32-byte (AES-128), 48-byte (AES-192) or 64-byte
+/// (AES-256) key.
 ///
 /// Sector `i` of a buffer gets the IV `first_iv + i * sector_size / 512`, written as a
 /// 64-bit little-endian number followed by zeros (`plain64`). The key is set once; each
@@ -369,7 +380,7 @@ pub struct XtsCipher {
 }
 
 /// Checks that `len` is whole sectors and that the last sector's IV fits in 64 bits.
-fn check_buffer(len: usize, sector_size: SectorSize, first_iv: u64) -> Result<()> {
+pub(crate) fn check_buffer(len: usize, sector_size: SectorSize, first_iv: u64) -> Result<()> {
     let n = sector_size.bytes();
     if len % n != 0 {
         return Err(Error::Unaligned {
@@ -394,10 +405,10 @@ fn check_buffer(len: usize, sector_size: SectorSize, first_iv: u64) -> Result<()
 
 impl XtsCipher {
     /// Cipher with the default backend: aws-lc for 64-byte keys when built with it,
-    /// otherwise (and always for 32-byte keys, which aws-lc cannot do) RustCrypto.
+    /// otherwise (and always for 32- and 48-byte keys, which aws-lc cannot do) RustCrypto.
     ///
     /// # Errors
-    /// A key that is not 32 or 64 bytes; a 64-byte key whose halves are equal (aws-lc
+    /// A key that is not 32, 48 or 64 bytes; a 64-byte key whose halves are equal (aws-lc
     /// refuses it).
     pub fn new(key: &SecretBytes) -> Result<Self> {
         let backend = if cfg!(feature = "aws-lc") && key.len() == 64 {
@@ -411,23 +422,30 @@ impl XtsCipher {
     /// Cipher with an explicit backend.
     ///
     /// # Errors
-    /// - [`Error::KeyLength`]: a key that is not 32 or 64 bytes, or a 32-byte key with
-    ///   [`Backend::AwsLc`] (aws-lc has no AES-128-XTS).
+    /// - [`Error::KeyLength`]: a key that is not 32, 48 or 64 bytes, or a 32- or 48-byte key
+    ///   with [`Backend::AwsLc`] (aws-lc has no AES-128-XTS or AES-192-XTS).
     /// - [`Error::Backend`]: [`Backend::AwsLc`] in a build without the `aws-lc` feature,
     ///   a key whose two halves are equal (aws-lc refuses it), or an aws-lc failure.
     pub fn with_backend(key: &SecretBytes, backend: Backend) -> Result<Self> {
         let k = key.expose();
-        if k.len() != 32 && k.len() != 64 {
+        const EXPECTED: &str = "32 (AES-128-XTS), 48 (AES-192-XTS) or 64 (AES-256-XTS)";
+        if !matches!(k.len(), 32 | 48 | 64) {
             return Err(Error::KeyLength {
                 what: "AES-XTS",
                 got: k.len(),
-                expected: "32 (AES-128-XTS) or 64 (AES-256-XTS)",
+                expected: EXPECTED,
             });
         }
+        const WHAT: &str = "AES-XTS";
         let engine = match backend {
             Backend::AwsLc => Self::awslc_engine(k)?,
-            Backend::RustCrypto if k.len() == 32 => Engine::Soft128(Box::new(SoftXts::new(k)?)),
-            Backend::RustCrypto => Engine::Soft256(Box::new(SoftXts::new(k)?)),
+            Backend::RustCrypto if k.len() == 32 => {
+                Engine::Soft128(Box::new(SoftXts::new(k, WHAT, EXPECTED)?))
+            }
+            Backend::RustCrypto if k.len() == 48 => {
+                Engine::Soft192(Box::new(SoftXts::new(k, WHAT, EXPECTED)?))
+            }
+            Backend::RustCrypto => Engine::Soft256(Box::new(SoftXts::new(k, WHAT, EXPECTED)?)),
         };
         Ok(XtsCipher {
             engine,
@@ -441,7 +459,7 @@ impl XtsCipher {
     fn awslc_engine(k: &[u8]) -> Result<Engine> {
         if k.len() != 64 {
             return Err(Error::KeyLength {
-                what: "AES-XTS with the aws-lc backend (aws-lc has no AES-128-XTS; use Backend::RustCrypto)",
+                what: "AES-XTS with the aws-lc backend (aws-lc has no AES-128-XTS or AES-192-XTS; use Backend::RustCrypto)",
                 got: k.len(),
                 expected: "64",
             });
@@ -470,7 +488,7 @@ impl XtsCipher {
         self.backend
     }
 
-    /// Key length in bytes (32 or 64).
+    /// Key length in bytes (32, 48 or 64).
     pub fn key_len(&self) -> usize {
         self.key.len()
     }
@@ -537,6 +555,10 @@ impl XtsCipher {
                 Ok(())
             }
             Engine::Soft128(x) => {
+                x.crypt(buf, n, first_iv, step, encrypt);
+                Ok(())
+            }
+            Engine::Soft192(x) => {
                 x.crypt(buf, n, first_iv, step, encrypt);
                 Ok(())
             }

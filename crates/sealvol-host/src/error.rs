@@ -133,6 +133,14 @@ pub enum Error {
         /// Where it is mounted or served, when known.
         where_: String,
     },
+    /// A VM's qemu exited right after it started (a bad option, a disk it cannot open ...).
+    #[error("qemu exited right after it started ({status}); see {}", console_log.display())]
+    QemuExited {
+        /// Its exit status.
+        status: String,
+        /// The serial console log, where qemu and the guest said why.
+        console_log: PathBuf,
+    },
     /// A file-system operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -167,40 +175,46 @@ pub enum Error {
         /// What was done or what to do.
         action: String,
     },
-    /// A step of a volume operation failed; what was done before it has been undone (or,
-    /// for `destroy`, will be finished by the next run or `sweep`).
-    #[error("{verb} of volume {id} failed at step `{step}`: {reason}{after}")]
+    /// A step of an operation of the volume or VM manager failed; what was done before it
+    /// has been undone (or, for a destroy, will be finished by the next run or `sweep`).
+    /// Match `cause` for why: a key that opens nothing is a [`Error::WrongKey`] there
+    /// ([`Error::is_wrong_key`] looks inside).
+    #[error("{} failed at step `{step}`: {cause}{after}", subject.operation(verb, id))]
     Step {
-        /// `create`, `open`, `destroy` ...
+        /// What the operation was on: a volume or a VM.
+        subject: Subject,
+        /// `create`, `open`, `start`, `destroy` ...
         verb: &'static str,
         /// The workload id.
         id: String,
         /// The step that failed.
         step: &'static str,
-        /// Why (never a key).
-        reason: String,
+        /// Why (never a key). Its message is part of this one, so it is not reported again
+        /// as this error's source.
+        cause: Box<Error>,
         /// What happened after: the rollback's outcome.
         after: String,
-        /// The failure was a key that opens no keyslot (a clean "no").
-        wrong_key: bool,
     },
-    /// A step of a VM operation failed; what was done before it has been undone (or will
-    /// be finished by the next run or `sealvol vm sweep`).
-    #[error("vm {verb} of {id} failed at step `{step}`: {reason}{after}")]
-    VmStep {
-        /// `create`, `start`, `destroy` ...
-        verb: &'static str,
-        /// The VM id.
-        id: String,
-        /// The step that failed.
-        step: &'static str,
-        /// Why (never a key).
-        reason: String,
-        /// What happened after: the rollback's outcome.
-        after: String,
-        /// The failure was a key that opens no keyslot (a clean "no").
-        wrong_key: bool,
-    },
+}
+
+/// What a manager's operation is on, in [`Error::Step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A workload volume (`sealvol volume ...`).
+    Volume,
+    /// A workload VM (`sealvol vm ...`).
+    Vm,
+}
+
+impl Subject {
+    /// The operation `verb` on `id`, as messages name it: `create of volume web-1`,
+    /// `vm start of web-1`.
+    pub fn operation(self, verb: &str, id: &str) -> String {
+        match self {
+            Subject::Volume => format!("{verb} of volume {id}"),
+            Subject::Vm => format!("vm {verb} of {id}"),
+        }
+    }
 }
 
 impl From<sealvol_luks::Error> for Error {
@@ -236,7 +250,7 @@ impl Error {
     pub fn is_wrong_key(&self) -> bool {
         match self {
             Error::WrongKey(_) => true,
-            Error::Step { wrong_key, .. } | Error::VmStep { wrong_key, .. } => *wrong_key,
+            Error::Step { cause, .. } => cause.is_wrong_key(),
             _ => false,
         }
     }

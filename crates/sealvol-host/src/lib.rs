@@ -23,15 +23,19 @@
 //! - [`verity_file`]: dm-verity trees on files, the `veritysetup` verbs (format, verify,
 //!   dump), signatures of root hashes, verified reads.
 //! - [`Progress`]: how long copies report.
+//! - [`crash`]: named crash points (debug builds only) where tests kill the process, to
+//!   check that the next run repairs what a crash there leaves.
 //! - [`export`]: opening a volume (checks, unlock, the device stack) and serving it: FUSE
 //!   file → loop → mount, or NBD, in this process or in a background process started
 //!   through one readiness handshake (the key on an inherited pipe); and closing it.
+//! - [`store`]: what both managers stand on: workload ids, a directory of atomically
+//!   replaced records (the journal of each id: phase and steps done), a lock per id and a
+//!   global one, and the skeleton of the sweep that repairs what crashes left.
 //! - [`volume`]: workload volumes over a state directory (`/var/lib/sealvol`): create, open,
-//!   close, destroy with crypto-erase, and the sweep that repairs what crashes left; a journal
-//!   per id, a lock per id and a global one. It takes the key as bytes and formats and opens
-//!   through [`export`] itself.
+//!   close, destroy with crypto-erase, and the sweep; a [`store`] of its own. It takes the key
+//!   as bytes and formats and opens through [`export`] itself.
 //! - [`vm`]: qemu VMs with an encrypted data disk (qemu's LUKS driver, or an [`export`] over
-//!   NBD), and their manager.
+//!   NBD), and their manager (a [`store`] in the state directory's `vm/`).
 //!
 //! What it does not do: no formats and no crypto (those are `sealvol-luks`,
 //! `sealvol-verity`, `sealvol-block`), no protocols (the FUSE file and the NBD server are
@@ -51,6 +55,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod crash;
 mod error;
 pub mod export;
 pub mod keys;
@@ -62,9 +67,10 @@ pub mod process;
 pub mod progress;
 pub mod safe_dir;
 pub mod state;
+pub mod store;
 pub mod verity_file;
 pub mod vm;
 pub mod volume;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Subject};
 pub use progress::Progress;

@@ -7,6 +7,9 @@
 //! a free claim while it clears a dead export's leftovers. So a claim that is busy while no
 //! live export is recorded for it is waited for (up to [`CLAIM_WAIT`]) before the volume is
 //! called "already open".
+//!
+//! The same `flock`s, blocking, make the managers' locks ([`crate::store`]): a lock per id
+//! and a global one, taken shared or exclusive.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -180,6 +183,44 @@ pub fn remove_if_free(dir: &SafeDir, name: &str) -> Result<bool> {
         Ok(()) if still_named(dir, name, &file)? => dir.remove_file(name),
         _ => Ok(false),
     }
+}
+
+/// A held lock: released on drop (or when the process dies).
+#[derive(Debug)]
+pub(crate) struct Held {
+    _file: File,
+}
+
+/// Takes the exclusive lock file `name` in `dir`, waiting for whoever holds it. An owner
+/// that removes the lock file while holding it (a destroy, a sweep) leaves a waiter holding
+/// a lock on a removed file: the waiter sees that the name no longer names it and tries
+/// again.
+pub(crate) fn lock_exclusive(dir: &SafeDir, name: &str) -> Result<Held> {
+    loop {
+        let file = flock(dir, name, FlockOperation::LockExclusive)?;
+        if still_named(dir, name, &file)? {
+            return Ok(Held { _file: file });
+        }
+    }
+}
+
+/// Takes the lock file `name` in `dir` shared, waiting for an exclusive holder.
+pub(crate) fn lock_shared(dir: &SafeDir, name: &str) -> Result<Held> {
+    Ok(Held {
+        _file: flock(dir, name, FlockOperation::LockShared)?,
+    })
+}
+
+/// Opens (making it when missing) the lock file `name` in `dir` and locks it as `op`.
+fn flock(dir: &SafeDir, name: &str, op: FlockOperation) -> Result<File> {
+    let file = dir.lock_file(name)?;
+    rustix::fs::flock(&file, op).map_err(|e| {
+        Error::io(
+            format!("cannot lock {}", dir.join(name).display()),
+            e.into(),
+        )
+    })?;
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -17,6 +17,14 @@ use serde::{Deserialize, Serialize};
 use crate::safe_dir::{canonical_prefix, FileId, SafeDir};
 use crate::{mount, Error, Result};
 
+/// Seconds since the epoch (0 when the clock is before it): what records and runtime entries
+/// say about when something started.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Default state directory.
 pub const DEFAULT_ROOT: &str = "/run/sealvol";
 

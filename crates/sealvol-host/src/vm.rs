@@ -259,8 +259,10 @@ pub enum DataDisk {
     /// qemu's `luks` driver over the LUKS1 volume file; qemu reads the passphrase from
     /// `secret_file`, a [`SecretPipe`]'s `/dev/fd/N` (so the key never lands in a file).
     Luks {
-        /// The LUKS1 volume.
+        /// The LUKS1 volume (its data, when the header is detached).
         volume: PathBuf,
+        /// The detached LUKS1 header, if any (qemu 9.0 and later: the driver's `header`).
+        header: Option<PathBuf>,
         /// Where qemu reads the passphrase.
         secret_file: PathBuf,
     },
@@ -352,19 +354,21 @@ impl VmSpec {
         match &self.data {
             Some(DataDisk::Luks {
                 volume,
+                header,
                 secret_file,
             }) => {
                 a.extend([
                     "-object".into(),
                     format!("secret,id=datakey,file={}", secret_file.display()),
                 ]);
-                blockdev(
-                    &mut a,
-                    json!({"driver": "luks", "node-name": "data", "key-secret": "datakey",
-                           "file": {"driver": "file", "filename": volume,
-                                    "cache": {"direct": false}}}),
-                    "data",
-                );
+                let mut luks = json!({"driver": "luks", "node-name": "data",
+                       "key-secret": "datakey",
+                       "file": {"driver": "file", "filename": volume,
+                                "cache": {"direct": false}}});
+                if let Some(h) = header {
+                    luks["header"] = json!({"driver": "file", "filename": h});
+                }
+                blockdev(&mut a, luks, "data");
             }
             Some(DataDisk::Nbd { socket }) => blockdev(
                 &mut a,
@@ -439,6 +443,32 @@ impl SecretPipe {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!("/dev/fd/{}", self.read.as_raw_fd()))
     }
+}
+
+/// The first version of qemu whose `luks` driver reads a detached header (its `header`
+/// option).
+pub const QEMU_DETACHED_LUKS: (u32, u32) = (9, 0);
+
+/// The (major, minor) version that `qemu --version` prints on its first line
+/// (`QEMU emulator version 10.0.2 (Debian ...)`).
+pub fn parse_qemu_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.lines().next()?.split("version ").nth(1)?;
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The installed qemu's (major, minor) version.
+///
+/// # Errors
+/// qemu missing, or a version line that does not parse.
+pub fn qemu_version() -> Result<(u32, u32)> {
+    let out = crate::cmd::run(Command::new(QEMU).arg("--version"))?;
+    parse_qemu_version(&out).ok_or_else(|| {
+        Error::Invalid(format!(
+            "cannot tell the version of {QEMU} from {:?}",
+            out.lines().next().unwrap_or("")
+        ))
+    })
 }
 
 /// Spawns the qemu `cmd` with no stdin or stdout and its stderr piped (for the error a
@@ -582,6 +612,7 @@ mod tests {
             seed_iso: Some("/vm/seed.iso".into()),
             data: Some(DataDisk::Luks {
                 volume: "/vm/data.luks".into(),
+                header: Some("/vm/data.hdr".into()),
                 secret_file: "/run/vm/key".into(),
             }),
             qmp_socket: "/vm/qmp".into(),
@@ -591,8 +622,27 @@ mod tests {
         let a = spec.args().join(" ");
         assert!(a.contains("secret,id=datakey,file=/run/vm/key"), "{a}");
         assert!(a.contains("\"driver\":\"luks\""), "{a}");
+        assert!(
+            a.contains("\"header\":{\"driver\":\"file\",\"filename\":\"/vm/data.hdr\"}"),
+            "{a}"
+        );
         assert!(a.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{a}");
         assert!(!a.contains("data="), "{a}");
+    }
+
+    #[test]
+    fn qemu_versions_parse_from_their_first_line() {
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\nCopyright"),
+            Some((10, 0))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"),
+            Some((7, 2))
+        );
+        assert_eq!(parse_qemu_version("qemu-img version 9.1.0"), Some((9, 1)));
+        assert_eq!(parse_qemu_version("something else"), None);
+        assert!((7, 2) < QEMU_DETACHED_LUKS && (10, 0) >= QEMU_DETACHED_LUKS);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sealvol_host::export::child;
 use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::{CreateInput, DataVia, VmId, VmManager, VmParams};
 use sealvol_host::volume::{CreateOptions, LuksType, Manager, Params, Phase, VolumeId};
-use sealvol_host::Error;
+use sealvol_host::{Error, Subject};
 use sealvol_luks::KdfPolicy;
 
 fn main() -> ExitCode {
@@ -228,7 +228,11 @@ fn volume_round_trip_with_a_wrong_key_changing_nothing() {
 
     let e = h.m.open(&id, &machine_key(2)).unwrap_err();
     assert!(e.is_wrong_key(), "{e}");
-    assert!(matches!(e, Error::Step { step: "mount", .. }), "{e}");
+    assert!(
+        matches!(e, Error::Step { subject: Subject::Volume, step: "mount", ref cause, .. }
+            if matches!(**cause, Error::WrongKey(_))),
+        "{e}"
+    );
     assert!(e.to_string().contains("nothing was changed"), "{e}");
     let st = h.m.status(&id).unwrap().unwrap();
     assert!(
@@ -340,11 +344,11 @@ fn a_failing_export_step_rolls_create_back_completely() {
         matches!(
             e,
             Error::Step {
+                subject: Subject::Volume,
                 step: "mkfs",
-                wrong_key: false,
                 ..
             }
-        ),
+        ) && !e.is_wrong_key(),
         "{text}"
     );
     assert!(
@@ -431,7 +435,8 @@ fn vm_create_and_destroy_with_its_data_volume_and_a_refused_start() {
     assert!(
         matches!(
             e,
-            Error::VmStep {
+            Error::Step {
+                subject: Subject::Vm,
                 step: "nbd-export",
                 ..
             }

@@ -3,11 +3,13 @@
 //! [`import`] reads plaintext from any [`Read`], encrypts it sector by sector with the
 //! segment's cipher and writes the ciphertext at the segment's offset; [`export`] does the
 //! reverse. Both run a two-stage pipeline on two threads with a few recycled 1 MiB buffers:
-//! one thread reads and crypts (aws-lc's XTS runs at several GB/s, far above file I/O), the
-//! other writes, so the copy runs at the speed of the slower end rather than of the sum.
+//! one thread reads and crypts (aws-lc's AES-XTS runs at several GB/s, far above file I/O),
+//! the other writes, so the copy runs at the speed of the slower end rather than of the sum.
 //!
-//! The IV of a sector is `iv_tweak + offset_in_segment / 512` (dm-crypt `plain64`, counted in
-//! 512-byte units whatever the sector size).
+//! The cipher is the segment's ([`DataSegment::cipher`], any
+//! [`sealvol_crypto::CipherSpec`]). The IV number of a sector is
+//! `iv_tweak + offset_in_segment / 512` (dm-crypt counts 512-byte units whatever the sector
+//! size), made into bytes by the spec's IV generator (`plain64`, `plain`, `essiv`).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::mpsc;

@@ -80,9 +80,19 @@ pub enum Error {
     /// Refused to remove the last active keyslot (the volume would become unopenable).
     #[error("keyslot {0} is the last active keyslot; removing it makes the data unrecoverable. Use erase to destroy all keyslots on purpose")]
     LastKeyslot(u32),
-    /// A cipher this crate refuses (`cipher_null`) or does not implement.
-    #[error("unsupported cipher {0:?}; only aes-xts-plain64 with 256- or 512-bit keys is supported (cipher_null is always refused)")]
-    UnsupportedCipher(String),
+    /// A cipher this crate refuses (`cipher_null`, `ecb`) or does not implement; `part` says
+    /// which part of the specification (cipher, mode, IV generator, key size ...).
+    #[error("unsupported cipher {spec:?}: {part} {found:?} is not supported; {hint}")]
+    UnsupportedCipher {
+        /// The specification as the header or request gives it.
+        spec: String,
+        /// The part that is not supported.
+        part: sealvol_crypto::spec::CipherPart,
+        /// That part as given.
+        found: String,
+        /// What is supported instead.
+        hint: String,
+    },
     /// A hash or KDF this crate does not implement.
     #[error("unsupported {what} {name:?}")]
     Unsupported {
@@ -106,8 +116,10 @@ pub enum Error {
     UnusableKeyslot {
         /// The keyslot.
         id: u32,
-        /// What is missing.
-        reason: String,
+        /// What is missing: [`Error::UnsupportedCipher`] naming the part for an area cipher
+        /// sealvol does not implement, [`Error::Unsupported`] for a type, KDF or hash,
+        /// [`Error::Invalid`] for parameters it does not accept.
+        reason: Box<Error>,
     },
     /// The token does not exist.
     #[error("token {0} does not exist")]
@@ -182,9 +194,31 @@ pub enum Error {
         /// Where the header and keyslot area ends.
         header_end: u64,
     },
-    /// An error from the crypto layer.
+    /// An error from the crypto layer (other than an unsupported cipher, which is
+    /// [`Error::UnsupportedCipher`]).
     #[error(transparent)]
-    Crypto(#[from] sealvol_crypto::Error),
+    Crypto(sealvol_crypto::Error),
+}
+
+impl From<sealvol_crypto::Error> for Error {
+    /// A crypto error; an unsupported cipher specification becomes
+    /// [`Error::UnsupportedCipher`] with the same fields.
+    fn from(e: sealvol_crypto::Error) -> Self {
+        match e {
+            sealvol_crypto::Error::UnsupportedCipher {
+                spec,
+                part,
+                found,
+                hint,
+            } => Error::UnsupportedCipher {
+                spec,
+                part,
+                found,
+                hint,
+            },
+            other => Error::Crypto(other),
+        }
+    }
 }
 
 impl Error {

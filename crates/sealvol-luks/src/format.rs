@@ -21,7 +21,7 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use sealvol_crypto::kdf::{self, Argon2Variant};
-use sealvol_crypto::{HashAlg, SecretBytes, SectorSize};
+use sealvol_crypto::{CipherSpec, HashAlg, SecretBytes, SectorSize};
 
 use crate::{luks1, luks2, DataSegment, Error, KdfParams, Result};
 
@@ -160,7 +160,8 @@ pub struct KdfPolicy {
     pub max_memory_kib: Option<u32>,
     /// Argon2 lanes (default min(4, CPUs)).
     pub parallel: Option<u32>,
-    /// PBKDF2 hash (LUKS1: the header's hash for every keyslot).
+    /// PBKDF2 hash (LUKS1: the header's hash for every keyslot; LUKS2: also the hash of the
+    /// volume key digest and of the AF splitter, as cryptsetup's `--hash`).
     pub hash: HashAlg,
     /// How to treat the key when `kind` is not given.
     pub profile: KeyProfile,
@@ -279,14 +280,28 @@ impl KdfParams {
     }
 }
 
+/// cryptsetup's default key size for `cipher`, in bits: the largest key its mode allows (512
+/// for XTS: two AES-256 keys; 256 for CBC and Adiantum); 512 when the spec does not parse
+/// (then [`NewHeader::build`] says what is wrong with it).
+pub fn default_key_bits(cipher: &str) -> u32 {
+    [64usize, 48, 32, 24, 16]
+        .into_iter()
+        .find(|&len| CipherSpec::parse(cipher, len).is_ok())
+        .map_or(512, |len| len as u32 * 8)
+}
+
 /// Everything about a new header but the keys (`cryptsetup luksFormat`'s options).
 #[derive(Clone, Debug)]
 pub struct NewHeader {
     /// LUKS1 or LUKS2.
     pub version: Version,
-    /// Data cipher (only `aes-xts-plain64`).
+    /// Data cipher: any specification [`CipherSpec::parse`] accepts (aes, serpent, twofish
+    /// in xts-plain64, xts-plain, cbc-essiv:sha256, cbc-plain64, cbc-plain; adiantum). LUKS1
+    /// stores it as cipher-name and cipher-mode, LUKS2 as the joined string; the first
+    /// keyslot's area uses it too, as cryptsetup does.
     pub cipher: String,
-    /// Volume key size in bits: 512 (AES-256-XTS) or 256 (AES-128-XTS).
+    /// Volume key size in bits: one the cipher's mode allows (xts 256, 384, 512; cbc 128,
+    /// 192, 256; adiantum 256).
     pub key_size_bits: u32,
     /// Encryption sector size; default 4096 (LUKS1: 512, its only size).
     pub sector_size: Option<u64>,
@@ -357,15 +372,13 @@ impl NewHeader {
     /// the version's format errors.
     pub fn build(&self, passphrase: &[u8]) -> Result<BuiltHeader> {
         let luks1 = self.version == Version::Luks1;
-        if self.cipher != luks2::CIPHER_AES_XTS_PLAIN64 {
-            return Err(Error::UnsupportedCipher(self.cipher.clone()));
-        }
-        if self.key_size_bits != 256 && self.key_size_bits != 512 {
+        if self.key_size_bits % 8 != 0 {
             return Err(Error::Invalid(format!(
-                "a key size of {} bits is not valid for aes-xts-plain64; use 512 (AES-256) or 256 (AES-128)",
+                "a key size of {} bits is not whole bytes",
                 self.key_size_bits
             )));
         }
+        CipherSpec::parse(&self.cipher, self.key_size_bits as usize / 8)?;
         let sector_size = match (luks1, self.sector_size) {
             (true, None | Some(512)) => SectorSize::S512,
             (true, Some(s)) => {
@@ -404,6 +417,7 @@ impl NewHeader {
                 unreachable!("params_for gives LUKS1 PBKDF2 only");
             };
             let opts = luks1::FormatOptions {
+                cipher: self.cipher.clone(),
                 key_size_bits: self.key_size_bits,
                 hash,
                 iterations,
@@ -438,6 +452,8 @@ impl NewHeader {
                 metadata_size: self.metadata_size.unwrap_or(defaults.metadata_size),
                 keyslots_size: self.keyslots_size,
                 data_offset,
+                // As cryptsetup: --hash names the digest's and the AF splitter's hash too.
+                digest_hash: self.kdf.hash,
                 ..defaults
             };
             let vol =
@@ -580,6 +596,90 @@ mod tests {
         assert_eq!(probe(&[0u8; 4096]), None);
     }
 
+    /// Every cipher specification and key size sealvol implements, with every hash, builds a
+    /// header of both versions that opens, unlocks, and names the cipher as cryptsetup does
+    /// (LUKS1: cipher-name and cipher-mode apart; LUKS2: joined, on the segment and on the
+    /// keyslot area).
+    #[test]
+    fn every_cipher_key_size_and_hash_builds_both_versions() {
+        let key = [0xffu8; 32];
+        let specs: &[(&str, &[u32])] = &[
+            ("aes-xts-plain64", &[256, 384, 512]),
+            ("serpent-xts-plain", &[256, 384, 512]),
+            ("twofish-xts-plain64", &[256, 384, 512]),
+            ("aes-cbc-essiv:sha256", &[128, 192, 256]),
+            ("serpent-cbc-plain64", &[128, 192, 256]),
+            ("twofish-cbc-plain", &[128, 192, 256]),
+            ("xchacha12,aes-adiantum-plain64", &[256]),
+            ("xchacha20,aes-adiantum-plain64", &[256]),
+        ];
+        let mut n = 0;
+        for &(cipher, sizes) in specs {
+            for &bits in sizes {
+                for version in [Version::Luks1, Version::Luks2] {
+                    let hash = HashAlg::ALL[n % HashAlg::ALL.len()];
+                    n += 1;
+                    let req = NewHeader {
+                        version,
+                        cipher: cipher.into(),
+                        key_size_bits: bits,
+                        kdf: KdfPolicy {
+                            hash,
+                            ..KdfPolicy::default()
+                        },
+                        ..NewHeader::default()
+                    };
+                    let built = req.build(&key).unwrap();
+                    assert_eq!(built.segment.cipher, cipher);
+                    assert_eq!(built.segment.key_size as u32 * 8, bits);
+                    let mut vol = AnyVolume::open(Cursor::new(built.bytes)).unwrap();
+                    let vk = vol.unlock(&key, None).unwrap().volume_key;
+                    assert_eq!(vk.len() as u32 * 8, bits);
+                    let seg = vol.data_segment().unwrap();
+                    assert_eq!(seg.spec().unwrap().to_string(), cipher);
+                    seg.cipher(&vk).unwrap();
+                    match &vol {
+                        AnyVolume::Luks1(v) => {
+                            let h = v.header();
+                            let spec = h.cipher_spec().unwrap();
+                            assert_eq!(h.cipher(), cipher);
+                            assert_eq!(h.hash(), hash);
+                            let raw = h.encode();
+                            let field = |at: usize| {
+                                let f = &raw[at..at + 32];
+                                String::from_utf8(
+                                    f[..f.iter().position(|&b| b == 0).unwrap()].to_vec(),
+                                )
+                                .unwrap()
+                            };
+                            assert_eq!(field(8), spec.cipher_name());
+                            assert_eq!(field(40), spec.mode_name());
+                        }
+                        AnyVolume::Luks2(v) => {
+                            let md = &v.header().metadata;
+                            assert_eq!(md.segments[&0].encryption.as_deref(), Some(cipher));
+                            let area = &md.keyslots[&0].area;
+                            assert_eq!(area.encryption.as_deref(), Some(cipher));
+                            assert_eq!(area.key_size, Some(bits / 8));
+                            assert_eq!(md.digests[&0].params.as_ref().unwrap().hash, hash.as_str());
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 2 * (3 * 3 + 3 * 3 + 2));
+    }
+
+    #[test]
+    fn default_key_sizes_follow_the_mode() {
+        assert_eq!(default_key_bits("aes-xts-plain64"), 512);
+        assert_eq!(default_key_bits("serpent-xts-plain"), 512);
+        assert_eq!(default_key_bits("aes-cbc-essiv:sha256"), 256);
+        assert_eq!(default_key_bits("twofish-cbc-plain64"), 256);
+        assert_eq!(default_key_bits("xchacha20,aes-adiantum-plain64"), 256);
+        assert_eq!(default_key_bits("nonsense"), 512);
+    }
+
     #[test]
     fn bad_requests_are_refused_naming_the_option() {
         let key = [0xffu8; 32];
@@ -589,14 +689,29 @@ mod tests {
                     cipher: "aes-cbc-essiv:sha256".into(),
                     ..NewHeader::default()
                 },
-                "aes-cbc-essiv",
+                "key size \"512 bits\"",
             ),
             (
                 NewHeader {
-                    key_size_bits: 384,
+                    cipher: "aes-cbc-lmk".into(),
+                    key_size_bits: 256,
                     ..NewHeader::default()
                 },
-                "384 bits",
+                "IV generator \"lmk\"",
+            ),
+            (
+                NewHeader {
+                    key_size_bits: 128,
+                    ..NewHeader::default()
+                },
+                "128 bits",
+            ),
+            (
+                NewHeader {
+                    key_size_bits: 260,
+                    ..NewHeader::default()
+                },
+                "260 bits",
             ),
             (
                 NewHeader {

@@ -6,8 +6,8 @@
 //! key. Validation is cryptsetup 2.8's, rule by rule ([`luks2::validate::RULES`], the LUKS1
 //! rules in [`luks1::Header::validate`]; the table is `docs/luks-validation.md`): a header
 //! cryptsetup refuses is refused here, and one it accepts is read, with what sealvol does not
-//! implement (a keyslot type, KDF, cipher, a reencryption in progress) unusable and named,
-//! never used "best effort".
+//! implement (a keyslot type, KDF, a cipher [`sealvol_crypto::CipherSpec`] does not accept,
+//! a reencryption in progress) unusable and named, never used "best effort".
 //!
 //! Main types:
 //! - [`Volume`]: a LUKS2 header on a [`Storage`]: [`Volume::format`], [`Volume::open`],

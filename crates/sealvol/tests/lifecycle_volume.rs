@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
-use sealvol_host::volume::CRASH_STEPS;
+use sealvol_host::crash::CRASH_STEPS;
 use serde_json::Value;
 
 const MARKER: &[u8] = b"SEALVOL-LIFECYCLE-MARKER-2b7e";

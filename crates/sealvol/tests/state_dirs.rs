@@ -693,12 +693,21 @@ fn assert_swept(env: &Env, id: &str, rid: &str, case: &str) {
     }
 }
 
+/// Kills `pid` and waits until every one of its threads is gone (a multi-threaded export's
+/// leader is a zombie while its other threads are still exiting and holding its files).
 fn kill9(pid: u64) {
     run("kill", ["-9".to_string(), pid.to_string()], None).ok();
-    for _ in 0..200 {
-        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
-        });
+    let dead = |stat: &str| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with(['Z', 'X']))
+    };
+    for _ in 0..500 {
+        let gone = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+            Err(_) => true,
+            Ok(tasks) => tasks
+                .flatten()
+                .all(|t| std::fs::read_to_string(t.path().join("stat")).map_or(true, |s| dead(&s))),
+        };
         if gone {
             return;
         }

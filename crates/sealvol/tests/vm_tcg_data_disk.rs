@@ -133,6 +133,7 @@ fn vm_tcg_guest_uses_luks1_data_disk_through_qemu_luks_driver() {
         dir,
         DataDisk::Luks {
             volume: vol.clone(),
+            header: None,
             secret_file: secret.path(),
         },
         Some(secret),

@@ -89,6 +89,25 @@ fn pbkdf2_sha512_known() {
     );
 }
 
+/// RIPEMD-160 and Whirlpool, each over more than one output block (a 40-byte key from a
+/// 20-byte hash, an 80-byte key from a 64-byte hash). Expected values from OpenSSL 3:
+/// `openssl kdf -keylen N -kdfopt digest:D -kdfopt pass:password -kdfopt salt:salt
+/// -kdfopt iter:1000 PBKDF2` (whirlpool with `-provider legacy -provider default`).
+#[test]
+fn pbkdf2_ripemd160_and_whirlpool_known() {
+    assert_eq!(
+        pbkdf2_hex(HashAlg::Ripemd160, b"password", b"salt", 1000, 40),
+        "b5c5682c46fdb315930cfc54e82d0987e6ef938fee9320191bfbac2700de4ed4\
+         518152edc1ea7755"
+    );
+    assert_eq!(
+        pbkdf2_hex(HashAlg::Whirlpool, b"password", b"salt", 1000, 80),
+        "5ad7361484c7dde6b23e573c4b61d1fd16023fd6c0170d0b26d70f7ac8c683f0\
+         6e767804750357b4032297c2ad36cbd84d01476c1298826b71f605dbcda9e055\
+         1157b44f4853587dfee108124e83c94d"
+    );
+}
+
 #[test]
 fn pbkdf2_bad_params() {
     let mut out = [0u8; 32];

@@ -123,10 +123,10 @@ fn ieee1619_vectors_soft_loop() {
         let mut buf = v.pt.clone();
         let unit = v.pt.len();
         let run = |buf: &mut [u8], enc: bool| match v.key.len() {
-            32 => SoftXts::<Aes128, Aes128Enc>::new(&v.key)
+            32 => SoftXts::<Aes128, Aes128Enc>::new(&v.key, "AES-XTS", "32")
                 .unwrap()
                 .crypt(buf, unit, v.dusn, 1, enc),
-            64 => SoftXts::<Aes256, Aes256Enc>::new(&v.key)
+            64 => SoftXts::<Aes256, Aes256Enc>::new(&v.key, "AES-XTS", "64")
                 .unwrap()
                 .crypt(buf, unit, v.dusn, 1, enc),
             _ => unreachable!(),
@@ -154,7 +154,7 @@ fn awslc_refuses_equal_key_halves() {
 
 #[test]
 fn key_lengths() {
-    for len in [0, 16, 31, 33, 48, 63, 65, 128] {
+    for len in [0, 16, 31, 33, 47, 49, 63, 65, 128] {
         for backend in [Backend::AwsLc, Backend::RustCrypto] {
             let e = XtsCipher::with_backend(&SecretBytes::zeroed(len), backend).unwrap_err();
             assert!(
@@ -173,6 +173,11 @@ fn key_lengths() {
     } else {
         assert!(matches!(e, Error::Backend(_)), "{e:?}");
     }
+    // AES-192-XTS: RustCrypto only.
+    let k48 = SecretBytes::random(48).unwrap();
+    let c = XtsCipher::new(&k48).unwrap();
+    assert_eq!((c.key_len(), c.backend()), (48, Backend::RustCrypto));
+    assert!(XtsCipher::with_backend(&k48, Backend::AwsLc).is_err());
     let k64 = SecretBytes::random(64).unwrap();
     let c = XtsCipher::new(&k64).unwrap();
     let want = if Backend::AwsLc.is_available() {

@@ -13,9 +13,8 @@ use sealvol_export::nbd::{NbdOptions, Server};
 use super::{device, MountSpec, Mounted, NbdEndpoint, NbdServing, NbdSpec, Prepared, Ready, Serve};
 use crate::lock::VolumeLock;
 use crate::loopdev::{self, LoopOptions};
-use crate::state::{Entry, StateDir};
-use crate::volume::{crash_point, now};
-use crate::{mount, process, Error, Result};
+use crate::state::{now, Entry, StateDir};
+use crate::{crash, mount, process, Error, Result};
 
 /// Serves `prepared` as `serve` until SIGTERM or SIGINT; `ready` is called once it serves.
 pub(super) fn serve_here(
@@ -146,7 +145,7 @@ fn serve_mount(
             source: Box::new(e),
         })?;
         stack.mounted = Some(mount_dir.to_path_buf());
-        crash_point("export:mounted");
+        crash::point("export:mounted");
         run.save(&Entry {
             id: plan.id.clone(),
             kind: if plan.is_verity() { "verity" } else { "mount" }.into(),

@@ -75,7 +75,7 @@ impl HeaderFile {
         HeaderFile {
             file,
             #[cfg(debug_assertions)]
-            crash_at: std::env::var(crate::volume::CRASH_ENV)
+            crash_at: std::env::var(crate::crash::CRASH_ENV)
                 .ok()
                 .and_then(|v| v.strip_prefix("header-write:").and_then(|n| n.parse().ok())),
             #[cfg(debug_assertions)]

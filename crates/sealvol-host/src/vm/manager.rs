@@ -2,7 +2,8 @@
 //! cloud-init NoCloud seed ISO, port forwards, and optionally an encrypted data disk that is a
 //! workload volume of the [`volume`] manager.
 //!
-//! The design mirrors the volume manager's, and reuses its id rules, atomic records and locks:
+//! Its ids, records, locks, phases and sweep skeleton are a [`crate::store`], as the volume
+//! manager's are, in `<state>/vm`:
 //!
 //! ```text
 //! vm/records/<id>.json  the record: phase, parameters, the running qemu (pid, accelerator)
@@ -37,14 +38,13 @@ use crate::export::{self, KeyInput, Mode, NbdSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::luks_file::{Access, LuksFile};
 use crate::safe_dir::{FileId, Kind, SafeDir};
-use crate::state::StateDir;
-use crate::volume::{
-    self, crash_point, lock_exclusive, now, read_record, remove_durably, write_record, Held, Phase,
-};
-use crate::{cmd, process, Error, Result};
+use crate::state::{now, Entry, StateDir};
+use crate::store::{Action, Journaled, Phase, Store, Sweeper};
+use crate::volume;
+use crate::{cmd, process, Error, Result, Subject};
 
 /// A VM id: the same rules as a volume id (`[a-z0-9][a-z0-9_.-]{0,62}`, no `..`).
-pub type VmId = volume::VolumeId;
+pub type VmId = crate::store::VolumeId;
 
 /// How long the accelerator probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -182,6 +182,24 @@ pub struct VmRecord {
     /// finishes it (`destroy` again, `sweep`) does.
     #[serde(default)]
     pub destroy_data: bool,
+}
+
+impl Journaled for VmRecord {
+    fn id(&self) -> &VmId {
+        &self.id
+    }
+    fn phase(&self) -> Phase {
+        self.phase
+    }
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+    }
+    fn steps(&self) -> &[String] {
+        &self.steps
+    }
+    fn steps_mut(&mut self) -> &mut Vec<String> {
+        &mut self.steps
+    }
 }
 
 /// What `vm status` reports.
@@ -329,7 +347,7 @@ fn checked_path(dir: &SafeDir, name: &str) -> Result<PathBuf> {
 /// The VM manager over `<state>/vm`, next to the volume manager of the same state directory.
 #[derive(Clone, Debug)]
 pub struct VmManager {
-    root: PathBuf,
+    store: Store<VmRecord>,
     volumes: volume::Manager,
     run: StateDir,
 }
@@ -339,7 +357,12 @@ impl VmManager {
     /// exports keep their runtime records in `run`.
     pub fn new(volumes: volume::Manager, run: StateDir) -> Self {
         VmManager {
-            root: volumes.root().join("vm"),
+            store: Store::new(
+                volumes.root().to_path_buf(),
+                Some("vm"),
+                Subject::Vm,
+                &["dirs"],
+            ),
             volumes,
             run,
         }
@@ -347,41 +370,12 @@ impl VmManager {
 
     /// `<state>/vm`.
     pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn sub_path(&self, s: &str) -> PathBuf {
-        self.root.join(s)
-    }
-
-    /// `<state>/vm`, created (0700) with the state directory when missing.
-    fn state(&self) -> Result<SafeDir> {
-        self.volumes.state()?.ensure_dir("vm", 0o700)
-    }
-
-    /// `<state>/vm` if it exists.
-    fn existing(&self) -> Result<Option<SafeDir>> {
-        match SafeDir::open_existing_root(self.volumes.root())? {
-            Some(d) => d.open_dir("vm"),
-            None => Ok(None),
-        }
-    }
-
-    /// The subdirectory `s` of `<state>/vm` (created, 0700).
-    fn sub(&self, s: &str) -> Result<SafeDir> {
-        self.state()?.ensure_dir(s, 0o700)
-    }
-
-    fn existing_sub(&self, s: &str) -> Result<Option<SafeDir>> {
-        match self.existing()? {
-            Some(d) => d.open_dir(s),
-            None => Ok(None),
-        }
+        self.store.root()
     }
 
     /// `vm/dirs/<id>` if it exists (a link planted there is an error).
     fn existing_vm_dir(&self, id: &VmId) -> Result<Option<SafeDir>> {
-        match self.existing_sub("dirs")? {
+        match self.store.existing_sub("dirs")? {
             Some(d) => d.open_dir(id.as_str()),
             None => Ok(None),
         }
@@ -399,12 +393,12 @@ impl VmManager {
 
     /// The record file of `id`.
     pub fn record_path(&self, id: &VmId) -> PathBuf {
-        self.sub_path("records").join(format!("{id}.json"))
+        self.store.record_path(id)
     }
 
     /// The directory of `id`'s files.
     pub fn vm_dir(&self, id: &VmId) -> PathBuf {
-        self.sub_path("dirs").join(id.as_str())
+        self.store.path("dirs").join(id.as_str())
     }
 
     fn file(&self, id: &VmId, name: &str) -> PathBuf {
@@ -416,82 +410,12 @@ impl VmManager {
         self.file(id, "console.log")
     }
 
-    fn ensure_dirs(&self) -> Result<SafeDir> {
-        let vm = self.state()?;
-        for d in ["records", "dirs", "locks"] {
-            vm.ensure_dir(d, 0o700)?;
-        }
-        Ok(vm)
-    }
-
-    fn lock_global(&self, exclusive: bool) -> Result<Held> {
-        let vm = self.ensure_dirs()?;
-        if exclusive {
-            lock_exclusive(&vm, "sweep.lock")
-        } else {
-            volume::lock_shared(&vm, "sweep.lock")
-        }
-    }
-
-    fn lock_id(&self, id: &VmId) -> Result<Held> {
-        lock_exclusive(&self.sub("locks")?, &format!("{id}.lock"))
-    }
-
-    fn lock(&self, id: &VmId) -> Result<(Held, Held)> {
-        let g = self.lock_global(false)?;
-        let l = self.lock_id(id)?;
-        Ok((g, l))
-    }
-
-    fn unlink_lock(&self, id: &VmId) {
-        if let Ok(Some(locks)) = self.existing_sub("locks") {
-            let _ = locks.remove_file(&format!("{id}.lock"));
-        }
-    }
-
     /// The record of `id`, if any.
     ///
     /// # Errors
     /// A damaged or unreadable record, or a link planted in its place.
     pub fn load(&self, id: &VmId) -> Result<Option<VmRecord>> {
-        let Some(records) = self.existing_sub("records")? else {
-            return Ok(None);
-        };
-        let r: Option<VmRecord> = read_record(&records, &format!("{id}.json"), "sealvol vm sweep")?;
-        if let Some(r) = r.as_ref().filter(|r| r.id != *id) {
-            return Err(Error::Invalid(format!(
-                "the VM record {} names id {}, not {id}",
-                self.record_path(id).display(),
-                r.id
-            )));
-        }
-        Ok(r)
-    }
-
-    fn save(&self, r: &VmRecord) -> Result<()> {
-        let json = serde_json::to_vec_pretty(r).expect("records serialise");
-        write_record(&self.sub("records")?, &format!("{}.json", r.id), &json)
-    }
-
-    fn remove_record(&self, id: &VmId) -> Result<()> {
-        match self.existing_sub("records")? {
-            Some(records) => remove_durably(&records, &format!("{id}.json")),
-            None => Ok(()),
-        }
-    }
-
-    fn ready(&self, id: &VmId) -> Result<VmRecord> {
-        match self.load(id)? {
-            Some(r) if r.phase == Phase::Ready => Ok(r),
-            Some(r) => Err(Error::Invalid(format!(
-                "VM {id} is {} (an interrupted operation); run `sealvol vm sweep` to finish it",
-                r.phase.as_str()
-            ))),
-            None => Err(Error::Invalid(format!(
-                "there is no VM {id} in {}; create it with `sealvol vm create {id} ...`",
-                self.root.display()
-            ))),
-        }
+        self.store.load(id)
     }
 
     /// The data volume `vol` as a ready volume: its image and detached header.
@@ -513,16 +437,20 @@ impl VmManager {
         }
     }
 
-    /// Checks the data volume suits `via` (qemu 7.2's LUKS driver: LUKS1, attached header).
+    /// Checks the data volume suits `via`: qemu's LUKS driver reads LUKS1 only, and a
+    /// detached header only from qemu 9.0 on.
     fn check_data(&self, vol: &VmId, via: DataVia) -> Result<(PathBuf, Option<PathBuf>)> {
         let (image, header) = self.data_volume(vol)?;
         if via == DataVia::Luks {
             if header.is_some() {
-                return Err(Error::Invalid(format!(
-                    "data volume {vol} has a detached header, which qemu's LUKS driver (qemu 7.2) cannot read; use --data-via nbd"
-                )));
+                let (major, minor) = super::qemu_version()?;
+                if (major, minor) < super::QEMU_DETACHED_LUKS {
+                    return Err(Error::Invalid(format!(
+                        "data volume {vol} has a detached header, which the LUKS driver of qemu {major}.{minor} cannot read (qemu 9.0 and later can: Debian bookworm-backports has it); use --data-via nbd"
+                    )));
+                }
             }
-            if !is_luks1(&self.volumes.image_head(vol, 8)?) {
+            if !is_luks1(&self.volumes.header_head(vol, header.is_some(), 8)?) {
                 return Err(Error::Invalid(format!(
                     "data volume {vol} is not LUKS1, and qemu's LUKS driver reads LUKS1 only; use --data-via nbd (any LUKS version), or a LUKS1 volume (`sealvol volume create --type luks1`)"
                 )));
@@ -538,7 +466,7 @@ impl VmManager {
     /// input changes nothing; a failed step undoes the ones before it.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for bad input or an existing id; [`Error::VmStep`] naming the
+    /// [`Error::Invalid`] for bad input or an existing id; [`Error::Step`] naming the
     /// failed step.
     pub fn create(&self, id: &VmId, params: &VmParams, input: &CreateInput) -> Result<VmStatus> {
         let mut params = params.clone();
@@ -596,8 +524,8 @@ impl VmManager {
             .map(read_ssh_key)
             .transpose()?;
 
-        let _locks = self.lock(id)?;
-        self.sweep_id(id)?;
+        let _locks = self.store.lock(id)?;
+        self.store.sweep_id(self, id)?;
         if self.load(id)?.is_some() {
             return Err(Error::Invalid(format!(
                 "VM {id} exists already; destroy it first with `sealvol vm destroy {id}`"
@@ -614,31 +542,16 @@ impl VmManager {
             created: now(),
             destroy_data: false,
         };
-        self.save(&rec)?;
-        crash_point("vm-create:journal");
+        self.store.begin(&rec)?;
         match self.create_steps(&mut rec, ssh_key.as_deref()) {
             Ok(()) => {
                 tracing::info!(id = %id, "VM created");
                 Ok(self.status_of(&rec))
             }
             Err((step, e)) => {
-                let after = match self.teardown(&rec, false, SWEEP_STOP) {
-                    Ok(_) => {
-                        self.unlink_lock(id);
-                        "; everything done before it was undone".to_string()
-                    }
-                    Err(u) => {
-                        format!("; undoing it also failed ({u}): `sealvol vm sweep` finishes it")
-                    }
-                };
-                Err(Error::VmStep {
-                    verb: "create",
-                    id: id.to_string(),
-                    step,
-                    reason: e,
-                    after,
-                    wrong_key: false,
-                })
+                Err(self
+                    .store
+                    .create_failed(id, step, *e, self.teardown(&rec, false, SWEEP_STOP)))
             }
         }
     }
@@ -647,13 +560,14 @@ impl VmManager {
         &self,
         rec: &mut VmRecord,
         ssh_key: Option<&str>,
-    ) -> std::result::Result<(), (&'static str, String)> {
+    ) -> std::result::Result<(), (&'static str, Box<Error>)> {
+        let at = |step: &'static str| move |e: Error| (step, Box::new(e));
         let id = rec.id.clone();
-        let vm = self.state().map_err(|e| ("dir", e.to_string()))?;
+        let vm = self.store.open().map_err(at("dir"))?;
         let vdir = vm
             .ensure_dir("dirs", 0o700)
             .and_then(|dirs| dirs.create_dir(id.as_str(), 0o700))
-            .map_err(|e| ("dir", e.to_string()))?;
+            .map_err(at("dir"))?;
         // A file qemu-img or genisoimage writes is made here first, exclusively, and its
         // path checked right before the tool gets it (the tool then truncates that file).
         let made = |name: &str| -> Result<PathBuf> {
@@ -668,22 +582,20 @@ impl VmManager {
                 .args(["info", "--output=json", "-U"])
                 .arg(&rec.params.base),
         )
-        .map_err(|e| ("overlay", e.to_string()))?;
+        .map_err(at("overlay"))?;
         let fmt = serde_json::from_str::<serde_json::Value>(&info)
             .ok()
             .and_then(|v| v["format"].as_str().map(str::to_string))
             .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric()))
             .ok_or_else(|| {
-                (
-                    "overlay",
-                    format!(
-                        "qemu-img cannot tell the format of the base image {}",
-                        rec.params.base.display()
-                    ),
-                )
-            })?;
+                Error::Invalid(format!(
+                    "qemu-img cannot tell the format of the base image {}",
+                    rec.params.base.display()
+                ))
+            })
+            .map_err(at("overlay"))?;
         rec.base_format = Some(fmt.clone());
-        let overlay = made("overlay.qcow2").map_err(|e| ("overlay", e.to_string()))?;
+        let overlay = made("overlay.qcow2").map_err(at("overlay"))?;
         cmd::run(
             Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-b"])
@@ -692,10 +604,10 @@ impl VmManager {
                 .arg(&overlay)
                 .arg(rec.params.disk_size.to_string()),
         )
-        .map_err(|e| ("overlay", e.to_string()))?;
-        rec.steps.push("overlay".into());
-        self.save(rec).map_err(|e| ("overlay", e.to_string()))?;
-        crash_point("vm-create:overlay");
+        .map_err(at("overlay"))?;
+        self.store
+            .step_done(rec, "overlay")
+            .map_err(at("overlay"))?;
 
         // seed: NoCloud user-data and meta-data (JSON is YAML), 0600, then the ISO.
         let mut user = json!({"hostname": id.as_str()});
@@ -725,12 +637,9 @@ impl VmManager {
             )?;
             vdir.sync()
         })()
-        .map_err(|e| ("seed", e.to_string()))?;
-        crash_point("vm-create:seed");
-
-        rec.phase = Phase::Ready;
-        rec.steps.clear();
-        self.save(rec).map_err(|e| ("ready", e.to_string()))
+        .map_err(at("seed"))?;
+        self.store.step_done(rec, "seed").map_err(at("seed"))?;
+        self.store.finish(rec).map_err(at("ready"))
     }
 
     // -----------------------------------------------------------------------------------
@@ -745,8 +654,14 @@ impl VmManager {
 
     /// Checks that `key` opens the LUKS1 volume `image`, then puts it in a [`SecretPipe`] for
     /// qemu's `secret` object (which takes UTF-8 text only).
-    fn qemu_secret(&self, image: &Path, key: &SecretBytes) -> Result<SecretPipe> {
-        let mut open = LuksFile::new(image, None).open(Access::Read, self.volumes.kdf_limits())?;
+    fn qemu_secret(
+        &self,
+        image: &Path,
+        header: Option<&Path>,
+        key: &SecretBytes,
+    ) -> Result<SecretPipe> {
+        let mut open = LuksFile::new(image, header.map(Path::to_path_buf))
+            .open(Access::Read, self.volumes.kdf_limits())?;
         if let Some(warning) = open.damaged_copy() {
             tracing::warn!("{warning}");
         }
@@ -764,32 +679,32 @@ impl VmManager {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a VM or data volume that is not usable, or no key for a data
-    /// volume; [`Error::VmStep`] (with `wrong_key` for a key that opens nothing) after
+    /// volume; [`Error::Step`] (its cause an [`Error::WrongKey`] for a key that opens nothing) after
     /// undoing what was started.
     pub fn start(&self, id: &VmId, key: Option<&SecretBytes>) -> Result<(bool, VmStatus)> {
-        self.ready(id)?;
-        let _locks = self.lock(id)?;
-        let mut r = self.ready(id)?;
+        self.store.ready(id)?;
+        let _locks = self.store.lock(id)?;
+        let mut r = self.store.ready(id)?;
         if self.qemu_alive(&r) {
             return Ok((true, self.status_of(&r)));
         }
         if r.running.is_some() {
             self.stop_locked(&mut r, Duration::from_secs(1))?;
         }
-        let fail = |step: &'static str, reason: String, wrong_key: bool| Error::VmStep {
+        let fail = |step: &'static str, cause: Error| Error::Step {
+            subject: Subject::Vm,
             verb: "start",
             id: id.to_string(),
             step,
-            reason,
+            cause: Box::new(cause),
             after: "; nothing is left running".into(),
-            wrong_key,
         };
         let choice = match r.params.accel.as_str() {
             "kvm" => AccelChoice::Kvm,
             "tcg" => AccelChoice::Tcg,
             _ => AccelChoice::Auto,
         };
-        let verdict = probe_accel(&self.state()?, choice, PROBE_TIMEOUT)?;
+        let verdict = probe_accel(&self.store.open()?, choice, PROBE_TIMEOUT)?;
         let vdir = self.vm_safe_dir(id)?;
         // What qemu gets by path: made or checked through the VM's directory right now.
         let root_disk = checked_path(&vdir, "overlay.qcow2")?;
@@ -835,12 +750,13 @@ impl VmManager {
                         c.inherit_by_children()?;
                         claim = Some(c);
                         let pipe = self
-                            .qemu_secret(&image, key)
-                            .map_err(|e| fail("data-key", e.to_string(), e.is_wrong_key()))?;
+                            .qemu_secret(&image, header.as_deref(), key)
+                            .map_err(|e| fail("data-key", e))?;
                         let secret_file = pipe.path();
                         secret = Some(pipe);
                         Some(DataDisk::Luks {
                             volume: image,
+                            header,
                             secret_file,
                         })
                     }
@@ -860,7 +776,7 @@ impl VmManager {
                                 log: Some((&self.file(id, "nbd.log"), &log)),
                             },
                         )
-                        .map_err(|e| fail("nbd-export", e.to_string(), e.is_wrong_key()))?;
+                        .map_err(|e| fail("nbd-export", e))?;
                         nbd_pid = Some(ready.pid());
                         Some(DataDisk::Nbd {
                             socket: socket.clone(),
@@ -894,14 +810,14 @@ impl VmManager {
         // qemu holds the claim now (or failed and released it), and has read the secret.
         drop(claim);
         drop(secret);
-        crash_point("vm-start:spawned");
+        self.store.crash("start:spawned");
         let child = match started {
             Ok(c) => c,
             Err(e) => {
                 if let Some(pid) = nbd_pid {
                     self.stop_nbd(id, pid);
                 }
-                return Err(fail("qemu", e.to_string(), false));
+                return Err(fail("qemu", e));
             }
         };
         let mut child = child;
@@ -912,11 +828,10 @@ impl VmManager {
             }
             return Err(fail(
                 "qemu",
-                format!(
-                    "qemu exited right after it started ({status}); see {}",
-                    self.console_log(id).display()
-                ),
-                false,
+                Error::QemuExited {
+                    status: status.to_string(),
+                    console_log: self.console_log(id),
+                },
             ));
         }
         drop(child); // qemu runs on; it is reaped by whoever inherits it
@@ -928,11 +843,12 @@ impl VmManager {
             started: now(),
         });
         let saved = self
+            .store
             .save(&r)
             .and_then(|()| vdir.write_atomic("qemu.pid", pid.to_string().as_bytes(), 0o600));
         if let Err(e) = saved {
             let _ = self.stop_locked(&mut r, Duration::from_secs(1));
-            return Err(fail("record", e.to_string(), false));
+            return Err(fail("record", e));
         }
         tracing::info!(id = %id, pid, accel = verdict.accel.as_str(), "VM started");
         Ok((false, self.status_of(&r)))
@@ -972,9 +888,9 @@ impl VmManager {
     /// # Errors
     /// [`Error::Invalid`] when the VM does not exist.
     pub fn stop(&self, id: &VmId, timeout: Duration) -> Result<StopReport> {
-        self.ready(id)?;
-        let _locks = self.lock(id)?;
-        let mut r = self.ready(id)?;
+        self.store.ready(id)?;
+        let _locks = self.store.lock(id)?;
+        let mut r = self.store.ready(id)?;
         self.stop_locked(&mut r, timeout)
     }
 
@@ -1006,7 +922,7 @@ impl VmManager {
             }
         }
         r.running = None;
-        self.save(r)?;
+        self.store.save(r)?;
         if let Ok(Some(dir)) = self.existing_vm_dir(&id) {
             for f in ["qemu.pid", "qmp.sock"] {
                 let _ = dir.remove_file(f);
@@ -1024,7 +940,7 @@ impl VmManager {
     /// then deletes its files and record. An absent id is a success that says so.
     ///
     /// # Errors
-    /// [`Error::VmStep`] when a step fails; the record stays `destroying` and the next
+    /// [`Error::Step`] when a step fails; the record stays `destroying` and the next
     /// `destroy` or `sweep` finishes it.
     pub fn destroy(
         &self,
@@ -1032,7 +948,7 @@ impl VmManager {
         destroy_data: bool,
         stop_timeout: Duration,
     ) -> Result<VmDestroyed> {
-        if self.existing()?.is_none() {
+        if self.store.existing()?.is_none() {
             return Ok(VmDestroyed {
                 id: id.clone(),
                 already_absent: true,
@@ -1040,15 +956,13 @@ impl VmManager {
                 data_destroyed: None,
             });
         }
-        let _locks = self.lock(id)?;
+        let _locks = self.store.lock(id)?;
         let Some(rec) = self.load(id)? else {
-            let leftovers = self
-                .existing_sub("dirs")?
-                .is_some_and(|d| d.exists(id.as_str()));
+            let leftovers = self.store.names("dirs", id)?;
             if leftovers {
                 self.remove_leftovers(id)?;
             }
-            self.unlink_lock(id);
+            self.store.unlink_lock(id);
             return Ok(VmDestroyed {
                 id: id.clone(),
                 already_absent: !leftovers,
@@ -1058,15 +972,8 @@ impl VmManager {
         };
         let d = self
             .teardown(&rec, destroy_data, stop_timeout)
-            .map_err(|e| Error::VmStep {
-                verb: "destroy",
-                id: id.to_string(),
-                step: "teardown",
-                reason: e.to_string(),
-                after: "; run `sealvol vm destroy` again or `sealvol vm sweep` to finish it".into(),
-                wrong_key: false,
-            })?;
-        self.unlink_lock(id);
+            .map_err(|e| self.store.destroy_failed(id, e))?;
+        self.store.unlink_lock(id);
         tracing::info!(id = %id, "VM destroyed");
         Ok(d)
     }
@@ -1085,21 +992,20 @@ impl VmManager {
         if r.phase == Phase::Ready
             || (r.phase == Phase::Destroying && !r.destroy_data && destroy_data)
         {
-            r.phase = Phase::Destroying;
             r.destroy_data = destroy_data;
-            self.save(&r)?;
+            self.store.destroying(&mut r)?;
         }
-        crash_point("vm-destroy:journal");
+        self.store.crash("destroy:journal");
         let stop = self.stop_locked(&mut r, stop_timeout)?;
-        crash_point("vm-destroy:stop");
+        self.store.crash("destroy:stop");
         let data_destroyed = match (&r.params.data_volume, destroy_data) {
             (Some(v), true) => Some(self.volumes.destroy(v)?),
             _ => None,
         };
-        crash_point("vm-destroy:data");
+        self.store.crash("destroy:data");
         self.remove_leftovers(&r.id)?;
-        crash_point("vm-destroy:files");
-        self.remove_record(&r.id)?;
+        self.store.crash("destroy:files");
+        self.store.remove_record(&r.id)?;
         Ok(VmDestroyed {
             id: r.id.clone(),
             already_absent: false,
@@ -1115,17 +1021,11 @@ impl VmManager {
             process::kill(pid);
             process::wait_gone(pid, Duration::from_secs(5));
         }
-        let sock = self.file(id, "data.nbd.sock");
-        if let Some(e) = self
-            .run
-            .list()
-            .into_iter()
-            .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
-        {
+        if let Some(e) = self.nbd_export(id) {
             self.stop_nbd(id, e.pid);
         }
         // Everything in it goes, links removed and never followed.
-        let dirs = self.sub("dirs")?;
+        let dirs = self.store.sub("dirs")?;
         dirs.remove_tree(id.as_str())?;
         dirs.sync()
     }
@@ -1161,17 +1061,6 @@ impl VmManager {
         Ok(self.load(id)?.map(|r| self.status_of(&r)))
     }
 
-    fn ids_in(&self, sub: &str) -> Vec<VmId> {
-        volume::ids_in(
-            self.existing_sub(sub).ok().flatten().as_ref(),
-            match sub {
-                "records" => ".json",
-                "locks" => ".lock",
-                _ => "",
-            },
-        )
-    }
-
     /// The VMs whose qemu runs with `vol` as their data disk (through qemu's LUKS driver or
     /// an NBD export of their own). Opening, closing or destroying `vol` under them would pull
     /// the disk from a running guest, or mount one file system twice.
@@ -1180,7 +1069,7 @@ impl VmManager {
     /// A damaged record.
     pub fn running_users(&self, vol: &volume::VolumeId) -> Result<Vec<VmId>> {
         let mut out = Vec::new();
-        for id in self.ids_in("records") {
+        for id in self.store.ids() {
             if let Some(r) = self.load(&id)? {
                 if r.params.data_volume.as_ref() == Some(vol) && self.qemu_alive(&r) {
                     out.push(id);
@@ -1215,7 +1104,7 @@ impl VmManager {
     /// A damaged record.
     pub fn list(&self) -> Result<Vec<VmStatus>> {
         let mut out = Vec::new();
-        for id in self.ids_in("records") {
+        for id in self.store.ids() {
             if let Some(r) = self.load(&id)? {
                 out.push(self.status_of(&r));
             }
@@ -1230,125 +1119,100 @@ impl VmManager {
     ///
     /// # Errors
     /// The first repair that fails.
-    pub fn sweep(&self) -> Result<Vec<volume::Action>> {
-        let _global = self.lock_global(true)?;
-        let mut ids = Vec::new();
-        for sub in ["records", "dirs", "locks"] {
-            ids.extend(self.ids_in(sub));
-        }
-        // qemu processes and NBD exports naming a VM directory.
-        let dirs = self.sub_path("dirs");
-        for pid in qemus_naming(&dirs) {
-            if let Some(id) = id_in_cmdline(pid, &dirs) {
-                ids.push(id);
-            }
-        }
-        for e in self.run.list() {
-            if let Some(id) = e
-                .nbd
-                .as_deref()
-                .and_then(|n| Path::new(n).strip_prefix(&dirs).ok())
-                .and_then(|rest| rest.iter().next())
-                .and_then(|c| VmId::parse(&c.to_string_lossy()).ok())
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        ids.dedup();
-        let mut actions = Vec::new();
-        for id in ids {
-            let _l = self.lock_id(&id)?;
-            actions.extend(self.sweep_id(&id)?);
-            if self.load(&id)?.is_none() {
-                self.unlink_lock(&id);
-            }
-        }
-        Ok(actions)
+    pub fn sweep(&self) -> Result<Vec<Action>> {
+        self.store.sweep(self)
     }
 
-    fn sweep_id(&self, id: &VmId) -> Result<Vec<volume::Action>> {
-        let act = |what: String| {
-            tracing::warn!(id = %id, action = %what, "vm sweep");
-            volume::Action {
-                id: id.to_string(),
-                action: what,
-            }
-        };
+    /// The runtime record of an NBD export serving on `id`'s socket, if any.
+    fn nbd_export(&self, id: &VmId) -> Option<Entry> {
+        let sock = self.file(id, "data.nbd.sock");
+        let sock = sock.to_string_lossy();
+        self.run
+            .list()
+            .into_iter()
+            .find(|e| e.nbd.as_deref() == Some(sock.as_ref()))
+    }
+}
+
+impl Sweeper for VmManager {
+    type Record = VmRecord;
+
+    fn undo_create(&self, r: &VmRecord) -> Result<String> {
+        self.teardown(r, false, SWEEP_STOP)?;
+        Ok("undid an interrupted create".into())
+    }
+
+    /// Destroys the data volume only when the interrupted destroy was asked to.
+    fn finish_destroy(&self, r: &VmRecord) -> Result<String> {
+        self.teardown(r, false, SWEEP_STOP)?;
+        Ok(match (&r.params.data_volume, r.destroy_data) {
+            (Some(v), true) => format!("finished an interrupted destroy, with its data volume {v}"),
+            (Some(v), false) => format!(
+                "finished an interrupted destroy (its data volume {v} was not asked for and stays)"
+            ),
+            (None, _) => "finished an interrupted destroy".into(),
+        })
+    }
+
+    /// Kills a qemu of the VM's directory that the record does not name; clears a VM whose
+    /// qemu died; stops the NBD export and removes the pid file of a stopped one.
+    fn repair_ready(&self, mut r: VmRecord) -> Result<Vec<String>> {
+        let id = r.id.clone();
         let mut out = Vec::new();
-        match self.load(id)? {
-            Some(r) if r.phase == Phase::Creating => {
-                self.teardown(&r, false, SWEEP_STOP)?;
-                out.push(act("undid an interrupted create".into()));
+        let ours = r.running.as_ref().map(|x| x.qemu_pid);
+        for pid in qemus_naming(&self.vm_dir(&id)) {
+            if Some(pid) != ours {
+                process::kill(pid);
+                process::wait_gone(pid, Duration::from_secs(5));
+                out.push(format!("killed qemu {pid} that the record does not name"));
             }
-            Some(r) if r.phase == Phase::Destroying => {
-                self.teardown(&r, false, SWEEP_STOP)?;
-                out.push(act(match (&r.params.data_volume, r.destroy_data) {
-                    (Some(v), true) => {
-                        format!("finished an interrupted destroy, with its data volume {v}")
-                    }
-                    (Some(v), false) => format!(
-                        "finished an interrupted destroy (its data volume {v} was not asked for and stays)"
-                    ),
-                    (None, _) => "finished an interrupted destroy".into(),
-                }));
+        }
+        if r.running.is_some() && !self.qemu_alive(&r) {
+            self.stop_locked(&mut r, Duration::from_secs(1))?;
+            out.push(
+                "cleared a VM whose qemu had died (its NBD export stopped, pid file removed)"
+                    .into(),
+            );
+        } else if r.running.is_none() {
+            if let Some(e) = self.nbd_export(&id) {
+                self.stop_nbd(&id, e.pid);
+                out.push(format!("stopped NBD export {} of a stopped VM", e.pid));
             }
-            Some(mut r) => {
-                let dir = self.vm_dir(id);
-                let ours = r.running.as_ref().map(|x| x.qemu_pid);
-                for pid in qemus_naming(&dir) {
-                    if Some(pid) != ours {
-                        process::kill(pid);
-                        process::wait_gone(pid, Duration::from_secs(5));
-                        out.push(act(format!(
-                            "killed qemu {pid} that the record does not name"
-                        )));
-                    }
-                }
-                if r.running.is_some() && !self.qemu_alive(&r) {
-                    self.stop_locked(&mut r, Duration::from_secs(1))?;
-                    out.push(act(
-                        "cleared a VM whose qemu had died (its NBD export stopped, pid file removed)"
-                            .into(),
-                    ));
-                } else if r.running.is_none() {
-                    let sock = self.file(id, "data.nbd.sock");
-                    if let Some(e) = self
-                        .run
-                        .list()
-                        .into_iter()
-                        .find(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()))
-                    {
-                        self.stop_nbd(id, e.pid);
-                        out.push(act(format!("stopped NBD export {} of a stopped VM", e.pid)));
-                    }
-                    if let Some(dir) = self.existing_vm_dir(id)? {
-                        if dir.remove_file("qemu.pid")? {
-                            out.push(act("removed a stale pid file".into()));
-                        }
-                    }
-                }
-            }
-            None => {
-                let dir = self.vm_dir(id);
-                let sock = self.file(id, "data.nbd.sock");
-                let exports = self
-                    .run
-                    .list()
-                    .into_iter()
-                    .any(|e| e.nbd.as_deref() == Some(sock.to_string_lossy().as_ref()));
-                let named = self
-                    .existing_sub("dirs")?
-                    .is_some_and(|d| d.exists(id.as_str()));
-                if named || !qemus_naming(&dir).is_empty() || exports {
-                    self.remove_leftovers(id)?;
-                    out.push(act(
-                        "removed the qemu, NBD export and files of a VM without a record".into(),
-                    ));
+            if let Some(dir) = self.existing_vm_dir(&id)? {
+                if dir.remove_file("qemu.pid")? {
+                    out.push("removed a stale pid file".into());
                 }
             }
         }
         Ok(out)
+    }
+
+    fn clear_leftovers(&self, id: &VmId) -> Result<Option<String>> {
+        let there = self.store.names("dirs", id)?
+            || !qemus_naming(&self.vm_dir(id)).is_empty()
+            || self.nbd_export(id).is_some();
+        if !there {
+            return Ok(None);
+        }
+        self.remove_leftovers(id)?;
+        Ok(Some(
+            "removed the qemu, NBD export and files of a VM without a record".into(),
+        ))
+    }
+
+    /// Ids of qemu processes and NBD exports naming a VM directory.
+    fn ids_on_host(&self) -> Vec<VmId> {
+        let dirs = self.store.path("dirs");
+        let mut ids: Vec<VmId> = qemus_naming(&dirs)
+            .into_iter()
+            .filter_map(|pid| id_in_cmdline(pid, &dirs))
+            .collect();
+        ids.extend(self.run.list().into_iter().filter_map(|e| {
+            let n = e.nbd?;
+            let rest = Path::new(&n).strip_prefix(&dirs).ok()?;
+            VmId::parse(&rest.iter().next()?.to_string_lossy()).ok()
+        }));
+        ids
     }
 }
 

@@ -12,17 +12,13 @@
 //! locks/<id>.lock     flock per id; sweep.lock: the global lock
 //! ```
 //!
-//! The directory is made 0700 and refused when another user owns it or others may write in
-//! it; every entry below it is made, read, wiped and removed through a [`SafeDir`] (by
-//! descriptor, never through a symbolic link; a planted link is refused or unlinked, never
-//! followed; a file is wiped only when it is a regular file with one link whose LUKS UUID,
-//! when it still has one, is the record's).
-//!
-//! Records are small JSON files replaced atomically: written to a temporary file, fsynced,
-//! renamed over the old one, then the directory is fsynced. A reader sees the old record or
-//! the new one, never half of one, and a record that a call returned after is on disk. That
-//! is all the journal needs (one writer per id under its lock, a few writes per operation),
-//! so there is no embedded database to trust or to carry.
+//! The records, the locks and the sweep's skeleton are a [`crate::store`]: the directory is
+//! made 0700 and refused when another user owns it or others may write in it; every entry
+//! below it is made, read, wiped and removed through a [`SafeDir`] (by descriptor, never
+//! through a symbolic link; a planted link is refused or unlinked, never followed; a file is
+//! wiped only when it is a regular file with one link whose LUKS UUID, when it still has
+//! one, is the record's). Records are replaced atomically and durably, so a reader sees the
+//! old record or the new one, and a record that a call returned after is on disk.
 //!
 //! # Crash safety
 //!
@@ -69,22 +65,22 @@ mod record;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rustix::fs::FlockOperation;
 use sealvol_crypto::SecretBytes;
 use sealvol_luks::{KdfLimits, KdfPolicy, NewHeader, Version};
 use serde::Serialize;
 
-use crate::export::served::{self, Busy};
-pub(crate) use record::{ids_in, read_record, remove_durably, write_record};
-pub use record::{LuksType, Params, Phase, Record, VolumeId, MAX_ID_LEN};
+pub use crate::store::{Action, Phase, VolumeId, MAX_ID_LEN};
+pub use record::{LuksType, Params, Record};
 
+use crate::export::served::{self, Busy};
 use crate::export::{self, KeyInput, Launcher, Mode, MountSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
 use crate::safe_dir::{canonical_prefix, FileId, Kind, SafeDir, WipeTarget};
-use crate::state::{runtime_id, StateDir};
-use crate::{loopdev, mount, Error, Result};
+use crate::state::{now, runtime_id, StateDir};
+use crate::store::{Store, Sweeper};
+use crate::{loopdev, mount, Error, Result, Subject};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sealvol";
@@ -93,44 +89,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/sealvol";
 pub const DEFAULT_HEADER_AREA: u64 = 16 << 20;
 /// Largest volume: 16 TiB.
 pub const MAX_SIZE: u64 = 16 << 40;
-/// Debug builds only: `kill -9` this process when it reaches the named step
-/// (see [`crash_point`]).
-pub const CRASH_ENV: &str = "SEALVOL_TEST_CRASH_AT";
 /// How long `destroy` retries a busy unmount before detaching lazily.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// How long an export gets to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Every step a crash can be injected at, in order (`create:…`, then `destroy:…`, then
-/// `export:mounted`: an export process, inheriting the variable, killed after it mounted the
-/// file system and before it recorded itself).
-pub const CRASH_STEPS: &[&str] = &[
-    "create:journal",
-    "create:image",
-    "create:format",
-    "create:mkfs",
-    "create:close",
-    "create:ready",
-    "destroy:journal",
-    "destroy:unmount",
-    "destroy:erase",
-    "destroy:delete",
-    "export:mounted",
-];
-
-/// Test hook, compiled into debug builds only: when `SEALVOL_TEST_CRASH_AT` names `step`,
-/// the process kills itself with SIGKILL, as a power cut or OOM kill would. It carries a
-/// step name, never a key. Release builds ignore it.
-pub fn crash_point(step: &str) {
-    #[cfg(debug_assertions)]
-    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == step) {
-        tracing::warn!(step, "test hook: killing this process");
-        crate::process::kill(crate::process::this_pid());
-        std::thread::sleep(Duration::from_secs(60));
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = step;
-}
 
 /// A freshly formatted volume.
 #[derive(Clone, Debug)]
@@ -251,15 +213,6 @@ pub struct Destroyed {
     /// hard link planted in their place, a LUKS header of another UUID ...), and why: links
     /// were unlinked, their targets left untouched.
     pub refused: Vec<(PathBuf, String)>,
-}
-
-/// One repair made by a sweep.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Action {
-    /// The id it concerned.
-    pub id: String,
-    /// What was done.
-    pub action: String,
 }
 
 /// What is known about one volume: what its record says and what the host has.
@@ -496,50 +449,6 @@ fn wipe_checked(
     Ok(WipeOutcome::Done(path, n))
 }
 
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A held lock: released on drop (or when the process dies).
-#[derive(Debug)]
-pub struct Held {
-    _file: File,
-}
-
-/// Takes the exclusive lock file `name` in `dir`, waiting for whoever holds it. An owner
-/// that removes the lock file while holding it (a destroy, a sweep) leaves a waiter holding
-/// a lock on a removed file: the waiter sees that the name no longer names it and tries
-/// again.
-pub(crate) fn lock_exclusive(dir: &SafeDir, name: &str) -> Result<Held> {
-    loop {
-        let file = flock(dir, name, FlockOperation::LockExclusive)?;
-        let held = FileId::of_file(&file)?;
-        if dir.stat(name)?.is_some_and(|st| FileId::of(&st) == held) {
-            return Ok(Held { _file: file });
-        }
-    }
-}
-
-/// Takes the lock file `name` in `dir` shared, waiting for an exclusive holder.
-pub(crate) fn lock_shared(dir: &SafeDir, name: &str) -> Result<Held> {
-    Ok(Held {
-        _file: flock(dir, name, FlockOperation::LockShared)?,
-    })
-}
-
-fn flock(dir: &SafeDir, name: &str, op: FlockOperation) -> Result<File> {
-    let file = dir.lock_file(name)?;
-    rustix::fs::flock(&file, op).map_err(|e| {
-        Error::io(
-            format!("cannot lock {}", dir.join(name).display()),
-            e.into(),
-        )
-    })?;
-    Ok(file)
-}
-
 /// What [`Manager::clear_host`] did.
 #[derive(Debug, Default)]
 struct Cleared {
@@ -551,13 +460,10 @@ struct Cleared {
     actions: Vec<String>,
 }
 
-/// The subdirectories of a state directory.
-const SUBDIRS: [&str; 4] = ["records", "volumes", "mnt", "locks"];
-
 /// The volume manager over one state directory.
 #[derive(Clone, Debug)]
 pub struct Manager {
-    root: PathBuf,
+    store: Store<Record>,
     run: StateDir,
     launcher: Launcher,
     limits: KdfLimits,
@@ -569,7 +475,12 @@ impl Manager {
     /// records in `run`.
     pub fn new(root: impl Into<PathBuf>, run: StateDir) -> Self {
         Manager {
-            root: canonical_prefix(&root.into()),
+            store: Store::new(
+                canonical_prefix(&root.into()),
+                None,
+                Subject::Volume,
+                &["volumes", "mnt"],
+            ),
             run,
             launcher: Launcher::default(),
             limits: KdfLimits::default(),
@@ -628,7 +539,7 @@ impl Manager {
 
     /// The state directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.store.root()
     }
 
     /// The runtime directory its exports use.
@@ -642,39 +553,17 @@ impl Manager {
     /// # Errors
     /// [`Error::UnsafeDir`] with the fix; [`Error::Io`].
     pub fn state(&self) -> Result<SafeDir> {
-        SafeDir::open_root(&self.root)
-    }
-
-    /// The state directory if it exists (checked as [`Manager::state`]).
-    fn existing(&self) -> Result<Option<SafeDir>> {
-        SafeDir::open_existing_root(&self.root)
-    }
-
-    /// The subdirectory `sub` (created, 0700).
-    fn sub(&self, sub: &str) -> Result<SafeDir> {
-        self.state()?.ensure_dir(sub, 0o700)
-    }
-
-    /// The subdirectory `sub`, if it exists.
-    fn existing_sub(&self, sub: &str) -> Result<Option<SafeDir>> {
-        match self.existing()? {
-            Some(d) => d.open_dir(sub),
-            None => Ok(None),
-        }
-    }
-
-    fn dir(&self, sub: &str) -> PathBuf {
-        self.root.join(sub)
+        self.store.open()
     }
 
     /// The record file of `id`.
     pub fn record_path(&self, id: &VolumeId) -> PathBuf {
-        self.dir("records").join(format!("{id}.json"))
+        self.store.record_path(id)
     }
 
     /// The directory of `id`'s files.
     pub fn volume_dir(&self, id: &VolumeId) -> PathBuf {
-        self.dir("volumes").join(id.as_str())
+        self.store.path("volumes").join(id.as_str())
     }
 
     /// The LUKS image of `id`.
@@ -689,45 +578,7 @@ impl Manager {
 
     /// Where `id` is mounted.
     pub fn mount_point(&self, id: &VolumeId) -> PathBuf {
-        self.dir("mnt").join(id.as_str())
-    }
-
-    fn ensure_dirs(&self) -> Result<SafeDir> {
-        let root = self.state()?;
-        for d in SUBDIRS {
-            root.ensure_dir(d, 0o700)?;
-        }
-        Ok(root)
-    }
-
-    /// Takes the global lock: shared for calls on one id, exclusive for a sweep.
-    fn lock_global(&self, exclusive: bool) -> Result<Held> {
-        let root = self.ensure_dirs()?;
-        if exclusive {
-            lock_exclusive(&root, "sweep.lock")
-        } else {
-            lock_shared(&root, "sweep.lock")
-        }
-    }
-
-    /// Takes the lock of `id`, waiting for whoever holds it. A `destroy` removes the lock
-    /// file while holding it; a waiter that then gets the lock on the removed file sees that
-    /// the name no longer names it and tries again.
-    fn lock_id(&self, id: &VolumeId) -> Result<Held> {
-        lock_exclusive(&self.sub("locks")?, &format!("{id}.lock"))
-    }
-
-    fn unlink_lock(&self, id: &VolumeId) {
-        if let Ok(Some(locks)) = self.existing_sub("locks") {
-            let _ = locks.remove_file(&format!("{id}.lock"));
-        }
-    }
-
-    /// Both locks for a call on `id`.
-    fn lock(&self, id: &VolumeId) -> Result<(Held, Held)> {
-        let g = self.lock_global(false)?;
-        let l = self.lock_id(id)?;
-        Ok((g, l))
+        self.store.path("mnt").join(id.as_str())
     }
 
     /// The record of `id`, if any.
@@ -737,36 +588,12 @@ impl Manager {
     /// writes are atomic); [`Error::Planted`] for a link in its place; [`Error::Io`] when it
     /// cannot be read.
     pub fn load(&self, id: &VolumeId) -> Result<Option<Record>> {
-        let Some(records) = self.existing_sub("records")? else {
-            return Ok(None);
-        };
-        let r: Option<Record> =
-            read_record(&records, &format!("{id}.json"), "sealvol volume sweep")?;
-        if let Some(r) = r.as_ref().filter(|r| r.id != *id) {
-            return Err(Error::Invalid(format!(
-                "the record {} names id {}, not {id}",
-                self.record_path(id).display(),
-                r.id
-            )));
-        }
-        Ok(r)
-    }
-
-    fn save(&self, r: &Record) -> Result<()> {
-        let json = serde_json::to_vec_pretty(r).expect("records serialise");
-        write_record(&self.sub("records")?, &format!("{}.json", r.id), &json)
-    }
-
-    fn remove_record(&self, id: &VolumeId) -> Result<()> {
-        match self.existing_sub("records")? {
-            Some(records) => remove_durably(&records, &format!("{id}.json")),
-            None => Ok(()),
-        }
+        self.store.load(id)
     }
 
     /// `volumes/<id>` if it is there; a link planted in its place is an error.
     fn vol_dir(&self, id: &VolumeId) -> Result<Option<SafeDir>> {
-        match self.existing_sub("volumes")? {
+        match self.store.existing_sub("volumes")? {
             Some(v) => v.open_dir(id.as_str()),
             None => Ok(None),
         }
@@ -824,18 +651,24 @@ impl Manager {
     ///
     /// # Errors
     /// As [`Manager::checked_files`].
-    pub(crate) fn image_head(&self, id: &VolumeId, n: usize) -> Result<Vec<u8>> {
-        let dir = self
-            .vol_dir(id)?
-            .ok_or_else(|| Error::Invalid(format!("there is no image of volume {id}")))?;
-        checked_file(&dir, "disk.img")?;
-        let f = dir
-            .open_read("disk.img")?
-            .ok_or_else(|| Error::Invalid(format!("there is no image of volume {id}")))?;
+    /// The first `n` bytes of the file that holds `id`'s LUKS header: the detached header
+    /// when `detached`, else the image.
+    pub(crate) fn header_head(&self, id: &VolumeId, detached: bool, n: usize) -> Result<Vec<u8>> {
+        self.file_head(id, if detached { "header.img" } else { "disk.img" }, n)
+    }
+
+    fn file_head(&self, id: &VolumeId, name: &str, n: usize) -> Result<Vec<u8>> {
+        let missing = || Error::Invalid(format!("there is no {name} of volume {id}"));
+        let dir = self.vol_dir(id)?.ok_or_else(missing)?;
+        checked_file(&dir, name)?;
+        let f = dir.open_read(name)?.ok_or_else(missing)?;
         let mut head = Vec::with_capacity(n);
-        f.take(n as u64)
-            .read_to_end(&mut head)
-            .map_err(|e| Error::io(format!("cannot read {}", self.image(id).display()), e))?;
+        f.take(n as u64).read_to_end(&mut head).map_err(|e| {
+            Error::io(
+                format!("cannot read {}", self.volume_dir(id).join(name).display()),
+                e,
+            )
+        })?;
         Ok(head)
     }
 
@@ -872,6 +705,7 @@ impl Manager {
         let fuse_file = rid.as_ref().map(|rid| self.run.fuse_file(rid));
         // A link planted at mnt/<id> is not the volume's mount point.
         let mount_source = self
+            .store
             .existing_sub("mnt")
             .ok()
             .flatten()
@@ -993,7 +827,8 @@ impl Manager {
     /// # Errors
     /// [`Error::Invalid`] for bad sizes or an id that exists with other parameters (nothing
     /// touched); [`Error::Step`] naming the failed step, after undoing the ones before it
-    /// (with `wrong_key` when mounting an existing volume with a key that opens nothing).
+    /// (its cause an [`Error::WrongKey`] when mounting an existing volume with a key that
+    /// opens nothing).
     pub fn create(
         &self,
         id: &VolumeId,
@@ -1008,20 +843,20 @@ impl Manager {
                 params.fs
             )));
         }
-        if params.luks_type == LuksType::Luks1 && params.detached_header {
-            return Err(Error::Invalid(
-                "a LUKS1 volume keeps its header attached (what qemu's luks driver reads through the volume); drop --detached-header or use --type luks2".into(),
-            ));
-        }
         // Bad input is refused before anything is locked or made.
         let existing = self.load(id)?.filter(|r| r.phase == Phase::Ready);
         match existing {
             Some(r) if r.params != *params => return Err(self.param_mismatch(&r, params)),
             Some(_) => {}
-            None => check_size(params, free_space(&self.root)?, opts.sparse_ok, &self.root)?,
+            None => check_size(
+                params,
+                free_space(self.root())?,
+                opts.sparse_ok,
+                self.root(),
+            )?,
         }
-        let _locks = self.lock(id)?;
-        let swept = self.sweep_id(id)?;
+        let _locks = self.store.lock(id)?;
+        let swept = self.store.sweep_id(self, id)?;
         if let Some(r) = self.load(id)? {
             // Only a ready record survives the sweep.
             if r.params != *params {
@@ -1048,8 +883,7 @@ impl Manager {
             header_area: None,
             created: now(),
         };
-        self.save(&rec)?;
-        crash_point("create:journal");
+        self.store.begin(&rec)?;
         match self.create_steps(&mut rec, opts, key, kdf) {
             Ok(()) => {
                 let status = self.status_of(&rec);
@@ -1061,25 +895,7 @@ impl Manager {
                     kdf_hint: kdf.hint(key.expose()).map(str::to_string),
                 })
             }
-            Err((step, e)) => {
-                let after = match self.teardown(&rec) {
-                    Ok(_) => {
-                        self.unlink_lock(id);
-                        "; everything done before it was undone".to_string()
-                    }
-                    Err(u) => format!(
-                        "; undoing it also failed ({u}): `sealvol volume sweep` finishes it"
-                    ),
-                };
-                Err(Error::Step {
-                    verb: "create",
-                    id: id.to_string(),
-                    step,
-                    reason: e.to_string(),
-                    after,
-                    wrong_key: e.is_wrong_key(),
-                })
-            }
+            Err((step, e)) => Err(self.store.create_failed(id, step, *e, self.teardown(&rec))),
         }
     }
 
@@ -1098,13 +914,6 @@ impl Manager {
         ))
     }
 
-    fn step_done(&self, rec: &mut Record, step: &str) -> Result<()> {
-        rec.steps.push(step.to_string());
-        self.save(rec)?;
-        crash_point(&format!("create:{step}"));
-        Ok(())
-    }
-
     fn create_steps(
         &self,
         rec: &mut Record,
@@ -1118,7 +927,7 @@ impl Manager {
         let header_path = self.header(&id);
         // image: the directory and an empty image file, made exclusively, made durable.
         let (dir, image) = (|| -> Result<(SafeDir, File)> {
-            let volumes = self.sub("volumes")?;
+            let volumes = self.store.sub("volumes")?;
             let dir = volumes.create_dir(id.as_str(), 0o700)?;
             let image = dir.create_new("disk.img", 0o600)?;
             image
@@ -1129,7 +938,7 @@ impl Manager {
             Ok((dir, image))
         })()
         .map_err(at("image"))?;
-        self.step_done(rec, "image").map_err(at("image"))?;
+        self.store.step_done(rec, "image").map_err(at("image"))?;
 
         // format: header and keyslot durable before anything depends on them.
         let header = rec
@@ -1159,7 +968,7 @@ impl Manager {
         if rec.params.detached_header {
             dir.sync().map_err(at("format"))?;
         }
-        self.step_done(rec, "format").map_err(at("format"))?;
+        self.store.step_done(rec, "format").map_err(at("format"))?;
 
         // mkfs: through the export, which leaves it mounted.
         let (image, header, mnt) = self
@@ -1167,17 +976,13 @@ impl Manager {
             .map_err(at("mkfs"))?;
         self.export_mount(&image, header.as_deref(), key, &mnt, Some(&rec.params.fs))
             .map_err(at("mkfs"))?;
-        self.step_done(rec, "mkfs").map_err(at("mkfs"))?;
+        self.store.step_done(rec, "mkfs").map_err(at("mkfs"))?;
 
         if !opts.mount {
             self.stop_exports(&id, Busy::Fail).map_err(at("close"))?;
-            self.step_done(rec, "close").map_err(at("close"))?;
+            self.store.step_done(rec, "close").map_err(at("close"))?;
         }
-        rec.phase = Phase::Ready;
-        rec.steps.clear();
-        self.save(rec).map_err(at("ready"))?;
-        crash_point("create:ready");
-        Ok(())
+        self.store.finish(rec).map_err(at("ready"))
     }
 
     // -----------------------------------------------------------------------------------
@@ -1188,12 +993,12 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::Invalid`] when the id does not exist or is not ready; [`Error::Planted`]
-    /// when its files are not the ones sealvol made; [`Error::Step`] (with `wrong_key` for
-    /// a key that opens nothing: then nothing changed).
+    /// when its files are not the ones sealvol made; [`Error::Step`] (its cause an
+    /// [`Error::WrongKey`] for a key that opens nothing: then nothing changed).
     pub fn open(&self, id: &VolumeId, key: &SecretBytes) -> Result<(bool, Status)> {
-        self.ready(id)?; // before the locks make any directory
-        let _locks = self.lock(id)?;
-        let r = self.ready(id)?;
+        self.store.ready(id)?; // before the locks make any directory
+        let _locks = self.store.lock(id)?;
+        let r = self.store.ready(id)?;
         let st = self.status_of(&r);
         if st.served() {
             return Ok((true, st));
@@ -1218,28 +1023,10 @@ impl Manager {
     fn open_locked(&self, r: &Record, key: &SecretBytes) -> Result<()> {
         let (image, header, mnt) = self.paths_for_open(&r.id, r.params.detached_header)?;
         self.export_mount(&image, header.as_deref(), key, &mnt, None)
-            .map_err(|e| Error::Step {
-                verb: "open",
-                id: r.id.to_string(),
-                step: "mount",
-                reason: e.to_string(),
-                after: "; nothing was changed".into(),
-                wrong_key: e.is_wrong_key(),
+            .map_err(|e| {
+                self.store
+                    .step_error("open", &r.id, "mount", e, "; nothing was changed")
             })
-    }
-
-    fn ready(&self, id: &VolumeId) -> Result<Record> {
-        match self.load(id)? {
-            Some(r) if r.phase == Phase::Ready => Ok(r),
-            Some(r) => Err(Error::Invalid(format!(
-                "volume {id} is {} (an interrupted operation); run `sealvol volume sweep` to finish it",
-                r.phase.as_str()
-            ))),
-            None => Err(Error::Invalid(format!(
-                "there is no volume {id} in {}; create it with `sealvol volume create {id}`",
-                self.root.display()
-            ))),
-        }
     }
 
     /// Unmounts volume `id` and stops its export (which wipes the key). Returns whether it
@@ -1249,9 +1036,9 @@ impl Manager {
     /// [`Error::Invalid`] when the id does not exist or the file system is busy (nothing
     /// changed then).
     pub fn close(&self, id: &VolumeId) -> Result<bool> {
-        self.ready(id)?;
-        let _locks = self.lock(id)?;
-        self.ready(id)?;
+        self.store.ready(id)?;
+        let _locks = self.store.lock(id)?;
+        self.store.ready(id)?;
         self.stop_exports(id, Busy::Fail)
     }
 
@@ -1283,6 +1070,7 @@ impl Manager {
         }
         let mnt = self.mount_point(id);
         let is_dir = self
+            .store
             .existing_sub("mnt")?
             .is_some_and(|m| m.kind(id.as_str()).ok().flatten() == Some(Kind::Dir));
         if is_dir && mount::mounted_at(&mnt) {
@@ -1328,28 +1116,22 @@ impl Manager {
             wiped: Vec::new(),
             refused: Vec::new(),
         };
-        if self.existing()?.is_none() {
+        if self.store.existing()?.is_none() {
             return Ok(absent());
         }
-        let _locks = self.lock(id)?;
+        let _locks = self.store.lock(id)?;
         let rec = match self.load(id)? {
             Some(r) => r,
             None if !self.has_leftovers(id)? => {
-                self.unlink_lock(id);
+                self.store.unlink_lock(id);
                 return Ok(absent());
             }
             None => self.orphan_record(id),
         };
-        let d = self.teardown(&rec).map_err(|e| Error::Step {
-            verb: "destroy",
-            id: id.to_string(),
-            step: "teardown",
-            reason: e.to_string(),
-            after: "; run `sealvol volume destroy` again or `sealvol volume sweep` to finish it"
-                .into(),
-            wrong_key: false,
-        })?;
-        self.unlink_lock(id);
+        let d = self
+            .teardown(&rec)
+            .map_err(|e| self.store.destroy_failed(id, e))?;
+        self.store.unlink_lock(id);
         tracing::info!(id = %id, "volume destroyed");
         Ok(d)
     }
@@ -1380,16 +1162,9 @@ impl Manager {
 
     /// Whether anything of `id` is on the host (a dangling link counts: it is removed).
     fn has_leftovers(&self, id: &VolumeId) -> Result<bool> {
-        let named = |sub: &str| -> Result<bool> {
-            Ok(self
-                .existing_sub(sub)?
-                .is_some_and(|d| d.exists(id.as_str())))
-        };
-        Ok(
-            named("volumes")?
-                || named("mnt")?
-                || served::find(&self.run, &self.image(id)).is_some(),
-        )
+        Ok(self.store.names("volumes", id)?
+            || self.store.names("mnt", id)?
+            || served::find(&self.run, &self.image(id)).is_some())
     }
 
     /// Undoes or finishes: records `destroying`, then stops, wipes, deletes, unrecords.
@@ -1398,14 +1173,11 @@ impl Manager {
         // A `creating` record already means "undo" to a sweep, and on a full disk there may
         // be no room to write another: only a ready volume's record is rewritten.
         if rec.phase == Phase::Ready {
-            let mut r = rec.clone();
-            r.phase = Phase::Destroying;
-            r.steps.clear();
-            self.save(&r)?;
+            self.store.destroying(&mut rec.clone())?;
         }
-        crash_point("destroy:journal");
+        self.store.crash("destroy:journal");
         let lazy = self.clear_host(id, Busy::RetryThenLazy(BUSY_WAIT))?.lazy;
-        crash_point("destroy:unmount");
+        self.store.crash("destroy:unmount");
 
         // Keys first: the header area of the image, then every other file of the id whole,
         // each through a descriptor checked to be the volume's.
@@ -1448,7 +1220,7 @@ impl Manager {
             }
             None => {}
         }
-        crash_point("destroy:erase");
+        self.store.crash("destroy:erase");
 
         // Then the data (links are removed, never followed; a mount below is an error).
         volumes.remove_tree(id.as_str())?;
@@ -1456,8 +1228,8 @@ impl Manager {
         mnt.remove_dir(id.as_str())?;
         volumes.sync()?;
         mnt.sync()?;
-        crash_point("destroy:delete");
-        self.remove_record(id)?;
+        self.store.crash("destroy:delete");
+        self.store.remove_record(id)?;
         Ok(Destroyed {
             id: id.clone(),
             already_absent: false,
@@ -1484,27 +1256,14 @@ impl Manager {
     /// A damaged record.
     pub fn list(&self) -> Result<Vec<Status>> {
         // An unsafe state directory is refused here too, not listed as empty.
-        self.existing()?;
+        self.store.existing()?;
         let mut out = Vec::new();
-        for id in self.ids_in("records") {
+        for id in self.store.ids() {
             if let Some(r) = self.load(&id)? {
                 out.push(self.status_of(&r));
             }
         }
         Ok(out)
-    }
-
-    /// The ids named by entries of `sub` (`records/<id>.json`, `volumes/<id>` ...); names
-    /// that are not valid ids are not sealvol's and are ignored.
-    fn ids_in(&self, sub: &str) -> Vec<VolumeId> {
-        ids_in(
-            self.existing_sub(sub).ok().flatten().as_ref(),
-            match sub {
-                "records" => ".json",
-                "locks" => ".lock",
-                _ => "",
-            },
-        )
     }
 
     /// Container-runtime arguments binding mounted volume `id` at `target`.
@@ -1552,92 +1311,81 @@ impl Manager {
     /// # Errors
     /// The first repair that fails (the rest are left for the next sweep).
     pub fn sweep(&self) -> Result<Vec<Action>> {
-        let _global = self.lock_global(true)?;
-        let mut ids = Vec::new();
-        for sub in SUBDIRS {
-            ids.extend(self.ids_in(sub));
-        }
-        // Exports on images in this state directory.
-        let volumes = self.dir("volumes");
-        for e in self.run.list() {
-            if let Ok(rest) = e.volume.strip_prefix(&volumes) {
-                if let Some(Ok(id)) = rest
-                    .iter()
-                    .next()
-                    .map(|c| VolumeId::parse(&c.to_string_lossy()))
-                {
-                    ids.push(id);
-                }
+        self.store.sweep(self)
+    }
+}
+
+impl Sweeper for Manager {
+    type Record = Record;
+
+    fn undo_create(&self, r: &Record) -> Result<String> {
+        self.teardown(r)?;
+        Ok(format!(
+            "undid an interrupted create (steps done: {})",
+            if r.steps.is_empty() {
+                "none".into()
+            } else {
+                r.steps.join(", ")
             }
-        }
-        ids.sort();
-        ids.dedup();
-        let mut actions = Vec::new();
-        for id in ids {
-            let _l = self.lock_id(&id)?;
-            actions.extend(self.sweep_id(&id)?);
-            if self.load(&id)?.is_none() {
-                self.unlink_lock(&id);
-            }
-        }
-        for (id, what) in served::sweep_runtime(&self.run)? {
-            actions.push(Action { id, action: what });
-        }
-        Ok(actions)
+        ))
     }
 
-    /// The part of the sweep for one id (its lock held).
-    fn sweep_id(&self, id: &VolumeId) -> Result<Vec<Action>> {
-        let act = |what: String| {
-            tracing::warn!(id = %id, action = %what, "sweep");
-            Action {
-                id: id.to_string(),
-                action: what,
-            }
-        };
+    fn finish_destroy(&self, r: &Record) -> Result<String> {
+        self.teardown(r)?;
+        Ok("finished an interrupted destroy".into())
+    }
+
+    /// A live export keeps what it serves, and only loop devices on the image itself go;
+    /// without one, whatever a dead export left is cleared.
+    fn repair_ready(&self, r: Record) -> Result<Vec<String>> {
+        let image = self.image(&r.id);
+        let live = served::find(&self.run, &image).is_some_and(|e| served::alive(&self.run, &e));
+        if !live {
+            return Ok(self
+                .clear_host(&r.id, Busy::RetryThenLazy(BUSY_WAIT))?
+                .actions);
+        }
         let mut out = Vec::new();
-        match self.load(id)? {
-            Some(r) if r.phase == Phase::Creating => {
-                self.teardown(&r)?;
-                out.push(act(format!(
-                    "undid an interrupted create (steps done: {})",
-                    if r.steps.is_empty() {
-                        "none".into()
-                    } else {
-                        r.steps.join(", ")
-                    }
-                )));
-            }
-            Some(r) if r.phase == Phase::Destroying => {
-                self.teardown(&r)?;
-                out.push(act("finished an interrupted destroy".into()));
-            }
-            Some(_) => {
-                let image = self.image(id);
-                let live =
-                    served::find(&self.run, &image).is_some_and(|e| served::alive(&self.run, &e));
-                if live {
-                    for dev in loopdev::find_by_backing(&image) {
-                        loopdev::detach(&dev, None)?;
-                        out.push(act(format!(
-                            "detached {} (a loop device on the image)",
-                            dev.display()
-                        )));
-                    }
-                } else {
-                    let c = self.clear_host(id, Busy::RetryThenLazy(BUSY_WAIT))?;
-                    out.extend(c.actions.into_iter().map(act));
-                }
-            }
-            None if self.has_leftovers(id)? => {
-                self.teardown(&self.orphan_record(id))?;
-                out.push(act(
-                    "removed files, mounts and exports that had no record".into()
-                ));
-            }
-            None => {}
+        for dev in loopdev::find_by_backing(&image) {
+            loopdev::detach(&dev, None)?;
+            out.push(format!(
+                "detached {} (a loop device on the image)",
+                dev.display()
+            ));
         }
         Ok(out)
+    }
+
+    fn clear_leftovers(&self, id: &VolumeId) -> Result<Option<String>> {
+        if !self.has_leftovers(id)? {
+            return Ok(None);
+        }
+        self.teardown(&self.orphan_record(id))?;
+        Ok(Some(
+            "removed files, mounts and exports that had no record".into(),
+        ))
+    }
+
+    /// Ids of the exports on images in this state directory.
+    fn ids_on_host(&self) -> Vec<VolumeId> {
+        let volumes = self.store.path("volumes");
+        self.run
+            .list()
+            .into_iter()
+            .filter_map(|e| {
+                let rest = e.volume.strip_prefix(&volumes).ok()?;
+                VolumeId::parse(&rest.iter().next()?.to_string_lossy()).ok()
+            })
+            .collect()
+    }
+
+    /// In the runtime directory: the records, directories (FUSE file, log) and lock files
+    /// of exports that died.
+    fn sweep_more(&self) -> Result<Vec<Action>> {
+        Ok(served::sweep_runtime(&self.run)?
+            .into_iter()
+            .map(|(id, action)| Action { id, action })
+            .collect())
     }
 }
 
@@ -1768,22 +1516,22 @@ mod tests {
     fn locks_serialize_one_id_and_survive_removal() {
         let dir = tempfile::tempdir().unwrap();
         let m = Manager::new(dir.path(), StateDir::new(dir.path().join("run")));
-        m.ensure_dirs().unwrap();
+        m.store.ensure_dirs().unwrap();
         let id = VolumeId::parse("a").unwrap();
-        let held = m.lock_id(&id).unwrap();
+        let held = m.store.lock_id(&id).unwrap();
         let m2 = m.clone();
         let id2 = id.clone();
         let t = std::thread::spawn(move || {
-            let _l = m2.lock_id(&id2).unwrap();
+            let _l = m2.store.lock_id(&id2).unwrap();
         });
         std::thread::sleep(Duration::from_millis(100));
         assert!(!t.is_finished());
-        m.unlink_lock(&id);
+        m.store.unlink_lock(&id);
         drop(held);
         t.join().unwrap();
         // Another id is never blocked.
-        let _a = m.lock_id(&id).unwrap();
-        let _b = m.lock_id(&VolumeId::parse("b").unwrap()).unwrap();
+        let _a = m.store.lock_id(&id).unwrap();
+        let _b = m.store.lock_id(&VolumeId::parse("b").unwrap()).unwrap();
     }
 
     #[test]

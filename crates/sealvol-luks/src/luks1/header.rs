@@ -17,7 +17,7 @@
 //! | 208 | 8 × 48 | key slots: active, iterations, salt (32), key-material-offset, stripes |
 
 use crate::{Error, Result};
-use sealvol_crypto::HashAlg;
+use sealvol_crypto::{CipherSpec, HashAlg};
 
 /// Bytes of the binary header.
 pub const PHDR_LEN: usize = 592;
@@ -74,9 +74,10 @@ impl std::fmt::Debug for Keyslot {
 /// A parsed LUKS1 header that cryptsetup would load (`_check_and_convert_hdr`,
 /// `LUKS_check_keyslots`, `LUKS_check_device_size`).
 ///
-/// Whether sealvol can use it is separate ([`Header::usable`]): cipher `aes` with mode
-/// `xts-plain64` and a 32- or 64-byte key, hash sha1/sha256/sha512. A header cryptsetup
-/// loads but sealvol cannot use is still read and dumped.
+/// Whether sealvol can use it is separate ([`Header::usable`]): a cipher-name and cipher-mode
+/// that make a [`CipherSpec`] with the header's key size (aes, serpent, twofish in xts or cbc,
+/// adiantum), a hash sealvol implements ([`HashAlg`]). A header cryptsetup loads but sealvol
+/// cannot use (an unknown cipher, a hash such as sha3-256) is still read and dumped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Header {
     pub(crate) cipher_name: String,
@@ -191,15 +192,10 @@ pub fn material_sectors(key_bytes: u32) -> u64 {
 
 /// The hash names LUKS1 headers carry.
 pub(crate) fn parse_hash(name: &str) -> Result<HashAlg> {
-    match name {
-        "sha1" => Ok(HashAlg::Sha1),
-        "sha256" => Ok(HashAlg::Sha256),
-        "sha512" => Ok(HashAlg::Sha512),
-        other => Err(Error::Unsupported {
-            what: "LUKS1 hash-spec",
-            name: other.to_string(),
-        }),
-    }
+    HashAlg::from_luks_name(name).ok_or_else(|| Error::Unsupported {
+        what: "LUKS1 hash-spec",
+        name: name.to_string(),
+    })
 }
 
 impl Header {
@@ -344,26 +340,17 @@ impl Header {
         Ok(())
     }
 
-    /// Whether sealvol can use this header: cipher `aes-xts-plain64` with a 32- or 64-byte
-    /// key (never `cipher_null`), hash sha1, sha256 or sha512, a non-zero digest iteration
-    /// count. A header that fails this is still read and dumped.
+    /// Whether sealvol can use this header: a cipher-name and cipher-mode that make a
+    /// [`CipherSpec`] with the header's key size ([`Header::cipher_spec`]; never
+    /// `cipher_null` or `ecb`), a hash sealvol implements ([`HashAlg`]: sha1, sha256, sha512,
+    /// ripemd160, whirlpool), a non-zero digest iteration count. A header that fails this is
+    /// still read and dumped.
     ///
     /// # Errors
-    /// [`Error::UnsupportedCipher`], [`Error::Unsupported`] (hash), [`Error::Invalid`].
+    /// [`Error::UnsupportedCipher`] naming the part, [`Error::Unsupported`] (hash),
+    /// [`Error::Invalid`].
     pub fn usable(&self) -> Result<()> {
-        if self.cipher_name == "cipher_null" || self.cipher_mode.starts_with("ecb") {
-            return Err(Error::UnsupportedCipher(self.cipher()));
-        }
-        if self.cipher_name != "aes" || self.cipher_mode != "xts-plain64" {
-            return Err(Error::UnsupportedCipher(self.cipher()));
-        }
-        if self.key_bytes != 32 && self.key_bytes != 64 {
-            return Err(Error::UnsupportedCipher(format!(
-                "{} with a {}-bit key",
-                self.cipher(),
-                u64::from(self.key_bytes) * 8
-            )));
-        }
+        self.cipher_spec()?;
         parse_hash(&self.hash_spec)?;
         if self.mk_digest_iter == 0 {
             return Err(Error::Invalid("LUKS1 mk-digest-iter is 0".into()));
@@ -408,6 +395,19 @@ impl Header {
     /// `cipher-name-cipher-mode`, e.g. `aes-xts-plain64`.
     pub fn cipher(&self) -> String {
         format!("{}-{}", self.cipher_name, self.cipher_mode)
+    }
+    /// The cipher with the header's key size: the data's and every keyslot's.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedCipher`] naming the part sealvol does not implement (never for a
+    /// header that [`Header::usable`] accepts; [`Header::decode`] does not check the cipher,
+    /// as cryptsetup does not).
+    pub fn cipher_spec(&self) -> Result<CipherSpec> {
+        Ok(CipherSpec::from_luks1(
+            &self.cipher_name,
+            &self.cipher_mode,
+            self.key_bytes as usize,
+        )?)
     }
     /// The hash of PBKDF2 (keyslots and digest) and of the AF splitter, when sealvol
     /// implements it; SHA-256 otherwise (every operation that derives a key checks

@@ -11,7 +11,7 @@ use super::header::{
 use crate::luks2::DataSegment;
 use crate::storage::{self, Storage};
 use crate::{Error, KdfCost, KdfLimits, Result, Unlocked};
-use sealvol_crypto::{af, kdf, HashAlg, SecretBytes, SectorSize, XtsCipher};
+use sealvol_crypto::{af, kdf, CipherSpec, HashAlg, SecretBytes, SectorCipher, SectorSize};
 
 /// cryptsetup's default payload alignment (1 MiB, in sectors).
 const DEFAULT_ALIGN_PAYLOAD: u64 = 2048;
@@ -21,7 +21,10 @@ pub const MIN_ITERATIONS: u32 = 1000;
 /// Parameters of [`Volume::format`] (as `cryptsetup luksFormat --type luks1`).
 #[derive(Clone, Debug)]
 pub struct FormatOptions {
-    /// Volume key size in bits: 512 (AES-256-XTS, default) or 256 (AES-128-XTS).
+    /// Cipher specification, stored as cipher-name and cipher-mode (default
+    /// `aes-xts-plain64`): any [`CipherSpec`] sealvol implements.
+    pub cipher: String,
+    /// Volume key size in bits, one the cipher's mode allows (default 512, AES-256-XTS).
     pub key_size_bits: u32,
     /// hash-spec: PBKDF2 and AF hash (default sha256, as cryptsetup and qemu).
     pub hash: HashAlg,
@@ -43,6 +46,7 @@ pub struct FormatOptions {
 impl Default for FormatOptions {
     fn default() -> Self {
         FormatOptions {
+            cipher: crate::luks2::CIPHER_AES_XTS_PLAIN64.into(),
             key_size_bits: 512,
             hash: HashAlg::Sha256,
             iterations: MIN_ITERATIONS,
@@ -117,13 +121,14 @@ impl<S: Storage> Volume<S> {
         volume_key: &SecretBytes,
         passphrase: &[u8],
     ) -> Result<Self> {
-        if opts.key_size_bits != 256 && opts.key_size_bits != 512 {
-            return Err(Error::UnsupportedCipher(format!(
-                "aes-xts-plain64 with a {}-bit key",
+        if opts.key_size_bits % 8 != 0 {
+            return Err(inv(format!(
+                "key size {} bits is not whole bytes",
                 opts.key_size_bits
             )));
         }
         let key_bytes = opts.key_size_bits / 8;
+        let spec = CipherSpec::parse(&opts.cipher, key_bytes as usize)?;
         if volume_key.len() != key_bytes as usize {
             return Err(inv(format!(
                 "the volume key has {} bytes; --key-size {} needs {key_bytes}",
@@ -175,8 +180,8 @@ impl<S: Storage> Volume<S> {
         }
         let mk_digest_salt = random_salt()?;
         let mut header = Header {
-            cipher_name: "aes".into(),
-            cipher_mode: "xts-plain64".into(),
+            cipher_name: spec.cipher_name().into(),
+            cipher_mode: spec.mode_name(),
             hash_spec: opts.hash.as_str().into(),
             payload_offset,
             key_bytes,
@@ -299,7 +304,7 @@ impl<S: Storage> Volume<S> {
         storage::sync(&mut self.storage, "writing the LUKS1 header")
     }
 
-    /// The data segment: `aes-xts-plain64`, 512-byte sectors, IV 0 at the payload offset,
+    /// The data segment: the header's cipher, 512-byte sectors, IV 0 at the payload offset,
     /// to the end of the data device.
     pub fn data_segment(&self) -> Result<DataSegment> {
         self.header.usable()?;
@@ -365,7 +370,11 @@ impl<S: Storage> Volume<S> {
             k.iterations,
             derived.expose_mut(),
         )?;
-        XtsCipher::new(&derived)?.decrypt_sectors(material.expose_mut(), SectorSize::S512, 0)?;
+        SectorCipher::new(&self.header.cipher_spec()?, &derived)?.decrypt_sectors(
+            material.expose_mut(),
+            SectorSize::S512,
+            0,
+        )?;
         let n = kb * STRIPES as usize;
         let candidate = af::merge(&material.expose()[..n], kb, STRIPES, hash)?;
         Ok(self.verify_volume_key(&candidate)?.then_some(candidate))
@@ -580,7 +589,7 @@ impl<S: Storage> Volume<S> {
 }
 
 /// AF-splits `vk` and encrypts it under a key derived from `passphrase` (the volume
-/// cipher, 512-byte sectors, IV 0 at the start of the material).
+/// cipher with the volume key's size, 512-byte sectors, IV 0 at the start of the material).
 fn seal(
     h: &Header,
     passphrase: &[u8],
@@ -596,6 +605,10 @@ fn seal(
     let mut material = SecretBytes::zeroed((material_sectors(h.key_bytes) * SECTOR) as usize);
     material.expose_mut()[..split.len()].copy_from_slice(split.expose());
     drop(split);
-    XtsCipher::new(&derived)?.encrypt_sectors(material.expose_mut(), SectorSize::S512, 0)?;
+    SectorCipher::new(&h.cipher_spec()?, &derived)?.encrypt_sectors(
+        material.expose_mut(),
+        SectorSize::S512,
+        0,
+    )?;
     Ok(material)
 }

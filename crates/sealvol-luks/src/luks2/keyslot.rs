@@ -2,44 +2,50 @@
 //! `luks2_digest_pbkdf2.c`).
 //!
 //! A `luks2` keyslot stores the volume key AF-split into 4000 stripes (`af`), encrypted
-//! with the area cipher in 512-byte sectors whose IVs start at 0 at the start of the area,
+//! with the area cipher (its `encryption`, any [`CipherSpec`] sealvol implements, with the
+//! area's `key_size`) in 512-byte sectors whose IVs start at 0 at the start of the area,
 //! under a key derived from the passphrase by the keyslot KDF. A `pbkdf2` digest checks a
 //! candidate volume key.
 
 use super::metadata::{Digest, Kdf, Keyslot};
-use super::{AF_STRIPES, CIPHER_AES_XTS_PLAIN64};
+use super::AF_STRIPES;
 
 /// Largest Argon2 memory cost accepted from a header: 4 GiB, cryptsetup's maximum.
 const MAX_ARGON2_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 /// Most Argon2 lanes accepted from a header (cryptsetup's maximum).
 const MAX_ARGON2_LANES: u32 = 4;
 use crate::{Error, Result};
-use sealvol_crypto::{af, kdf, HashAlg, SecretBytes, SectorSize, XtsCipher};
+use sealvol_crypto::{af, kdf, CipherSpec, HashAlg, SecretBytes, SectorCipher, SectorSize};
 
-/// Refuses any cipher but `aes-xts-plain64` with a 32- or 64-byte key (and so
-/// `cipher_null`, whatever its key size).
-pub(crate) fn check_cipher(name: &str, key_len: usize) -> Result<()> {
-    if name != CIPHER_AES_XTS_PLAIN64 || !(key_len == 32 || key_len == 64) {
-        let shown = if name == CIPHER_AES_XTS_PLAIN64 {
-            format!("{name} with a {}-bit key", key_len * 8)
-        } else {
-            name.to_string()
-        };
-        return Err(Error::UnsupportedCipher(shown));
-    }
-    Ok(())
+/// The cipher specification `name` with a `key_len`-byte key, as sealvol implements it
+/// ([`CipherSpec::parse`]; `cipher_null`, `ecb` and the rest are
+/// [`Error::UnsupportedCipher`]).
+pub(crate) fn cipher_spec(name: &str, key_len: usize) -> Result<CipherSpec> {
+    Ok(CipherSpec::parse(name, key_len)?)
 }
 
-pub(crate) fn hash_alg(name: &str, what: &'static str) -> Result<HashAlg> {
-    match name {
-        "sha1" => Ok(HashAlg::Sha1),
-        "sha256" => Ok(HashAlg::Sha256),
-        "sha512" => Ok(HashAlg::Sha512),
-        other => Err(Error::Unsupported {
-            what,
-            name: other.to_string(),
-        }),
+/// The specification `name` whatever its key size (a header with no keyslot left does not
+/// say it): the first key length its mode allows.
+pub(crate) fn cipher_spec_any_key(name: &str) -> Result<CipherSpec> {
+    let mut first = None;
+    for len in [64, 32, 48, 16, 24] {
+        match CipherSpec::parse(name, len) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
     }
+    Err(first.expect("at least one attempt").into())
+}
+
+/// The hash a header names (sha1, sha256, sha512, ripemd160, whirlpool; exact lowercase, as
+/// cryptsetup writes them).
+pub(crate) fn hash_alg(name: &str, what: &'static str) -> Result<HashAlg> {
+    HashAlg::from_luks_name(name).ok_or_else(|| Error::Unsupported {
+        what,
+        name: name.to_string(),
+    })
 }
 
 /// Derives `len` bytes from `passphrase` with the keyslot KDF.
@@ -86,12 +92,13 @@ pub(crate) struct SlotParams<'a> {
     pub kdf: &'a Kdf,
     pub af_hash: HashAlg,
     pub area_offset: u64,
-    pub area_key_len: usize,
+    /// The area's cipher (`encryption` with the area's `key_size`).
+    pub area_spec: CipherSpec,
     pub key_len: usize,
 }
 
-/// Checks that `k` is a luks2 keyslot this crate can open: aes-xts-plain64 area, 4000
-/// stripes, a known AF hash, an area large enough for the material.
+/// Checks that `k` is a luks2 keyslot this crate can open: an area cipher sealvol implements,
+/// 4000 stripes, a known AF hash, an area large enough for the material.
 pub(crate) fn slot_params(id: u32, k: &Keyslot) -> Result<SlotParams<'_>> {
     if k.kind != "luks2" {
         return Err(Error::Unsupported {
@@ -127,8 +134,7 @@ pub(crate) fn slot_params(id: u32, k: &Keyslot) -> Result<SlotParams<'_>> {
             "keyslot {id}: its af splitter or its area's encryption or key_size is not in a form sealvol can use"
         )));
     };
-    let area_key_len = area_key as usize;
-    check_cipher(enc, area_key_len)?;
+    let area_spec = cipher_spec(enc, area_key as usize)?;
     if af.stripes != AF_STRIPES {
         return Err(Error::Invalid(format!(
             "keyslot {id} has {} AF stripes; LUKS2 keyslots use {AF_STRIPES}",
@@ -165,7 +171,7 @@ pub(crate) fn slot_params(id: u32, k: &Keyslot) -> Result<SlotParams<'_>> {
         kdf,
         af_hash,
         area_offset: k.area.offset,
-        area_key_len,
+        area_spec,
         key_len,
     })
 }
@@ -177,12 +183,12 @@ pub(crate) fn seal(
     passphrase: &[u8],
     volume_key: &SecretBytes,
 ) -> Result<SecretBytes> {
-    let derived = derive(p.kdf, passphrase, p.area_key_len)?;
+    let derived = derive(p.kdf, passphrase, p.area_spec.key_len())?;
     let split = af::split(volume_key.expose(), AF_STRIPES, p.af_hash)?;
     let mut material = SecretBytes::zeroed(material_len(p.key_len));
     material.expose_mut()[..split.len()].copy_from_slice(split.expose());
     drop(split);
-    let mut cipher = XtsCipher::new(&derived)?;
+    let mut cipher = SectorCipher::new(&p.area_spec, &derived)?;
     cipher.encrypt_sectors(material.expose_mut(), SectorSize::S512, 0)?;
     Ok(material)
 }
@@ -194,8 +200,8 @@ pub(crate) fn open(
     passphrase: &[u8],
     mut material: SecretBytes,
 ) -> Result<SecretBytes> {
-    let derived = derive(p.kdf, passphrase, p.area_key_len)?;
-    let mut cipher = XtsCipher::new(&derived)?;
+    let derived = derive(p.kdf, passphrase, p.area_spec.key_len())?;
+    let mut cipher = SectorCipher::new(&p.area_spec, &derived)?;
     cipher.decrypt_sectors(material.expose_mut(), SectorSize::S512, 0)?;
     let n = p.key_len * AF_STRIPES as usize;
     Ok(af::merge(

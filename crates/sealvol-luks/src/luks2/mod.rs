@@ -48,7 +48,8 @@ pub const DEFAULT_HDR_AREA: u64 = 0x100_0000;
 pub const AF_STRIPES: u32 = 4000;
 /// Most keyslots (and tokens) a header can have.
 pub const MAX_KEYSLOTS: u32 = 32;
-/// The only cipher this crate implements for keyslots and data.
+/// The default cipher for keyslots and data (cryptsetup's; every [`sealvol_crypto::CipherSpec`]
+/// works).
 pub const CIPHER_AES_XTS_PLAIN64: &str = "aes-xts-plain64";
 /// cryptsetup's minimum PBKDF2 iterations.
 pub const MIN_PBKDF2_ITERATIONS: u32 = 1000;
@@ -211,9 +212,10 @@ impl serde::Serialize for KdfParams {
 /// Parameters of [`Volume::format`].
 #[derive(Clone, Debug)]
 pub struct FormatOptions {
-    /// Data cipher: only `aes-xts-plain64` is supported.
+    /// Data cipher, any specification [`sealvol_crypto::CipherSpec::parse`] accepts (default
+    /// `aes-xts-plain64`); the first keyslot's area uses it too, as cryptsetup does.
     pub cipher: String,
-    /// Volume key size in bits: 256 or 512 (default 512, AES-256-XTS).
+    /// Volume key size in bits, one the cipher's mode allows (default 512, AES-256-XTS).
     pub key_size_bits: u32,
     /// Encryption sector size (default 4096).
     pub sector_size: SectorSize,

@@ -344,9 +344,14 @@ fn rule_segment_crypt_fields() {
         &with(|v| v["segments"]["0"]["sector_size"] = json!("4096")),
         SEGMENT_CRYPT_FIELDS,
     );
-    // A cipher sealvol does not implement is accepted; the segment is unusable.
+    // Any cipher string is accepted (cryptsetup checks none at load): one sealvol
+    // implements, and one it does not, which makes the segment unusable
+    // (tests::a_cipher_sealvol_lacks_makes_only_that_object_unusable).
     accepted(&with(|v| {
         v["segments"]["0"]["encryption"] = json!("serpent-cbc-essiv:sha256")
+    }));
+    accepted(&with(|v| {
+        v["segments"]["0"]["encryption"] = json!("camellia-xts-plain64")
     }));
 }
 

@@ -1,8 +1,8 @@
 //! The data segment (§3.4): where the ciphertext lives and how it is encrypted.
 
-use super::keyslot::check_cipher;
+use super::keyslot::{cipher_spec, cipher_spec_any_key};
 use crate::{Error, Result};
-use sealvol_crypto::{SecretBytes, SectorSize, XtsCipher};
+use sealvol_crypto::{CipherSpec, SecretBytes, SectorCipher, SectorSize};
 
 /// A `crypt` segment, checked for use: offset and size aligned to the sector size, a
 /// supported cipher.
@@ -18,7 +18,7 @@ pub struct DataSegment {
     pub iv_tweak: u64,
     /// Encryption sector size.
     pub sector_size: SectorSize,
-    /// Cipher (`aes-xts-plain64`).
+    /// Cipher specification (`aes-xts-plain64`, `serpent-cbc-essiv:sha256`, ...).
     pub cipher: String,
     /// Volume key bytes (from the keyslots assigned to the segment's digest; 0 when the
     /// volume has no keyslot left).
@@ -55,16 +55,29 @@ impl DataSegment {
         }
     }
 
-    /// The XTS cipher for this segment's data under `volume_key`.
-    ///
-    /// Sector `n` of the segment (byte `pos = n * sector_size`) has the IV
-    /// `iv_tweak + pos / 512` (dm-crypt `plain64` counts 512-byte units).
+    /// The parsed cipher specification with the segment's key size (with the first key size
+    /// the mode allows when no keyslot says it).
     ///
     /// # Errors
-    /// [`Error::UnsupportedCipher`] for anything but `aes-xts-plain64` (never
-    /// `cipher_null`); [`Error::Invalid`] for a key of the wrong length.
-    pub fn cipher(&self, volume_key: &SecretBytes) -> Result<XtsCipher> {
-        check_cipher(&self.cipher, volume_key.len())?;
+    /// [`Error::UnsupportedCipher`] naming the part sealvol does not implement.
+    pub fn spec(&self) -> Result<CipherSpec> {
+        if self.key_size == 0 {
+            cipher_spec_any_key(&self.cipher)
+        } else {
+            cipher_spec(&self.cipher, self.key_size)
+        }
+    }
+
+    /// The sector cipher for this segment's data under `volume_key`.
+    ///
+    /// Sector `n` of the segment (byte `pos = n * sector_size`) has the IV
+    /// `iv_tweak + pos / 512` (dm-crypt's IVs count 512-byte units).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedCipher`] for a specification or key size sealvol does not
+    /// implement (never `cipher_null`); [`Error::Invalid`] for a key of the wrong length.
+    pub fn cipher(&self, volume_key: &SecretBytes) -> Result<SectorCipher> {
+        let spec = cipher_spec(&self.cipher, volume_key.len())?;
         if self.key_size != 0 && volume_key.len() != self.key_size {
             return Err(Error::Invalid(format!(
                 "the volume key has {} bytes but the segment's keyslots store {}-byte keys",
@@ -72,7 +85,7 @@ impl DataSegment {
                 self.key_size
             )));
         }
-        Ok(XtsCipher::new(volume_key)?)
+        Ok(SectorCipher::new(&spec, volume_key)?)
     }
 
     /// IV of the sector at segment byte `pos` (sector aligned).

@@ -198,15 +198,15 @@ fn cipher_null_segment_is_refused() {
     });
     assert!(matches!(
         vol.data_segment(),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
     assert!(matches!(
         vol.unlock(b"pw", Some(0)),
-        Err(Error::UnsupportedCipher(_))
+        Err(Error::UnsupportedCipher { .. })
     ));
 }
 
@@ -215,7 +215,7 @@ fn unusable_slot<T: std::fmt::Debug>(r: Result<T>, needle: &str) {
     match r {
         Err(Error::UnusableKeyslot { reason, .. }) => {
             assert!(
-                reason.contains(needle),
+                reason.to_string().contains(needle),
                 "{reason:?} does not mention {needle:?}"
             )
         }
@@ -231,15 +231,98 @@ fn cipher_null_keyslot_is_refused() {
         a.encryption = Some("cipher_null".into());
         a.key_size = Some(0);
     });
+    // The keyslot is unusable, and the reason is the crypto layer's refusal of the cipher.
     unusable_slot(vol.unlock(b"pw", None), "cipher_null");
     unusable_slot(vol.unlock(b"pw", Some(0)), "cipher_null");
-    // Other ciphers are refused too.
+    for r in [vol.unlock(b"pw", None), vol.unlock(b"pw", Some(0))] {
+        assert!(
+            matches!(&r, Err(Error::UnusableKeyslot { reason, .. })
+                if matches!(**reason, Error::UnsupportedCipher { .. })),
+            "{r:?}"
+        );
+    }
+    // Ciphers sealvol does not implement are refused too, naming the part.
     let mut vol = rewrite(vol, |h| {
         let a = &mut h.metadata.keyslots.get_mut(&0).unwrap().area;
-        a.encryption = Some("aes-cbc-essiv:sha256".into());
-        a.key_size = Some(32);
+        a.encryption = Some("camellia-xts-plain64".into());
+        a.key_size = Some(64);
     });
-    unusable_slot(vol.unlock(b"pw", None), "aes-cbc-essiv");
+    unusable_slot(vol.unlock(b"pw", None), "camellia-xts-plain64");
+    let r = vol.unlock(b"pw", None);
+    assert!(
+        matches!(&r, Err(Error::UnusableKeyslot { reason, .. })
+        if matches!(**reason, Error::UnsupportedCipher {
+            part: sealvol_crypto::spec::CipherPart::Cipher,
+            ..
+        })),
+        "{r:?}"
+    );
+}
+
+/// Partial usability meets `CipherSpec`: in a serpent volume, a keyslot whose area cipher
+/// sealvol does not implement is unusable (the reason is `UnsupportedCipher` naming the part)
+/// while the others unlock; a segment in such a cipher makes only the data unusable: the
+/// header still opens and dumps, naming both.
+#[test]
+fn a_cipher_sealvol_lacks_makes_only_that_object_unusable() {
+    use sealvol_crypto::spec::CipherPart;
+    let vk = SecretBytes::random(32).unwrap();
+    let opts = FormatOptions {
+        cipher: "serpent-cbc-essiv:sha256".into(),
+        key_size_bits: 256,
+        ..small_opts()
+    };
+    let mut vol = Volume::format(Cursor::new(Vec::new()), &opts, &vk, b"pw").unwrap();
+    let id = vol
+        .add_keyslot(&vk, b"second", &KdfParams::pbkdf2_min(), None)
+        .unwrap();
+    let mut vol = rewrite(vol, |h| {
+        h.metadata.keyslots.get_mut(&id).unwrap().area.encryption = Some("serpent-cbc-lmk".into());
+    });
+    assert!(vol
+        .unlock(b"pw", None)
+        .unwrap()
+        .volume_key
+        .ct_eq(vk.expose()));
+    let r = vol.unlock(b"second", Some(id));
+    assert!(
+        matches!(&r, Err(Error::UnusableKeyslot { id: i, reason })
+            if *i == id && matches!(**reason, Error::UnsupportedCipher { part: CipherPart::Iv, .. })),
+        "{r:?}"
+    );
+    // Only keyslot `id` opens with "second", and it is unusable: its reason, not WrongKey.
+    let r = vol.unlock(b"second", None);
+    assert!(matches!(r, Err(Error::WrongKey)), "{r:?}");
+    let any = crate::AnyVolume::Luks2(vol);
+    let doc = any.dump_json();
+    let why = doc["unusable"]["keyslots"][id.to_string()]
+        .as_str()
+        .unwrap();
+    assert!(why.contains("IV generator \"lmk\""), "{why}");
+    assert!(doc["unusable"]["keyslots"].get("0").is_none());
+    assert!(doc["unusable"]["data_segment"].is_null());
+    let crate::AnyVolume::Luks2(vol) = any else {
+        unreachable!()
+    };
+    // The segment in a cipher sealvol lacks: the header opens, the data is unusable.
+    let mut vol = rewrite(vol, |h| {
+        h.metadata.segments.get_mut(&0).unwrap().encryption = Some("camellia-cbc-plain64".into());
+    });
+    assert!(vol.blockers().is_empty());
+    assert!(matches!(
+        vol.data_segment(),
+        Err(Error::UnsupportedCipher {
+            part: CipherPart::Cipher,
+            ..
+        })
+    ));
+    assert!(matches!(
+        vol.unlock(b"pw", None),
+        Err(Error::UnsupportedCipher { .. })
+    ));
+    let doc = crate::AnyVolume::Luks2(vol).dump_json();
+    let why = doc["unusable"]["data_segment"].as_str().unwrap();
+    assert!(why.contains("camellia"), "{why}");
 }
 
 #[test]
@@ -599,5 +682,45 @@ fn checksum_algorithm_names_resolve_as_openssl_resolves_them() {
         let c = binary::checksum(name, &b).unwrap();
         binary::set_checksum(&mut b, &c);
         parse_header_bytes(&b).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+/// Keyslots of a volume in any cipher: the first one's area and every added one's use the
+/// data segment's cipher and key size (cryptsetup `crypt_keyslot_get_encryption`), and each
+/// opens with its own passphrase.
+#[test]
+fn keyslots_use_the_segment_cipher() {
+    for (cipher, key_len) in [
+        ("serpent-cbc-essiv:sha256", 32),
+        ("twofish-xts-plain", 48),
+        ("aes-cbc-plain", 16),
+        ("xchacha20,aes-adiantum-plain64", 32),
+    ] {
+        let vk = SecretBytes::random(key_len).unwrap();
+        let opts = FormatOptions {
+            cipher: cipher.into(),
+            key_size_bits: key_len as u32 * 8,
+            ..small_opts()
+        };
+        let mut vol = Volume::format(Cursor::new(Vec::new()), &opts, &vk, b"pw").unwrap();
+        let id = vol
+            .add_keyslot(&vk, b"second", &KdfParams::pbkdf2_min(), None)
+            .unwrap();
+        let md = &vol.header().metadata;
+        for k in [0, id] {
+            let area = &md.keyslots[&k].area;
+            assert_eq!(
+                area.encryption.as_deref(),
+                Some(cipher),
+                "{cipher} slot {k}"
+            );
+            assert_eq!(area.key_size, Some(key_len as u32), "{cipher} slot {k}");
+        }
+        for (pw, slot) in [(&b"pw"[..], 0), (&b"second"[..], id)] {
+            let u = vol.unlock(pw, None).unwrap();
+            assert_eq!(u.keyslot, slot);
+            assert!(u.volume_key.ct_eq(vk.expose()), "{cipher}");
+        }
+        assert!(matches!(vol.unlock(b"wrong", None), Err(Error::WrongKey)));
     }
 }

@@ -1,14 +1,13 @@
 //! A LUKS2 header on a [`Storage`]: format, open, unlock, keyslots, tokens, erase, backup.
 
 use super::header::{read_header, write_copy, write_header, Header, LoadReport};
-use super::keyslot::{self, check_cipher, slot_params};
+use super::keyslot::{self, cipher_spec, slot_params};
 use super::metadata::{Af, Area, Config, Keyslot, Metadata, Segment};
 use super::segment::DataSegment;
 use super::state::{blockers, Blocker};
 use super::{
     binary, keyslot_area_size, random_array, FormatOptions, Kdf, KdfParams, AF_STRIPES,
-    CIPHER_AES_XTS_PLAIN64, DEFAULT_HDR_AREA, MAX_KEYSLOTS, MAX_KEYSLOTS_SIZE, METADATA_SIZES,
-    MIN_PBKDF2_ITERATIONS,
+    DEFAULT_HDR_AREA, MAX_KEYSLOTS, MAX_KEYSLOTS_SIZE, METADATA_SIZES, MIN_PBKDF2_ITERATIONS,
 };
 use crate::error::Copy;
 use crate::storage::{self, Storage};
@@ -157,7 +156,7 @@ impl<S: Storage> Volume<S> {
             )));
         }
         let key_len = (opts.key_size_bits / 8) as usize;
-        check_cipher(&opts.cipher, key_len)?;
+        cipher_spec(&opts.cipher, key_len)?;
         if volume_key.len() != key_len {
             return Err(inv(format!(
                 "the volume key has {} bytes but key_size_bits {} needs {key_len}",
@@ -488,8 +487,8 @@ impl<S: Storage> Volume<S> {
     ///
     /// # Errors
     /// [`Error::Invalid`] when there is not exactly one regular segment (reencryption in
-    /// progress) or its offset is not sector aligned; [`Error::UnsupportedCipher`] for
-    /// anything but `aes-xts-plain64` (never `cipher_null`).
+    /// progress) or its offset is not sector aligned; [`Error::UnsupportedCipher`] for a
+    /// cipher sealvol does not implement (never `cipher_null`) or integrity protection.
     pub fn data_segment(&self) -> Result<DataSegment> {
         self.check_writable()?;
         let md = &self.header.metadata;
@@ -516,9 +515,18 @@ impl<S: Storage> Volume<S> {
             .and_then(|k| md.keyslots.get(&k))
             .map(|k| k.key_size as usize)
             .unwrap_or(0);
-        check_cipher(&cipher, if key_size == 0 { 64 } else { key_size })?;
-        if seg.integrity.is_some() {
-            return Err(Error::UnsupportedCipher(format!("{cipher} with integrity")));
+        if key_size == 0 {
+            keyslot::cipher_spec_any_key(&cipher)?;
+        } else {
+            cipher_spec(&cipher, key_size)?;
+        }
+        if let Some(integrity) = &seg.integrity {
+            return Err(Error::UnsupportedCipher {
+                spec: cipher,
+                part: sealvol_crypto::spec::CipherPart::Integrity,
+                found: integrity.to_string(),
+                hint: "sealvol reads volumes without dm-integrity only".into(),
+            });
         }
         let sector_size = SectorSize::try_from(u64::from(seg.sector_size.unwrap_or(0)))?;
         let ss = sector_size.bytes() as u64;
@@ -590,7 +598,7 @@ impl<S: Storage> Volume<S> {
             .clone();
         let p = slot_params(id, &k).map_err(|e| Error::UnusableKeyslot {
             id,
-            reason: e.to_string(),
+            reason: Box::new(e),
         })?;
         let material = self.read_material(&p)?;
         let candidate = keyslot::open(&p, passphrase, material)?;
@@ -604,7 +612,9 @@ impl<S: Storage> Volume<S> {
     ///
     /// # Errors
     /// [`Error::WrongKey`] when no keyslot opens; [`Error::UnsupportedCipher`] when the data
-    /// segment or every candidate keyslot uses a refused cipher; [`Error::NoSuchKeyslot`].
+    /// segment uses a cipher sealvol does not implement; [`Error::UnusableKeyslot`] (with
+    /// the reason, e.g. [`Error::UnsupportedCipher`] naming the part) when every candidate
+    /// keyslot is one sealvol cannot use, or the named one is; [`Error::NoSuchKeyslot`].
     pub fn unlock(&mut self, passphrase: &[u8], keyslot: Option<u32>) -> Result<Unlocked> {
         let (digest, _seg) = self.segment_digest()?;
         let slots = self.header.metadata.digests[&digest].keyslots.clone();
@@ -628,7 +638,7 @@ impl<S: Storage> Volume<S> {
         }
         // Keyslots sealvol cannot use (an unknown type, KDF or cipher) are passed over, as
         // cryptsetup passes over keyslots it cannot open; the others still unlock.
-        let mut unusable: Vec<(u32, String)> = Vec::new();
+        let mut unusable: Vec<(u32, Error)> = Vec::new();
         let mut order: Vec<(u32, u32)> = Vec::new();
         for id in &slots {
             let Some(k) = self.header.metadata.keyslots.get(id) else {
@@ -638,14 +648,17 @@ impl<S: Storage> Volume<S> {
             if p != 1 && p != 2 {
                 continue;
             }
-            match k.unusable(*id) {
-                Some(why) => unusable.push((*id, why)),
-                None => order.push((*id, p)),
+            match slot_params(*id, k) {
+                Err(why) => unusable.push((*id, why)),
+                Ok(_) => order.push((*id, p)),
             }
         }
         if order.is_empty() {
             if let Some((id, why)) = unusable.into_iter().next() {
-                return Err(Error::UnusableKeyslot { id, reason: why });
+                return Err(Error::UnusableKeyslot {
+                    id,
+                    reason: Box::new(why),
+                });
             }
         }
         order.sort_by_key(|&(id, p)| (std::cmp::Reverse(p), id));
@@ -715,7 +728,7 @@ impl<S: Storage> Volume<S> {
         priority: Option<u32>,
     ) -> Result<Header> {
         kdf.check()?;
-        let (digest, _seg) = self.segment_digest()?;
+        let (digest, seg) = self.segment_digest()?;
         if !keyslot::digest_matches(&self.header.metadata.digests[&digest], volume_key)? {
             return Err(Error::WrongKey);
         }
@@ -740,7 +753,9 @@ impl<S: Storage> Volume<S> {
                 kind: "raw".into(),
                 offset,
                 size,
-                encryption: Some(CIPHER_AES_XTS_PLAIN64.into()),
+                // As cryptsetup (`crypt_keyslot_get_encryption`): the area reuses the data
+                // segment's cipher with the volume key's size.
+                encryption: Some(seg.cipher.clone()),
                 key_size: Some(key_len as u32),
                 extra: Default::default(),
             },

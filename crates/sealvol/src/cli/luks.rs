@@ -24,12 +24,15 @@ pub struct FormatArgs {
         value_name = "TYPE"
     )]
     pub luks_type: String,
-    /// Cipher specification.
+    /// Cipher specification, as cryptsetup names it: aes, serpent or twofish in xts-plain64,
+    /// xts-plain, cbc-essiv:sha256, cbc-plain64 or cbc-plain; or
+    /// xchacha12,aes-adiantum-plain64 / xchacha20,aes-adiantum-plain64.
     #[arg(long, short = 'c', default_value = "aes-xts-plain64")]
     pub cipher: String,
-    /// Key size in bits (512 = AES-256-XTS, 256 = AES-128-XTS).
-    #[arg(long, short = 's', default_value_t = 512)]
-    pub key_size: u32,
+    /// Key size in bits: for XTS 512 (two AES-256 keys), 384 or 256; for CBC 256, 192 or
+    /// 128; Adiantum 256 [default: the largest the cipher's mode allows, as cryptsetup].
+    #[arg(long, short = 's', value_name = "BITS")]
+    pub key_size: Option<u32>,
     /// Encryption sector size in bytes (512, 1024, 2048, 4096; default 4096, LUKS1 512 only).
     #[arg(long)]
     pub sector_size: Option<u64>,
@@ -77,7 +80,9 @@ impl FormatArgs {
             header: sealvol_luks::NewHeader {
                 version: self.luks_type.parse()?,
                 cipher: self.cipher.clone(),
-                key_size_bits: self.key_size,
+                key_size_bits: self
+                    .key_size
+                    .unwrap_or_else(|| sealvol_luks::format::default_key_bits(&self.cipher)),
                 sector_size: self.sector_size,
                 detached: self.volume.header.is_some(),
                 label: self.label.clone(),

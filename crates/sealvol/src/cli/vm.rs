@@ -54,7 +54,7 @@ pub struct IdArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Via {
-    /// qemu's own LUKS driver (LUKS1 volumes, text keys).
+    /// qemu's own LUKS driver (LUKS1 volumes, text keys; a detached header needs qemu 9.0).
     Luks,
     /// sealvol's NBD export (any LUKS volume, any key).
     Nbd,

@@ -67,12 +67,13 @@ pub struct CreateArgs {
     /// File system to make (ext4, ext3, ext2, xfs, btrfs).
     #[arg(long, default_value = "ext4", value_name = "TYPE")]
     pub fs: String,
-    /// Keep the LUKS header in its own file (volumes/ID/header.img), not on the image
-    /// (LUKS2 only).
+    /// Keep the LUKS header in its own file (volumes/ID/header.img), not on the image.
+    /// A VM reads a LUKS1 data volume with a detached header through qemu's LUKS driver
+    /// from qemu 9.0 on.
     #[arg(long)]
     pub detached_header: bool,
     /// On-disk format: luks2, or luks1 (what qemu's `luks` block driver reads, for a VM's
-    /// data disk: 512-byte sectors, PBKDF2 keyslot, attached header).
+    /// data disk: 512-byte sectors, PBKDF2 keyslot).
     #[arg(
         long = "type",
         default_value = "luks2",
