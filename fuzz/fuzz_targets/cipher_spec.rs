@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
     let spec = match CipherSpec::parse(&text, usize::from(len)) {
         Ok(s) => s,
         Err(Error::UnsupportedCipher { spec, .. }) => {
-            assert!(text.starts_with(&spec), "the error quotes the input's start");
+            assert!(
+                text.starts_with(&spec),
+                "the error quotes the input's start"
+            );
             return;
         }
         Err(e) => panic!("unexpected error kind: {e}"),

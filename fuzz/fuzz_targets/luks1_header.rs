@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
     // A header cryptsetup loads but sealvol cannot use (cipher, hash, key size) has no
     // data segment for sealvol; every other opened volume has one.
     let Ok(segment) = vol.data_segment() else {
-        assert!(vol.header().usable().is_err(), "a usable header has a data segment");
+        assert!(
+            vol.header().usable().is_err(),
+            "a usable header has a data segment"
+        );
         return;
     };
     assert_eq!(
