@@ -2,8 +2,11 @@
 //! (accepted or refused) on every header.
 //!
 //! Headers made by cryptsetup (LUKS2 with PBKDF2, with Argon2id, two keyslots and a token,
-//! in an interrupted reencryption; LUKS1) and by sealvol (LUKS2, LUKS1) are mutated by a
-//! seeded generator: JSON fields removed, retyped, duplicated, set out of range, made to
+//! in an interrupted reencryption; LUKS1) and by sealvol (LUKS2, LUKS1; and both in ciphers
+//! and hashes other than cryptsetup's defaults: serpent-cbc-essiv:sha256 with whirlpool,
+//! twofish-xts-plain64 with ripemd160) are mutated by a seeded generator (cipher names among
+//! the values: ones sealvol implements, and ones it does not, which cryptsetup loads all the
+//! same): JSON fields removed, retyped, duplicated, set out of range, made to
 //! overlap, made huge, renamed; binary fields changed; one or both LUKS2 copies, checksums
 //! recomputed (or not). Each case is written to a file and given to both real binaries. A
 //! disagreement fails the test and prints the case (replayable: add it to the corpus).
@@ -168,6 +171,41 @@ fn bases(dir: &Path) -> Vec<Base> {
     ])
     .ok();
     imgs.push(("sealvol-luks1", true, sv1));
+    // Ciphers and hashes beyond the defaults (sealvol-crypto's CipherSpec and HashAlg).
+    let sv2c = dir.join("g.img");
+    sv([
+        "format",
+        "--cipher",
+        "serpent-cbc-essiv:sha256",
+        "--key-size",
+        "256",
+        "--hash",
+        "whirlpool",
+        "--key-file",
+        s(&key),
+        "--size",
+        "1M",
+        s(&sv2c),
+    ])
+    .ok();
+    imgs.push(("sealvol-luks2-serpent-cbc-essiv", false, sv2c));
+    let sv1c = dir.join("h.img");
+    sv([
+        "format",
+        "--type",
+        "luks1",
+        "--cipher",
+        "twofish-xts-plain64",
+        "--hash",
+        "ripemd160",
+        "--key-file",
+        s(&key),
+        "--size",
+        "1M",
+        s(&sv1c),
+    ])
+    .ok();
+    imgs.push(("sealvol-luks1-twofish-xts", true, sv1c));
     imgs.into_iter()
         .map(|(name, luks1, p)| {
             let all = fs::read(&p).unwrap();
@@ -405,6 +443,14 @@ const STRINGS: &[&str] = &[
     "aes-xts-plain64",
     "cipher_null-ecb",
     "serpent-xts-plain64",
+    "twofish-xts-plain",
+    "aes-cbc-essiv:sha256",
+    "serpent-cbc-plain64",
+    "xchacha20,aes-adiantum-plain64",
+    "camellia-xts-plain64",
+    "aes-cbc-lmk",
+    "ripemd160",
+    "whirlpool",
     "checksum",
     "datashift",
     "journal",
@@ -670,7 +716,7 @@ fn luks1_edit(r: &mut Rng) -> Value {
         2 => json!({"op": "bytes", "at": 72, "hex": hex::encode(
             format!("{}\0", r.pick(&["sha1", "sha256", "sha512", "md5", "ripemd160", "SHA256", "whirlpool", "stribog256", "sha3-256", "crc32", "blake2b-512"])))}),
         3 => json!({"op": "bytes", "at": *r.pick(&[8u64, 40]), "hex": hex::encode(
-            format!("{}\0", r.pick(&["aes", "cipher_null", "serpent", "xts-plain64", "ecb", "cbc-essiv:sha256", ""])))}),
+            format!("{}\0", r.pick(&["aes", "cipher_null", "serpent", "twofish", "xchacha12,aes", "camellia", "xts-plain64", "xts-plain", "ecb", "cbc-essiv:sha256", "cbc-plain", "cbc-lmk", "adiantum-plain64", ""])))}),
         4 => {
             json!({"op": "bytes", "at": 6, "hex": hex::encode(r.pick(&[0u16, 1, 2, 3]).to_be_bytes())})
         }
