@@ -39,6 +39,13 @@ seed argon2id-512 16384 --pbkdf argon2id --pbkdf-memory 32 --pbkdf-force-iterati
 seed multi-32k 32768 "${fast[@]}" --label seed --subsystem fuzz
 echo "wrote 6 cryptsetup seed headers to $corpus"
 
+# luks2_metadata: the JSON areas of those headers (what follows each primary binary header).
+corpus_md="$here/corpus/luks2_metadata"
+mkdir -p "$corpus_md"
+for f in "$corpus"/*-primary; do
+  tail -c +4097 "$f" | tr -d '\000' > "$corpus_md/$(basename "$f" -primary).json"
+done
+
 # LUKS1 (fuzz/corpus/luks1_header/): the binary header and the first key slot's start.
 corpus1="$here/corpus/luks1_header"
 mkdir -p "$corpus1"

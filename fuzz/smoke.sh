@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A short fuzz run of every target in fuzz/ (luks2_header, luks1_header, verity_superblock,
-# cipher_spec, nbd_client, overlay_metadata, ...): installs cargo-fuzz if missing, seeds the LUKS corpora from cryptsetup,
-# builds all targets once, and fuzzes each for FUZZ_SECONDS (default 30). Works on a stable
-# toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only sanitizer flags.
+# A short fuzz run of every target in fuzz/ (`cargo fuzz list`: luks1_header, luks2_header,
+# luks2_metadata, nbd_client, verity_superblock, cipher_spec, overlay_metadata): installs
+# cargo-fuzz if missing, seeds the LUKS corpora from cryptsetup, builds all targets once, and
+# fuzzes each for FUZZ_SECONDS (default 30). Works on a stable toolchain: RUSTC_BOOTSTRAP=1
+# lets cargo-fuzz pass its nightly-only sanitizer flags.
 # Usage: fuzz/smoke.sh [TARGET...]      Env: FUZZ_SECONDS=30
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

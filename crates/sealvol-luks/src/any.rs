@@ -79,6 +79,9 @@ impl<S: Storage> AnyVolume<S> {
     pub fn open(mut storage: S) -> Result<Self> {
         match primary_version(&mut storage) {
             Some(1) => Ok(AnyVolume::Luks1(luks1::Volume::open(storage)?)),
+            // cryptsetup `_crypt_load_luks`: a version above 2 behind the primary magic is
+            // refused outright (0, a damaged primary, goes on to the LUKS2 copies).
+            Some(v) if v > 2 => Err(Error::UnsupportedVersion(v)),
             _ => Ok(AnyVolume::Luks2(luks2::Volume::open(storage)?)),
         }
     }
@@ -142,8 +145,9 @@ impl<S: Storage> AnyVolume<S> {
         }
     }
 
-    /// `Some(reason)` when the header may be read but not changed (LUKS2 requirements).
-    pub fn read_only(&self) -> Option<&str> {
+    /// `Some(reason)` when the header may be read but not opened or changed (LUKS2
+    /// requirement flags, a reencryption, OPAL, dm-integrity: [`luks2::Volume::blockers`]).
+    pub fn read_only(&self) -> Option<String> {
         self.as_luks2().and_then(|v| v.read_only())
     }
 

@@ -51,7 +51,8 @@ fn luks1_json(h: &luks1::Header) -> Value {
         "version": 1,
         "uuid": h.uuid(),
         "cipher": h.cipher(),
-        "hash": h.hash().as_str(),
+        "hash": h.hash_spec(),
+        "unusable": h.usable().err().map(|e| e.to_string()),
         "payload_offset": h.payload_offset(),
         "key_bytes": h.key_bytes(),
         "mk_digest_iterations": h.mk_digest_iter(),
@@ -76,7 +77,30 @@ fn luks2_json<S: Storage>(vol: &luks2::Volume<S>) -> Value {
         },
         "read_only": vol.read_only(),
         "metadata": h.metadata().to_json(),
+        "blockers": vol.blockers().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "unusable": unusable(vol),
     })
+}
+
+/// The objects sealvol cannot use and why: `{"keyslots": {"1": "..."}, "digests": {...},
+/// "data_segment": "..."}` (empty maps and `null` when everything is usable).
+fn unusable<S: Storage>(vol: &luks2::Volume<S>) -> Value {
+    let md = vol.header().metadata();
+    let keyslots: Map<String, Value> = md
+        .keyslots
+        .iter()
+        .filter_map(|(id, k)| {
+            k.unusable(*id)
+                .map(|why| (id.to_string(), Value::from(why)))
+        })
+        .collect();
+    let digests: Map<String, Value> = md
+        .digests
+        .iter()
+        .filter_map(|(id, d)| d.unusable().map(|why| (id.to_string(), Value::from(why))))
+        .collect();
+    let data = vol.data_segment().err().map(|e| e.to_string());
+    json!({"keyslots": keyslots, "digests": digests, "data_segment": data})
 }
 
 /// The document of [`AnyVolume::dump_json`] laid out as `cryptsetup luksDump` prints a
@@ -101,10 +125,13 @@ fn luks1_human(h: &Value, o: &mut String) -> std::fmt::Result {
     writeln!(
         o,
         "MK bits:       \t{}",
-        h["key_bytes"].as_u64().unwrap_or(0) * 8
+        h["key_bytes"].as_u64().unwrap_or(0).saturating_mul(8)
     )?;
     writeln!(o, "MK iterations: \t{}", num(h, "mk_digest_iterations"))?;
     writeln!(o, "UUID:          \t{}", s(h, "uuid"))?;
+    if let Some(why) = h["unusable"].as_str() {
+        writeln!(o, "Unusable:      \t{why}")?;
+    }
     let slots = h["keyslots"]
         .as_array()
         .map(Vec::as_slice)
@@ -202,9 +229,19 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
             flags.join(" ")
         }
     )?;
-    if let Some(reason) = doc["read_only"].as_str() {
-        writeln!(o, "Read-only:     \t{reason}")?;
+    let blockers = doc["blockers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for b in blockers.iter().filter_map(Value::as_str) {
+        writeln!(o, "Blocked:       \t{b}")?;
     }
+    if blockers.is_empty() {
+        if let Some(reason) = doc["read_only"].as_str() {
+            writeln!(o, "Read-only:     \t{reason}")?;
+        }
+    }
+    let unusable = &doc["unusable"];
 
     writeln!(o, "\nData segments:")?;
     for (id, seg) in entries(meta, "segments") {
@@ -219,15 +256,26 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
         writeln!(o, "\tcipher: {}", s(&seg, "encryption"))?;
         writeln!(o, "\tsector: {} [bytes]", num(&seg, "sector_size"))?;
     }
+    if blockers.is_empty() {
+        if let Some(why) = unusable["data_segment"].as_str() {
+            writeln!(o, "  unusable: {why}")?;
+        }
+    }
 
     let digests = entries(meta, "digests");
     writeln!(o, "\nKeyslots:")?;
     for (id, ks) in entries(meta, "keyslots") {
         writeln!(o, "  {id}: {}", s(&ks, "type"))?;
+        if let Some(why) = unusable["keyslots"][id.as_str()].as_str() {
+            writeln!(o, "\tUnusable:   {why}")?;
+        }
         writeln!(
             o,
             "\tKey:        {} bits",
-            ks.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8
+            ks.get("key_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .saturating_mul(8)
         )?;
         let prio = match ks.get("priority").and_then(Value::as_u64) {
             Some(0) => "ignored",
@@ -240,7 +288,10 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
         writeln!(
             o,
             "\tCipher key: {} bits",
-            area.get("key_size").and_then(Value::as_u64).unwrap_or(0) * 8
+            area.get("key_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .saturating_mul(8)
         )?;
         let kdf = ks.get("kdf").cloned().unwrap_or(Value::Null);
         writeln!(o, "\tPBKDF:      {}", s(&kdf, "type"))?;
@@ -283,6 +334,9 @@ fn luks2_human(doc: &Value, o: &mut String) -> std::fmt::Result {
     writeln!(o, "Digests:")?;
     for (id, d) in &digests {
         writeln!(o, "  {id}: {}", s(d, "type"))?;
+        if let Some(why) = unusable["digests"][id.as_str()].as_str() {
+            writeln!(o, "\tUnusable:   {why}")?;
+        }
         writeln!(o, "\tHash:       {}", s(d, "hash"))?;
         writeln!(o, "\tIterations: {}", num(d, "iterations"))?;
         writeln!(

@@ -101,10 +101,26 @@ pub enum Error {
         /// Its name in the metadata.
         name: String,
     },
-    /// The header carries requirements this crate does not understand: it may be read but
-    /// not changed.
+    /// A header that may be read but not changed (the host's wording of
+    /// [`Error::Blocked`] for write verbs).
     #[error("the LUKS2 header is read-only for sealvol: {0}")]
     ReadOnly(String),
+    /// The header is valid, but describes a state sealvol does not implement (a
+    /// reencryption in progress or interrupted, hardware OPAL, dm-integrity, a requirement
+    /// flag of a newer cryptsetup): it can be read and dumped, never opened or written.
+    #[error("sealvol cannot open or change this LUKS2 volume: {0}")]
+    Blocked(crate::luks2::Blocker),
+    /// A keyslot sealvol cannot open (an unknown type, KDF, cipher or hash, or parameters it
+    /// does not accept); the header and its other keyslots stay usable.
+    #[error("keyslot {id} cannot be used by sealvol: {reason}; other keyslots still open the volume, and cryptsetup may open this one")]
+    UnusableKeyslot {
+        /// The keyslot.
+        id: u32,
+        /// What is missing: [`Error::UnsupportedCipher`] naming the part for an area cipher
+        /// sealvol does not implement, [`Error::Unsupported`] for a type, KDF or hash,
+        /// [`Error::Invalid`] for parameters it does not accept.
+        reason: Box<Error>,
+    },
     /// The token does not exist.
     #[error("token {0} does not exist")]
     NoSuchToken(u32),

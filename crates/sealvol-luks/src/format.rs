@@ -661,7 +661,7 @@ mod tests {
                             let area = &md.keyslots[&0].area;
                             assert_eq!(area.encryption.as_deref(), Some(cipher));
                             assert_eq!(area.key_size, Some(bits / 8));
-                            assert_eq!(md.digests[&0].hash, hash.as_str());
+                            assert_eq!(md.digests[&0].params.as_ref().unwrap().hash, hash.as_str());
                         }
                     }
                 }

@@ -3,8 +3,11 @@
 //!
 //! This crate is pure: it works over byte slices and any [`Storage`] (`Read + Write + Seek`
 //! plus a durability barrier). It never opens a path, never spawns a process, never logs a
-//! key. Validation follows cryptsetup 2.6 (`lib/luks2/luks2_json_metadata.c`): a header it
-//! would refuse is refused here, never used "best effort".
+//! key. Validation is cryptsetup 2.8's, rule by rule ([`luks2::validate::RULES`], the LUKS1
+//! rules in [`luks1::Header::validate`]; the table is `docs/luks-validation.md`): a header
+//! cryptsetup refuses is refused here, and one it accepts is read, with what sealvol does not
+//! implement (a keyslot type, KDF, a cipher [`sealvol_crypto::CipherSpec`] does not accept,
+//! a reencryption in progress) unusable and named, never used "best effort".
 //!
 //! Main types:
 //! - [`Volume`]: a LUKS2 header on a [`Storage`]: [`Volume::format`], [`Volume::open`],

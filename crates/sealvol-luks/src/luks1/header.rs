@@ -71,17 +71,19 @@ impl std::fmt::Debug for Keyslot {
     }
 }
 
-/// A parsed and validated LUKS1 header.
+/// A parsed LUKS1 header that cryptsetup would load (`_check_and_convert_hdr`,
+/// `LUKS_check_keyslots`, `LUKS_check_device_size`).
 ///
-/// Only headers sealvol can use exist as this type: a cipher-name and cipher-mode that make a
-/// [`CipherSpec`] with the header's key size (aes, serpent, twofish in xts or cbc, adiantum),
-/// a hash sealvol implements, 4000 stripes, key material inside the header area, after the
-/// binary header and before the payload, never overlapping.
+/// Whether sealvol can use it is separate ([`Header::usable`]): a cipher-name and cipher-mode
+/// that make a [`CipherSpec`] with the header's key size (aes, serpent, twofish in xts or cbc,
+/// adiantum), a hash sealvol implements ([`HashAlg`]). A header cryptsetup loads but sealvol
+/// cannot use (an unknown cipher, a hash such as sha3-256) is still read and dumped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Header {
     pub(crate) cipher_name: String,
     pub(crate) cipher_mode: String,
-    pub(crate) hash: HashAlg,
+    /// hash-spec as found (C string).
+    pub(crate) hash_spec: String,
     pub(crate) payload_offset: u32,
     pub(crate) key_bytes: u32,
     pub(crate) mk_digest: [u8; DIGEST_LEN],
@@ -95,7 +97,7 @@ impl std::fmt::Debug for Header {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Luks1Header")
             .field("cipher", &self.cipher())
-            .field("hash", &self.hash)
+            .field("hash", &self.hash_spec)
             .field("payload_offset", &self.payload_offset)
             .field("key_bytes", &self.key_bytes)
             .field("uuid", &self.uuid)
@@ -112,24 +114,75 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
-fn text(b: &[u8], at: usize, len: usize, what: &str) -> Result<String> {
-    let field = &b[at..at + len];
-    let end = field.iter().position(|&c| c == 0).ok_or_else(|| {
-        Error::Invalid(format!(
-            "LUKS1 {what} is not NUL-terminated within its {len} bytes"
-        ))
-    })?;
-    let s = std::str::from_utf8(&field[..end])
-        .ok()
-        .filter(|s| s.bytes().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| Error::Invalid(format!("LUKS1 {what} is not printable ASCII")))?;
-    Ok(s.to_string())
+/// A NUL-terminated text field as cryptsetup reads it: the last byte forced to NUL, the C
+/// string up to the first NUL. Each byte becomes the char of the same value (Latin-1), so
+/// that any field, UTF-8 or not, encodes back to the same bytes.
+fn text(b: &[u8], at: usize, len: usize) -> String {
+    let field = &b[at..at + len - 1];
+    let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
+    field[..end].iter().map(|&c| char::from(c)).collect()
 }
 
+/// Writes `s` as [`text`] reads it (chars are bytes; sealvol's own names are ASCII).
 fn put_text(b: &mut [u8], at: usize, len: usize, s: &str) {
-    debug_assert!(s.len() < len);
     b[at..at + len].fill(0);
-    b[at..at + s.len()].copy_from_slice(s.as_bytes());
+    for (dst, c) in b[at..at + len - 1].iter_mut().zip(s.chars()) {
+        *dst = u8::try_from(u32::from(c)).unwrap_or(b'?');
+    }
+}
+
+/// The digest names cryptsetup's OpenSSL 3 backend (Debian's) resolves, compared without
+/// case, whose HMAC is at least 20 bytes (`_check_and_convert_hdr` compares
+/// `crypt_hmac_size(hash)` with `LUKS_DIGESTSIZE`). A cryptsetup built on another backend (gcrypt, kernel) knows a
+/// slightly different set: see docs/luks-validation.md.
+const CRYPTSETUP_HASHES: &[&str] = &[
+    "sha1",
+    "sha-1",
+    "ssl3-sha1",
+    "sha224",
+    "sha-224",
+    "sha2-224",
+    "sha256",
+    "sha-256",
+    "sha2-256",
+    "sha384",
+    "sha-384",
+    "sha2-384",
+    "sha512",
+    "sha-512",
+    "sha2-512",
+    "sha512-224",
+    "sha-512/224",
+    "sha2-512/224",
+    "sha512-256",
+    "sha-512/256",
+    "sha2-512/256",
+    "sha3-224",
+    "sha3-256",
+    "sha3-384",
+    "sha3-512",
+    "shake256",
+    "shake-256",
+    "sm3",
+    "blake2b512",
+    "blake2b-512",
+    "blake2s256",
+    "blake2s-256",
+    "md5-sha1",
+    "ripemd160",
+    "ripemd-160",
+    "ripemd",
+    "rmd160",
+    "whirlpool",
+    "keccak-kmac-128",
+    "keccak-kmac128",
+    "keccak-kmac-256",
+    "keccak-kmac256",
+];
+
+/// Whether cryptsetup (OpenSSL backend) loads a LUKS1 header with this hash-spec.
+pub(crate) fn cryptsetup_knows_hash(spec: &str) -> bool {
+    CRYPTSETUP_HASHES.contains(&spec.to_ascii_lowercase().as_str())
 }
 
 /// 512-byte sectors of AF material for a `key_bytes` key (cryptsetup `AF_split_sectors`).
@@ -167,9 +220,6 @@ impl Header {
                 b.len()
             )));
         }
-        let cipher_name = text(b, 8, NAME_LEN, "cipher-name")?;
-        let cipher_mode = text(b, 40, NAME_LEN, "cipher-mode")?;
-        let hash_name = text(b, 72, NAME_LEN, "hash-spec")?;
         let mut keyslots: [Keyslot; NUM_KEYS] = std::array::from_fn(|_| Keyslot {
             active: false,
             iterations: 0,
@@ -179,96 +229,138 @@ impl Header {
         });
         for (i, k) in keyslots.iter_mut().enumerate() {
             let at = SLOTS_AT + i * SLOT_LEN;
-            k.active = match be32(b, at) {
-                KEY_ENABLED => true,
-                KEY_DISABLED => false,
-                other => {
-                    return Err(Error::Invalid(format!(
-                        "LUKS1 keyslot {i} has state {other:#010x}; expected {KEY_ENABLED:#010x} (active) or {KEY_DISABLED:#010x} (inactive)"
-                    )))
-                }
-            };
+            // cryptsetup reads any other state as "not enabled" (its dump says DISABLED).
+            k.active = be32(b, at) == KEY_ENABLED;
             k.iterations = be32(b, at + 4);
             k.salt.copy_from_slice(&b[at + 8..at + 8 + SALT_LEN]);
             k.key_material_offset = be32(b, at + 40);
             k.stripes = be32(b, at + 44);
         }
         let h = Header {
-            cipher_name,
-            cipher_mode,
-            hash: parse_hash(&hash_name)?,
+            cipher_name: text(b, 8, NAME_LEN),
+            cipher_mode: text(b, 40, NAME_LEN),
+            hash_spec: text(b, 72, NAME_LEN),
             payload_offset: be32(b, 104),
             key_bytes: be32(b, 108),
             mk_digest: b[112..132].try_into().expect("20 bytes"),
             mk_digest_salt: b[132..164].try_into().expect("32 bytes"),
             mk_digest_iter: be32(b, 164),
-            uuid: text(b, 168, UUID_LEN, "uuid")?,
+            uuid: text(b, 168, UUID_LEN),
             keyslots,
         };
         h.validate()?;
         Ok(h)
     }
 
-    /// Checks the header as cryptsetup 2.6 does when loading (`_check_and_convert_hdr`,
-    /// `LUKS_check_keyslots`), plus sealvol's cipher policy.
+    /// Checks the header as cryptsetup does when loading it, with its 32-bit arithmetic
+    /// (`_check_and_convert_hdr`, `LUKS_check_keyslots`, the key size of
+    /// `LUKS_check_device_size`). Rules `luks1-*` in docs/luks-validation.md.
     ///
     /// # Errors
-    /// As [`Header::decode`].
+    /// [`Error::Invalid`] naming the rule.
     pub fn validate(&self) -> Result<()> {
-        let inv = |m: String| Err(Error::Invalid(m));
-        self.cipher_spec()?;
-        if self.mk_digest_iter == 0 {
-            return inv("LUKS1 mk-digest-iter is 0".into());
+        let fail = |rule: &str, func: &str, m: String| {
+            Err(Error::Invalid(format!(
+                "{m} (rule {rule}; cryptsetup {func} refuses this header too)"
+            )))
+        };
+        if !cryptsetup_knows_hash(&self.hash_spec) {
+            return fail(
+                "luks1-hash-known",
+                "_check_and_convert_hdr",
+                format!(
+                    "LUKS1 hash-spec {:?} is not a hash cryptsetup knows with a digest of at least 20 bytes",
+                    self.hash_spec
+                ),
+            );
         }
-        let payload = u64::from(self.payload_offset);
-        if payload != 0 && payload * SECTOR < PHDR_LEN as u64 {
-            return inv(format!(
-                "LUKS1 payload offset {payload} sectors lies inside the {PHDR_LEN}-byte header"
-            ));
-        }
-        let secs = material_sectors(self.key_bytes);
+        // AF_split_sectors, truncated to the uint32 cryptsetup keeps it in.
+        let secs = material_sectors(self.key_bytes) as u32;
         for (i, k) in self.keyslots.iter().enumerate() {
             if k.stripes != STRIPES {
-                return inv(format!(
-                    "LUKS1 keyslot {i} has {} stripes; cryptsetup requires {STRIPES}",
-                    k.stripes
-                ));
+                return fail(
+                    "luks1-stripes",
+                    "LUKS_check_keyslots",
+                    format!(
+                        "LUKS1 keyslot {i} has {} stripes; cryptsetup requires {STRIPES}",
+                        k.stripes
+                    ),
+                );
             }
-            let km = u64::from(k.key_material_offset);
-            if km * SECTOR < PHDR_LEN as u64 {
-                return inv(format!(
-                    "LUKS1 keyslot {i} key material at sector {km} overlaps the binary header"
-                ));
+            // uint32 arithmetic, as in cryptsetup.
+            if (k.key_material_offset.wrapping_mul(SECTOR as u32) as usize) < PHDR_LEN {
+                return fail(
+                    "luks1-keyslot-after-header",
+                    "LUKS_check_keyslots",
+                    format!(
+                        "LUKS1 keyslot {i} key material at sector {} overlaps the binary header",
+                        k.key_material_offset
+                    ),
+                );
             }
-            if k.active && k.iterations == 0 {
-                return inv(format!("LUKS1 keyslot {i} is active with 0 iterations"));
-            }
-            // A detached header may have payload offset 0 (cryptsetup skips the check).
-            if payload == 0 {
+            if self.payload_offset == 0 {
                 continue;
             }
-            if payload <= km || payload < km + secs {
-                return inv(format!(
-                    "LUKS1 keyslot {i} key material (sectors {km}..{}) extends past the payload offset {payload}",
-                    km + secs
-                ));
+            if self.payload_offset <= k.key_material_offset
+                || self.payload_offset < k.key_material_offset.wrapping_add(secs)
+            {
+                return fail(
+                    "luks1-keyslot-before-payload",
+                    "LUKS_check_keyslots",
+                    format!(
+                        "LUKS1 keyslot {i} key material (sector {}, {secs} sectors) extends past the payload offset {}",
+                        k.key_material_offset, self.payload_offset
+                    ),
+                );
             }
         }
-        let mut order: Vec<u64> = self
-            .keyslots
-            .iter()
-            .map(|k| u64::from(k.key_material_offset))
-            .collect();
-        order.sort_unstable();
+        let mut order: [usize; NUM_KEYS] = std::array::from_fn(|i| i);
+        // LUKS_sort_keyslots: a stable insertion sort by offset.
+        order.sort_by_key(|&i| self.keyslots[i].key_material_offset);
         for w in order.windows(2) {
-            if w[1] < w[0] + secs {
-                return inv(format!(
-                    "LUKS1 keyslot areas overlap: material at sectors {} and {} (each {secs} sectors long)",
-                    w[0], w[1]
-                ));
+            let (prev, next) = (&self.keyslots[w[0]], &self.keyslots[w[1]]);
+            if next.key_material_offset < prev.key_material_offset.wrapping_add(secs) {
+                return fail(
+                    "luks1-keyslots-no-overlap",
+                    "LUKS_check_keyslots",
+                    format!(
+                        "LUKS1 keyslot areas overlap: material at sectors {} and {} (each {secs} sectors long)",
+                        prev.key_material_offset, next.key_material_offset
+                    ),
+                );
             }
+        }
+        if self.key_bytes == 0 {
+            return fail(
+                "luks1-key-bytes",
+                "LUKS_check_device_size",
+                "LUKS1 key-bytes is 0".into(),
+            );
         }
         Ok(())
+    }
+
+    /// Whether sealvol can use this header: a cipher-name and cipher-mode that make a
+    /// [`CipherSpec`] with the header's key size ([`Header::cipher_spec`]; never
+    /// `cipher_null` or `ecb`), a hash sealvol implements ([`HashAlg`]: sha1, sha256, sha512,
+    /// ripemd160, whirlpool), a non-zero digest iteration count. A header that fails this is
+    /// still read and dumped.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedCipher`] naming the part, [`Error::Unsupported`] (hash),
+    /// [`Error::Invalid`].
+    pub fn usable(&self) -> Result<()> {
+        self.cipher_spec()?;
+        parse_hash(&self.hash_spec)?;
+        if self.mk_digest_iter == 0 {
+            return Err(Error::Invalid("LUKS1 mk-digest-iter is 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The hash, checked: the hashes sealvol implements.
+    pub(crate) fn usable_hash(&self) -> Result<HashAlg> {
+        parse_hash(&self.hash_spec)
     }
 
     /// Encodes the 592-byte binary header.
@@ -278,7 +370,7 @@ impl Header {
         b[6..8].copy_from_slice(&1u16.to_be_bytes());
         put_text(&mut b, 8, NAME_LEN, &self.cipher_name);
         put_text(&mut b, 40, NAME_LEN, &self.cipher_mode);
-        put_text(&mut b, 72, NAME_LEN, self.hash.as_str());
+        put_text(&mut b, 72, NAME_LEN, &self.hash_spec);
         put32(&mut b, 104, self.payload_offset);
         put32(&mut b, 108, self.key_bytes);
         b[112..132].copy_from_slice(&self.mk_digest);
@@ -307,7 +399,9 @@ impl Header {
     /// The cipher with the header's key size: the data's and every keyslot's.
     ///
     /// # Errors
-    /// [`Error::UnsupportedCipher`] (never for a header that [`Header::decode`] returned).
+    /// [`Error::UnsupportedCipher`] naming the part sealvol does not implement (never for a
+    /// header that [`Header::usable`] accepts; [`Header::decode`] does not check the cipher,
+    /// as cryptsetup does not).
     pub fn cipher_spec(&self) -> Result<CipherSpec> {
         Ok(CipherSpec::from_luks1(
             &self.cipher_name,
@@ -315,9 +409,15 @@ impl Header {
             self.key_bytes as usize,
         )?)
     }
-    /// The hash of PBKDF2 (keyslots and digest) and of the AF splitter.
+    /// The hash of PBKDF2 (keyslots and digest) and of the AF splitter, when sealvol
+    /// implements it; SHA-256 otherwise (every operation that derives a key checks
+    /// [`Header::usable`] first and refuses such a header). See [`Header::hash_spec`].
     pub fn hash(&self) -> HashAlg {
-        self.hash
+        parse_hash(&self.hash_spec).unwrap_or(HashAlg::Sha256)
+    }
+    /// The hash-spec field as found (`sha256`, `ripemd160`, ...).
+    pub fn hash_spec(&self) -> &str {
+        &self.hash_spec
     }
     /// Payload (data) offset in 512-byte sectors.
     pub fn payload_offset(&self) -> u32 {

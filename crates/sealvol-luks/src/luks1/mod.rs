@@ -8,11 +8,14 @@
 //! `aes` / `cbc-essiv:sha256`), 512-byte sectors, IV 0 at the payload's first sector. The
 //! header may be detached (payload offset 0 on its own device).
 //!
-//! sealvol reads and writes every cipher [`sealvol_crypto::CipherSpec`] implements (aes,
-//! serpent, twofish in xts-plain64, xts-plain, cbc-essiv:sha256, cbc-plain64, cbc-plain;
-//! xchacha12,aes and xchacha20,aes in adiantum-plain64) with the hashes sha1, sha256,
-//! sha512, ripemd160 and whirlpool, and refuses everything cryptsetup refuses on load
-//! (`LUKS_check_keyslots`).
+//! sealvol loads exactly the headers cryptsetup loads ([`Header::validate`]: its 32-bit
+//! arithmetic, any hash its OpenSSL backend knows, no cipher check) and refuses everything
+//! cryptsetup refuses on load (`_check_and_convert_hdr`, `LUKS_check_keyslots`). It reads,
+//! writes and unlocks ([`Header::usable`]) every cipher [`sealvol_crypto::CipherSpec`]
+//! implements (aes, serpent, twofish in xts-plain64, xts-plain, cbc-essiv:sha256,
+//! cbc-plain64, cbc-plain; xchacha12,aes and xchacha20,aes in adiantum-plain64) with the
+//! hashes [`sealvol_crypto::HashAlg`] implements (sha1, sha256, sha512, ripemd160,
+//! whirlpool); a header in another cipher or hash is read and dumped, never used.
 
 mod header;
 mod volume;

@@ -141,43 +141,190 @@ fn put(b: &mut [u8], at: usize, v: u32) {
 
 const SLOT: usize = 208;
 
+#[track_caller]
+fn refused_by(b: [u8; PHDR_LEN], edit: impl FnOnce(&mut [u8; PHDR_LEN]), rule: &str) {
+    let e = refused(b, edit);
+    assert!(e.to_string().contains(&format!("rule {rule};")), "{e}");
+}
+
+fn loads(mut b: [u8; PHDR_LEN], edit: impl FnOnce(&mut [u8; PHDR_LEN])) -> Header {
+    edit(&mut b);
+    Header::decode(&b).unwrap_or_else(|e| panic!("cryptsetup loads this header: {e}"))
+}
+
 #[test]
-fn refuses_what_cryptsetup_refuses() {
+fn rule_luks1_keyslots_no_overlap() {
+    // Slot 1 starts inside slot 0.
+    refused_by(
+        valid_phdr(),
+        |b| put(b, SLOT + 48 + 40, 100),
+        "luks1-keyslots-no-overlap",
+    );
+}
+
+#[test]
+fn rule_luks1_keyslot_before_payload() {
+    refused_by(
+        valid_phdr(),
+        |b| put(b, 104, 3600),
+        "luks1-keyslot-before-payload",
+    );
+}
+
+#[test]
+fn luks1_offsets_use_cryptsetups_uint32_arithmetic() {
+    // Slots 6 and 7 overlap, but slot 6's end wraps past 2^32 in cryptsetup's uint32 sum,
+    // so cryptsetup (detached, no payload check) loads the header; so does sealvol.
+    loads(valid_phdr(), |b| {
+        put(b, 104, 0);
+        put(b, SLOT + 6 * 48 + 40, u32::MAX - 100);
+        put(b, SLOT + 7 * 48 + 40, u32::MAX - 50);
+    });
+}
+
+#[test]
+fn rule_luks1_stripes() {
+    refused_by(valid_phdr(), |b| put(b, SLOT + 44, 1), "luks1-stripes");
+    // Even for an inactive slot.
+    refused_by(
+        valid_phdr(),
+        |b| put(b, SLOT + 7 * 48 + 44, 3999),
+        "luks1-stripes",
+    );
+}
+
+#[test]
+fn rule_luks1_keyslot_after_header() {
+    refused_by(
+        valid_phdr(),
+        |b| put(b, SLOT + 40, 1),
+        "luks1-keyslot-after-header",
+    );
+    // 2^23 sectors * 512 wraps to 0 in cryptsetup's uint32 product.
+    refused_by(
+        valid_phdr(),
+        |b| {
+            put(b, 104, 0);
+            put(b, SLOT + 7 * 48 + 40, 1 << 23);
+        },
+        "luks1-keyslot-after-header",
+    );
+}
+
+#[test]
+fn rule_luks1_hash_known() {
+    refused_by(
+        valid_phdr(),
+        |b| b[72..78].copy_from_slice(b"md5\0\0\0"),
+        "luks1-hash-known",
+    );
+    refused_by(
+        valid_phdr(),
+        |b| b[72..79].copy_from_slice(b"sha256 "),
+        "luks1-hash-known",
+    );
+    let with_hash = |spec: &[u8]| {
+        loads(valid_phdr(), |b| {
+            b[72..104].fill(0);
+            b[72..72 + spec.len()].copy_from_slice(spec);
+        })
+    };
+    // Hashes cryptsetup knows but sealvol does not implement: loaded, not usable.
+    for spec in [&b"SHA256"[..], b"sha3-256"] {
+        let h = with_hash(spec);
+        assert!(
+            matches!(h.usable(), Err(Error::Unsupported { .. })),
+            "{:?}",
+            h.hash_spec()
+        );
+    }
+    // Hashes cryptsetup knows that sealvol implements too (HashAlg): loaded and usable.
+    for (spec, alg) in [
+        (&b"ripemd160"[..], HashAlg::Ripemd160),
+        (b"whirlpool", HashAlg::Whirlpool),
+    ] {
+        let h = with_hash(spec);
+        h.usable()
+            .unwrap_or_else(|e| panic!("{:?}: {e}", h.hash_spec()));
+        assert_eq!(h.hash(), alg);
+    }
+}
+
+#[test]
+fn rule_luks1_key_bytes() {
+    refused_by(valid_phdr(), |b| put(b, 108, 0), "luks1-key-bytes");
+}
+
+#[test]
+fn what_cryptsetup_loads_is_read_even_when_sealvol_cannot_use_it() {
     let ok = valid_phdr();
-    Header::decode(&ok).unwrap();
-    // Overlapping key material: slot 1 starts inside slot 0.
-    let e = refused(ok, |b| put(b, SLOT + 48 + 40, 100));
-    assert!(e.to_string().contains("overlap"), "{e}");
-    // Key material past the payload.
-    let e = refused(ok, |b| put(b, 104, 3600));
-    assert!(e.to_string().contains("past the payload"), "{e}");
-    // Stripes other than 4000.
-    let e = refused(ok, |b| put(b, SLOT + 44, 1));
-    assert!(e.to_string().contains("stripes"), "{e}");
-    // Payload offset inside the header.
-    let e = refused(ok, |b| put(b, 104, 1));
-    assert!(e.to_string().contains("inside the 592-byte header"), "{e}");
-    // Key material over the binary header.
-    let e = refused(ok, |b| put(b, SLOT + 40, 1));
-    assert!(e.to_string().contains("overlaps the binary header"), "{e}");
-    // cipher_null, unknown cipher, unknown hash, bad key size, bad slot state, version.
-    let e = refused(ok, |b| {
+    // cipher_null, another cipher, an odd key size, 0 digest iterations, an odd slot
+    // state, a payload offset inside the header, a UUID without NUL: cryptsetup loads all
+    // of these; sealvol reads them and refuses to use the ones it cannot.
+    let h = loads(ok, |b| {
         b[8..40].fill(0);
         b[8..19].copy_from_slice(b"cipher_null");
     });
-    assert!(matches!(e, Error::UnsupportedCipher { .. }), "{e}");
-    let e = refused(ok, |b| b[40..43].copy_from_slice(b"cbc"));
-    assert!(matches!(e, Error::UnsupportedCipher { .. }), "{e}");
-    let e = refused(ok, |b| b[72..78].copy_from_slice(b"md5\0\0\0"));
-    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
-    let e = refused(ok, |b| put(b, 108, 40));
-    assert!(matches!(e, Error::UnsupportedCipher { .. }), "{e}");
-    let e = refused(ok, |b| put(b, SLOT + 48, 7));
-    assert!(e.to_string().contains("state"), "{e}");
+    assert!(matches!(h.usable(), Err(Error::UnsupportedCipher { .. })));
+    let h = loads(ok, |b| b[40..43].copy_from_slice(b"cbc"));
+    assert!(matches!(h.usable(), Err(Error::UnsupportedCipher { .. })));
+    let h = loads(ok, |b| put(b, 108, 40));
+    assert!(matches!(h.usable(), Err(Error::UnsupportedCipher { .. })));
+    let h = loads(ok, |b| put(b, 164, 0));
+    assert!(h.usable().is_err());
+    let h = loads(ok, |b| put(b, SLOT + 48, 7));
+    assert!(!h.keyslots()[1].active);
+    loads(ok, |b| b[168..208].fill(b'a'));
     let e = refused(ok, |b| b[7] = 3);
     assert!(matches!(e, Error::UnsupportedVersion(3)), "{e}");
-    let e = refused(ok, |b| b[168..208].fill(b'a'));
-    assert!(e.to_string().contains("NUL"), "{e}");
+}
+
+/// A LUKS1 header in any cipher cryptsetup writes and `CipherSpec` implements loads and is
+/// usable; an unknown cipher name or mode loads (cryptsetup checks no cipher at load) and is
+/// unusable with the part named, never unreadable.
+#[test]
+fn luks1_usable_follows_cipher_spec() {
+    let with = |name: &str, mode: &str, key_bytes: u32| {
+        loads(valid_phdr(), |b| {
+            b[8..72].fill(0);
+            b[8..8 + name.len()].copy_from_slice(name.as_bytes());
+            b[40..40 + mode.len()].copy_from_slice(mode.as_bytes());
+            put(b, 108, key_bytes);
+        })
+    };
+    for (name, mode, key_bytes) in [
+        ("aes", "xts-plain64", 48),
+        ("serpent", "xts-plain64", 64),
+        ("twofish", "xts-plain", 32),
+        ("aes", "cbc-essiv:sha256", 32),
+        ("serpent", "cbc-plain64", 16),
+        ("twofish", "cbc-essiv:sha256", 24),
+        ("xchacha12,aes", "adiantum-plain64", 32),
+        ("xchacha20,aes", "adiantum-plain64", 32),
+    ] {
+        let h = with(name, mode, key_bytes);
+        h.usable()
+            .unwrap_or_else(|e| panic!("{name}-{mode} {key_bytes}: {e}"));
+        let spec = h.cipher_spec().unwrap();
+        assert_eq!(
+            (spec.cipher_name(), spec.mode_name().as_str()),
+            (name, mode)
+        );
+    }
+    use sealvol_crypto::spec::CipherPart;
+    for (name, mode, key_bytes, part) in [
+        ("camellia", "xts-plain64", 64, CipherPart::Cipher),
+        ("aes", "cbc-lmk", 32, CipherPart::Iv),
+        ("aes", "ecb", 32, CipherPart::Mode),
+        ("serpent", "xts-plain64", 16, CipherPart::KeySize),
+    ] {
+        let h = with(name, mode, key_bytes);
+        assert_eq!(h.cipher(), format!("{name}-{mode}"));
+        match h.usable() {
+            Err(Error::UnsupportedCipher { part: p, .. }) => assert_eq!(p, part, "{name}-{mode}"),
+            other => panic!("{name}-{mode} {key_bytes}: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -182,7 +182,7 @@ impl<S: Storage> Volume<S> {
         let mut header = Header {
             cipher_name: spec.cipher_name().into(),
             cipher_mode: spec.mode_name(),
-            hash: opts.hash,
+            hash_spec: opts.hash.as_str().into(),
             payload_offset,
             key_bytes,
             mk_digest: mk_digest(
@@ -197,6 +197,7 @@ impl<S: Storage> Volume<S> {
             keyslots,
         };
         header.validate()?;
+        header.usable()?;
         // Zero the header area, random bytes over every key material area.
         let end = if opts.detached { at } else { payload };
         storage::write_at(
@@ -306,6 +307,7 @@ impl<S: Storage> Volume<S> {
     /// The data segment: the header's cipher, 512-byte sectors, IV 0 at the payload offset,
     /// to the end of the data device.
     pub fn data_segment(&self) -> Result<DataSegment> {
+        self.header.usable()?;
         Ok(DataSegment {
             id: 0,
             offset: u64::from(self.header.payload_offset) * SECTOR,
@@ -336,9 +338,15 @@ impl<S: Storage> Volume<S> {
         if vk.len() != self.header.key_bytes as usize {
             return Ok(false);
         }
+        self.header.usable()?;
         self.check_costs(&[])?;
         let h = &self.header;
-        let got = mk_digest(h.hash, vk.expose(), &h.mk_digest_salt, h.mk_digest_iter)?;
+        let got = mk_digest(
+            h.usable_hash()?,
+            vk.expose(),
+            &h.mk_digest_salt,
+            h.mk_digest_iter,
+        )?;
         Ok(bool::from(got.ct_eq(&h.mk_digest)))
     }
 
@@ -354,8 +362,9 @@ impl<S: Storage> Volume<S> {
             "LUKS1 key material",
         )?;
         let mut derived = SecretBytes::zeroed(kb);
+        let hash = self.header.usable_hash()?;
         kdf::pbkdf2(
-            self.header.hash,
+            hash,
             passphrase,
             &k.salt,
             k.iterations,
@@ -367,7 +376,7 @@ impl<S: Storage> Volume<S> {
             0,
         )?;
         let n = kb * STRIPES as usize;
-        let candidate = af::merge(&material.expose()[..n], kb, STRIPES, self.header.hash)?;
+        let candidate = af::merge(&material.expose()[..n], kb, STRIPES, hash)?;
         Ok(self.verify_volume_key(&candidate)?.then_some(candidate))
     }
 
@@ -377,6 +386,7 @@ impl<S: Storage> Volume<S> {
     /// # Errors
     /// [`Error::WrongKey`], [`Error::NoSuchKeyslot`] (not 0..=7 or inactive).
     pub fn unlock(&mut self, passphrase: &[u8], keyslot: Option<u32>) -> Result<Unlocked> {
+        self.header.usable()?;
         let slots = match keyslot {
             Some(id) => {
                 if id as usize >= NUM_KEYS || !self.header.keyslots[id as usize].active {
@@ -589,8 +599,9 @@ fn seal(
 ) -> Result<SecretBytes> {
     let kb = h.key_bytes as usize;
     let mut derived = SecretBytes::zeroed(kb);
-    kdf::pbkdf2(h.hash, passphrase, salt, iterations, derived.expose_mut())?;
-    let split = af::split(vk.expose(), STRIPES, h.hash)?;
+    let hash = h.usable_hash()?;
+    kdf::pbkdf2(hash, passphrase, salt, iterations, derived.expose_mut())?;
+    let split = af::split(vk.expose(), STRIPES, hash)?;
     let mut material = SecretBytes::zeroed((material_sectors(h.key_bytes) * SECTOR) as usize);
     material.expose_mut()[..split.len()].copy_from_slice(split.expose());
     drop(split);

@@ -157,9 +157,15 @@ pub(crate) fn checksum(alg: &str, copy: &[u8]) -> Option<Vec<u8>> {
         h.update(&copy[CSUM_OFF + CSUM_LEN..]);
         h.finalize().to_vec()
     }
-    match alg {
-        "sha256" => Some(run::<sha2::Sha256>(copy)),
-        "sha512" => Some(run::<sha2::Sha512>(copy)),
+    // cryptsetup writes sha256; it verifies with any hash its crypto backend knows. These
+    // are the ones sealvol verifies (docs/luks-validation.md lists the difference).
+    // OpenSSL (cryptsetup's backend) resolves names without case and with its aliases.
+    match alg.to_ascii_lowercase().as_str() {
+        "sha1" | "sha-1" | "ssl3-sha1" => Some(run::<sha1::Sha1>(copy)),
+        "sha224" | "sha-224" | "sha2-224" => Some(run::<sha2::Sha224>(copy)),
+        "sha256" | "sha-256" | "sha2-256" => Some(run::<sha2::Sha256>(copy)),
+        "sha384" | "sha-384" | "sha2-384" => Some(run::<sha2::Sha384>(copy)),
+        "sha512" | "sha-512" | "sha2-512" => Some(run::<sha2::Sha512>(copy)),
         _ => None,
     }
 }
@@ -180,7 +186,7 @@ pub(crate) fn set_checksum(copy: &mut [u8], csum: &[u8]) {
 pub(crate) fn verify_checksum(alg: &str, copy: &[u8]) -> Result<(), String> {
     let Some(c) = checksum(alg, copy) else {
         return Err(format!(
-            "unsupported checksum algorithm {alg:?} (sha256 and sha512 are supported)"
+            "unsupported checksum algorithm {alg:?} (sha1, sha224, sha256, sha384 and sha512 are supported)"
         ));
     };
     if stored_checksum(copy, c.len()) != c.as_slice() {

@@ -125,8 +125,16 @@ impl Header {
         Ok(buf)
     }
 
-    /// Checks the metadata rules against this header's size.
+    /// Checks the metadata rules against this header's size (a JSON text too large for the
+    /// area is [`Error::MetadataTooLarge`]).
     pub(crate) fn validate(&self) -> Result<()> {
+        let len = self.metadata.to_json_string().len();
+        if len as u64 >= self.json_size() {
+            return Err(Error::MetadataTooLarge {
+                len: len + 1,
+                area: self.json_size(),
+            });
+        }
         validate::validate(&self.metadata, self.hdr_size)
     }
 }
@@ -255,9 +263,11 @@ pub(crate) fn parse_copy(b: &[u8], which: Copy, offset: u64) -> Result<ParsedCop
     let copy = &b[..size];
     binary::verify_checksum(&bin.checksum_alg, copy).map_err(|r| corrupt(which, r))?;
     let trusted = Some(bin.hdr_size);
-    let json_res = parse_json_area(&copy[binary::LEN..])
-        .and_then(|v| Metadata::from_json(&v))
-        .and_then(|md| validate::validate(&md, bin.hdr_size).map(|()| md));
+    let json_res = parse_json_area(&copy[binary::LEN..]).and_then(|mut v| {
+        validate::repair(&mut v);
+        validate::check(&v, bin.hdr_size)?;
+        Metadata::from_json(&v)
+    });
     match json_res {
         Ok(metadata) => Ok(ParsedCopy { bin, metadata }),
         Err(error) => Err(CopyError {

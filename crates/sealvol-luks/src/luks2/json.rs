@@ -6,12 +6,6 @@ use crate::{Error, Result};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-/// Largest id accepted for keyslots, tokens and segments (cryptsetup: `LUKS2_KEYSLOTS_MAX`,
-/// `LUKS2_TOKENS_MAX`, `LUKS2_SEGMENT_MAX` are 32).
-pub(crate) const MAX_IDS: u32 = 32;
-/// Digests (cryptsetup: `LUKS2_DIGEST_MAX` is 8).
-pub(crate) const MAX_DIGESTS: u32 = 8;
-
 pub(crate) fn invalid(path: &str, what: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{path}: {what}"))
 }
@@ -30,13 +24,10 @@ pub(crate) fn show(v: &Value) -> String {
     s
 }
 
-/// Parses a decimal string-uint64: one or more ASCII digits, value within `u64`. No sign,
-/// no spaces, no empty string.
+/// Parses a string-uint64 as cryptsetup does (C `strtoull`, base 10, the whole string up to
+/// any NUL): validation has already required plain digits wherever cryptsetup does.
 pub(crate) fn parse_u64_str(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse::<u64>().ok()
+    super::validate::strtoull(s).filter(|_| !s.is_empty())
 }
 
 /// Parses an object id: decimal, no leading zeros, below `max`.
@@ -116,34 +107,6 @@ pub(crate) fn u32_int(m: &Map<String, Value>, key: &str, path: &str) -> Result<u
     }
 }
 
-/// The base64 (standard alphabet, padded) string at `key`, decoded; `len` if given must
-/// match.
-pub(crate) fn base64(
-    m: &Map<String, Value>,
-    key: &str,
-    path: &str,
-    len: Option<usize>,
-) -> Result<Vec<u8>> {
-    let s = string(m, key, path)?;
-    let v = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| {
-            invalid(
-                &format!("{path}.{key}"),
-                format_args!("invalid base64 ({e})"),
-            )
-        })?;
-    if let Some(len) = len {
-        if v.len() != len {
-            return Err(invalid(
-                &format!("{path}.{key}"),
-                format_args!("expected {len} bytes, found {}", v.len()),
-            ));
-        }
-    }
-    Ok(v)
-}
-
 pub(crate) fn b64(bytes: &[u8]) -> Value {
     Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
@@ -178,7 +141,7 @@ pub(crate) fn ids(v: &Value, path: &str, max: u32) -> Result<Vec<u32>> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            parse_id(s, max).ok_or_else(|| {
+            parse_id(super::validate::cstr(s), max).ok_or_else(|| {
                 invalid(
                     &format!("{path}[{i}]"),
                     format_args!("expected an id string from \"0\" to \"{}\" without leading zeros, found {s:?}", max - 1),
@@ -205,21 +168,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn string_uint64_is_strict() {
+    fn string_uint64_follows_strtoull() {
         assert_eq!(parse_u64_str("0"), Some(0));
         assert_eq!(parse_u64_str("16777216"), Some(16777216));
         assert_eq!(parse_u64_str("18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            "",
-            "-1",
-            "+1",
-            " 1",
-            "1 ",
-            "18446744073709551616",
-            "0x10",
-            "1e3",
-            "1.0",
-        ] {
+        for bad in ["", "1 ", "18446744073709551616", "0x10", "1e3", "1.0"] {
             assert_eq!(parse_u64_str(bad), None, "{bad:?}");
         }
     }

@@ -106,11 +106,32 @@ pub(crate) fn slot_params(id: u32, k: &Keyslot) -> Result<SlotParams<'_>> {
             name: k.kind.clone(),
         });
     }
-    let (Some(kdf), Some(af), Some(enc), Some(area_key)) =
-        (&k.kdf, &k.af, &k.area.encryption, k.area.key_size)
-    else {
+    if id >= super::MAX_KEYSLOTS {
+        return Err(Error::Unsupported {
+            what: "keyslot id",
+            name: format!("{id} (cryptsetup uses keyslots 0 to 31 only)"),
+        });
+    }
+    let Some(kdf) = &k.kdf else {
+        let raw = k.extra.get("kdf");
+        let kind = raw
+            .and_then(|v| v.get("type"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        return Err(match kind {
+            "pbkdf2" | "argon2i" | "argon2id" => Error::Invalid(format!(
+                "keyslot {id}: its {kind} kdf has parameters sealvol cannot use (a uint32 cost, a 32-byte base64 salt): {}",
+                raw.map(super::json::show).unwrap_or_default()
+            )),
+            other => Error::Unsupported {
+                what: "keyslot KDF",
+                name: other.to_string(),
+            },
+        });
+    };
+    let (Some(af), Some(enc), Some(area_key)) = (&k.af, &k.area.encryption, k.area.key_size) else {
         return Err(Error::Invalid(format!(
-            "keyslot {id} lacks kdf, af or area encryption"
+            "keyslot {id}: its af splitter or its area's encryption or key_size is not in a form sealvol can use"
         )));
     };
     let area_spec = cipher_spec(enc, area_key as usize)?;
@@ -206,16 +227,28 @@ pub(crate) fn digest_bytes(
 }
 
 /// True when `volume_key` matches the digest (constant-time compare).
+///
+/// # Errors
+/// [`Error::Unsupported`] naming why a digest cannot check a key (type, parameters, hash).
 pub(crate) fn digest_matches(d: &Digest, volume_key: &SecretBytes) -> Result<bool> {
     use subtle::ConstantTimeEq as _;
+    let p = match (&d.params, d.unusable()) {
+        (Some(p), None) => p,
+        (_, why) => {
+            return Err(Error::Unsupported {
+                what: "digest",
+                name: why.unwrap_or_default(),
+            })
+        }
+    };
     let got = digest_bytes(
-        &d.hash,
-        d.iterations,
-        &d.salt,
+        &p.hash,
+        p.iterations,
+        &p.salt,
         volume_key.expose(),
-        d.digest.len(),
+        p.digest.len(),
     )?;
-    Ok(bool::from(got.ct_eq(&d.digest)))
+    Ok(bool::from(got.ct_eq(&p.digest)))
 }
 
 /// A new digest object over `volume_key`.
@@ -236,10 +269,12 @@ pub(crate) fn new_digest(
         kind: "pbkdf2".into(),
         keyslots: Vec::new(),
         segments: Vec::new(),
-        hash: hash.as_str().into(),
-        iterations,
-        salt,
-        digest,
+        params: Some(super::metadata::DigestParams {
+            hash: hash.as_str().into(),
+            iterations,
+            salt,
+            digest,
+        }),
         extra: Default::default(),
     })
 }

@@ -6,7 +6,11 @@
 //! kept in each object's `extra` map and written back unchanged, after the known fields,
 //! which are written in the order cryptsetup writes them.
 
-use super::json::{self, invalid, show, MAX_DIGESTS, MAX_IDS};
+use super::json::{self, invalid, show};
+use super::validate::cstr;
+
+/// Ids are canonical decimal numbers below this (validation refuses other keys).
+const ID_LIMIT: u32 = u32::MAX;
 use crate::Result;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -161,11 +165,13 @@ impl Segment {
     pub fn is_backup(&self) -> bool {
         self.flags
             .as_ref()
-            .is_some_and(|f| f.iter().any(|s| s.starts_with("backup-")))
+            .is_some_and(|f| f.iter().any(|s| cstr(s).starts_with("backup-")))
     }
 }
 
-/// A digest (§3.5): checks a candidate volume key. Only `pbkdf2` digests exist.
+/// A digest (§3.5): checks a candidate volume key. cryptsetup implements only `pbkdf2`
+/// digests; a digest of another type, or whose parameters sealvol cannot use, keeps them
+/// verbatim in `extra` (`params` is `None`) and opens nothing.
 #[derive(Clone, PartialEq)]
 pub struct Digest {
     /// `type`: `"pbkdf2"`.
@@ -174,16 +180,23 @@ pub struct Digest {
     pub keyslots: Vec<u32>,
     /// `segments`: the segments that key decrypts.
     pub segments: Vec<u32>,
+    /// The PBKDF2 parameters, when this is a `pbkdf2` digest sealvol can compute.
+    pub params: Option<DigestParams>,
+    /// Unknown fields (and parameters sealvol cannot use), preserved.
+    pub extra: Map<String, Value>,
+}
+
+/// The parameters of a `pbkdf2` digest.
+#[derive(Clone, PartialEq)]
+pub struct DigestParams {
     /// `hash`: PBKDF2 hash.
     pub hash: String,
     /// `iterations`.
     pub iterations: u32,
     /// `salt` (32 bytes).
     pub salt: Vec<u8>,
-    /// `digest`: PBKDF2 output (20 bytes, or the hash's output length).
+    /// `digest`: PBKDF2 output (20 to 64 bytes).
     pub digest: Vec<u8>,
-    /// Unknown fields, preserved.
-    pub extra: Map<String, Value>,
 }
 
 impl std::fmt::Debug for Digest {
@@ -192,8 +205,8 @@ impl std::fmt::Debug for Digest {
             .field("kind", &self.kind)
             .field("keyslots", &self.keyslots)
             .field("segments", &self.segments)
-            .field("hash", &self.hash)
-            .field("iterations", &self.iterations)
+            .field("hash", &self.params.as_ref().map(|p| &p.hash))
+            .field("iterations", &self.params.as_ref().map(|p| p.iterations))
             .finish_non_exhaustive()
     }
 }
@@ -264,25 +277,25 @@ impl Metadata {
             ));
         };
         let mut keyslots = BTreeMap::new();
-        for (id, o) in section(top, "keyslots", MAX_IDS)? {
+        for (id, o) in section(top, "keyslots", ID_LIMIT)? {
             keyslots.insert(id, Keyslot::from_json(o, &format!("keyslots.{id}"))?);
         }
         let mut tokens = BTreeMap::new();
-        for (id, o) in section(top, "tokens", MAX_IDS)? {
+        for (id, o) in section(top, "tokens", ID_LIMIT)? {
             let path = format!("tokens.{id}");
             json::string(o, "type", &path)?;
             let ks = o
                 .get("keyslots")
                 .ok_or_else(|| invalid(&path, "missing required array \"keyslots\""))?;
-            json::ids(ks, &format!("{path}.keyslots"), MAX_IDS)?;
+            json::ids(ks, &format!("{path}.keyslots"), ID_LIMIT)?;
             tokens.insert(id, Value::Object(o.clone()));
         }
         let mut segments = BTreeMap::new();
-        for (id, o) in section(top, "segments", MAX_IDS)? {
+        for (id, o) in section(top, "segments", ID_LIMIT)? {
             segments.insert(id, Segment::from_json(o, &format!("segments.{id}"))?);
         }
         let mut digests = BTreeMap::new();
-        for (id, o) in section(top, "digests", MAX_DIGESTS)? {
+        for (id, o) in section(top, "digests", ID_LIMIT)? {
             digests.insert(id, Digest::from_json(o, &format!("digests.{id}"))?);
         }
         let config = Config::from_json(json::obj(top, "config", "metadata")?)?;
@@ -353,6 +366,18 @@ impl serde::Serialize for Metadata {
     }
 }
 
+/// Removes `key` from `extra` and returns it typed when `fit` takes it; otherwise the value
+/// stays in `extra`, verbatim.
+fn take<T>(
+    extra: &mut Map<String, Value>,
+    key: &str,
+    fit: impl Fn(&Value) -> Option<T>,
+) -> Option<T> {
+    let t = extra.get(key).and_then(fit)?;
+    extra.shift_remove(key);
+    Some(t)
+}
+
 fn append(dst: &mut Map<String, Value>, extra: &Map<String, Value>) {
     for (k, v) in extra {
         dst.insert(k.clone(), v.clone());
@@ -360,31 +385,18 @@ fn append(dst: &mut Map<String, Value>, extra: &Map<String, Value>) {
 }
 
 impl Keyslot {
+    /// Types what fits sealvol's model and keeps everything else verbatim in `extra`
+    /// (validation has already decided the header is acceptable).
     fn from_json(o: &Map<String, Value>, path: &str) -> Result<Self> {
         let kind = json::string(o, "type", path)?.to_string();
         let key_size = json::u32_int(o, "key_size", path)?;
         let area = Area::from_json(json::obj(o, "area", path)?, &format!("{path}.area"))?;
-        let priority = match o.get("priority") {
-            None => None,
-            Some(_) => Some(json::u32_int(o, "priority", path)?),
-        };
-        let (af, kdf, known): (_, _, &[&str]) = if kind == "luks2" {
-            let af = Af::from_json(json::obj(o, "af", path)?, &format!("{path}.af"))?;
-            let kdf = Kdf::from_json(json::obj(o, "kdf", path)?, &format!("{path}.kdf"))?;
-            if area.kind != "raw" {
-                return Err(invalid(
-                    &format!("{path}.area.type"),
-                    format_args!("luks2 keyslots need a \"raw\" area, found {:?}", area.kind),
-                ));
-            }
-            (
-                Some(af),
-                Some(kdf),
-                &["type", "key_size", "af", "area", "kdf", "priority"],
-            )
-        } else {
-            (None, None, &["type", "key_size", "area", "priority"])
-        };
+        let mut extra = json::extra(o, &["type", "key_size", "area"]);
+        let af = take(&mut extra, "af", Af::fit);
+        let kdf = take(&mut extra, "kdf", Kdf::fit);
+        let priority = take(&mut extra, "priority", |v| {
+            v.as_u64().and_then(|p| u32::try_from(p).ok())
+        });
         Ok(Keyslot {
             kind,
             key_size,
@@ -392,7 +404,7 @@ impl Keyslot {
             area,
             kdf,
             priority,
-            extra: json::extra(o, known),
+            extra,
         })
     }
 
@@ -414,25 +426,38 @@ impl Keyslot {
         Value::Object(m)
     }
 
-    /// The priority cryptsetup uses when trying keyslots (missing means 1, normal).
+    /// The priority cryptsetup uses when trying keyslots (missing means 1, normal). A
+    /// `priority` that is not a uint32 counts as 0: the keyslot is tried only when named.
     pub fn effective_priority(&self) -> u32 {
-        self.priority.unwrap_or(1)
+        match (self.priority, self.extra.contains_key("priority")) {
+            (Some(p), _) => p,
+            (None, true) => 0,
+            (None, false) => 1,
+        }
+    }
+
+    /// Why keyslot `id` cannot be opened by sealvol, if it cannot: a type, KDF, cipher or
+    /// hash sealvol does not implement, or parameters outside what it accepts. Such a
+    /// keyslot stays in the header (and in every header sealvol writes) unchanged.
+    pub fn unusable(&self, id: u32) -> Option<String> {
+        super::keyslot::slot_params(id, self)
+            .err()
+            .map(|e| e.to_string())
     }
 }
 
 impl Af {
-    fn from_json(o: &Map<String, Value>, path: &str) -> Result<Self> {
-        let kind = json::string(o, "type", path)?.to_string();
+    /// The splitter when it is a `luks1` splitter with a uint32 stripe count.
+    fn fit(v: &Value) -> Option<Self> {
+        let o = v.as_object()?;
+        let kind = o.get("type")?.as_str()?;
         if kind != "luks1" {
-            return Err(invalid(
-                &format!("{path}.type"),
-                format_args!("only the \"luks1\" anti-forensic splitter exists, found {kind:?}"),
-            ));
+            return None;
         }
-        Ok(Af {
-            kind,
-            stripes: json::u32_int(o, "stripes", path)?,
-            hash: json::string(o, "hash", path)?.to_string(),
+        Some(Af {
+            kind: kind.to_string(),
+            stripes: u32::try_from(o.get("stripes")?.as_u64()?).ok()?,
+            hash: o.get("hash")?.as_str()?.to_string(),
             extra: json::extra(o, &["type", "stripes", "hash"]),
         })
     }
@@ -452,26 +477,18 @@ impl Area {
         let kind = json::string(o, "type", path)?.to_string();
         let offset = json::u64_str(o, "offset", path)?;
         let size = json::u64_str(o, "size", path)?;
-        let (encryption, key_size) = if kind == "raw" {
-            (
-                Some(json::string(o, "encryption", path)?.to_string()),
-                Some(json::u32_int(o, "key_size", path)?),
-            )
-        } else {
-            (None, None)
-        };
-        let known: &[&str] = if kind == "raw" {
-            &["type", "offset", "size", "encryption", "key_size"]
-        } else {
-            &["type", "offset", "size"]
-        };
+        let mut extra = json::extra(o, &["type", "offset", "size"]);
+        let encryption = take(&mut extra, "encryption", |v| v.as_str().map(str::to_string));
+        let key_size = take(&mut extra, "key_size", |v| {
+            v.as_u64().and_then(|k| u32::try_from(k).ok())
+        });
         Ok(Area {
             kind,
             offset,
             size,
             encryption,
             key_size,
-            extra: json::extra(o, known),
+            extra,
         })
     }
 
@@ -495,49 +512,38 @@ impl Area {
 pub const SALT_LEN: usize = 32;
 
 impl Kdf {
-    fn from_json(o: &Map<String, Value>, path: &str) -> Result<Self> {
+    /// The KDF when it is one sealvol implements, in the exact form cryptsetup writes:
+    /// `pbkdf2` (hash, uint32 iterations, 32-byte salt) or `argon2i`/`argon2id` (uint32 time,
+    /// memory, cpus, 32-byte salt), no other field. Anything else stays verbatim in the
+    /// keyslot's `extra` and makes the keyslot unusable ([`Keyslot::unusable`]).
+    fn fit(v: &Value) -> Option<Self> {
         use sealvol_crypto::kdf::Argon2Variant;
-        let kind = json::string(o, "type", path)?;
-        let expect = |n: usize| {
-            if o.len() != n {
-                Err(invalid(
-                    path,
-                    format_args!(
-                        "a {kind} kdf object has exactly {n} fields, found {}",
-                        o.len()
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
+        let o = v.as_object()?;
+        let u32_of = |k: &str| o.get(k)?.as_u64().and_then(|n| u32::try_from(n).ok());
+        let salt = || {
+            use base64::Engine as _;
+            let s = o.get("salt")?.as_str()?;
+            let b = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+            (b.len() == SALT_LEN).then_some(b)
         };
-        match kind {
-            "pbkdf2" => {
-                expect(4)?;
-                Ok(Kdf::Pbkdf2 {
-                    hash: json::string(o, "hash", path)?.to_string(),
-                    iterations: json::u32_int(o, "iterations", path)?,
-                    salt: json::base64(o, "salt", path, Some(SALT_LEN))?,
-                })
-            }
-            "argon2i" | "argon2id" => {
-                expect(5)?;
-                Ok(Kdf::Argon2 {
-                    variant: if kind == "argon2i" {
-                        Argon2Variant::Argon2i
-                    } else {
-                        Argon2Variant::Argon2id
-                    },
-                    time: json::u32_int(o, "time", path)?,
-                    memory: json::u32_int(o, "memory", path)?,
-                    cpus: json::u32_int(o, "cpus", path)?,
-                    salt: json::base64(o, "salt", path, Some(SALT_LEN))?,
-                })
-            }
-            other => Err(crate::Error::Unsupported {
-                what: "keyslot KDF",
-                name: other.to_string(),
+        match o.get("type")?.as_str()? {
+            "pbkdf2" if o.len() == 4 => Some(Kdf::Pbkdf2 {
+                hash: o.get("hash")?.as_str()?.to_string(),
+                iterations: u32_of("iterations")?,
+                salt: salt()?,
             }),
+            kind @ ("argon2i" | "argon2id") if o.len() == 5 => Some(Kdf::Argon2 {
+                variant: if kind == "argon2i" {
+                    Argon2Variant::Argon2i
+                } else {
+                    Argon2Variant::Argon2id
+                },
+                time: u32_of("time")?,
+                memory: u32_of("memory")?,
+                cpus: u32_of("cpus")?,
+                salt: salt()?,
+            }),
+            _ => None,
         }
     }
 
@@ -587,7 +593,7 @@ impl Segment {
     fn from_json(o: &Map<String, Value>, path: &str) -> Result<Self> {
         let kind = json::string(o, "type", path)?.to_string();
         let offset = json::u64_str(o, "offset", path)?;
-        let size = match json::string(o, "size", path)? {
+        let size = match cstr(json::string(o, "size", path)?) {
             "dynamic" => None,
             s => match json::parse_u64_str(s) {
                 Some(0) | None => {
@@ -693,54 +699,33 @@ impl Segment {
 impl Digest {
     fn from_json(o: &Map<String, Value>, path: &str) -> Result<Self> {
         let kind = json::string(o, "type", path)?.to_string();
-        if kind != "pbkdf2" {
-            return Err(crate::Error::Unsupported {
-                what: "digest type",
-                name: kind,
-            });
-        }
-        let keyslots = json::ids(
-            o.get("keyslots")
-                .ok_or_else(|| invalid(path, "missing required array \"keyslots\""))?,
-            &format!("{path}.keyslots"),
-            MAX_IDS,
-        )?;
-        let segments = json::ids(
-            o.get("segments")
-                .ok_or_else(|| invalid(path, "missing required array \"segments\""))?,
-            &format!("{path}.segments"),
-            MAX_IDS,
-        )?;
-        let hash = json::string(o, "hash", path)?.to_string();
-        let iterations = json::u32_int(o, "iterations", path)?;
-        let salt = json::base64(o, "salt", path, Some(SALT_LEN))?;
-        let digest = json::base64(o, "digest", path, None)?;
-        if digest.len() < 20 || digest.len() > 64 {
-            return Err(invalid(
-                &format!("{path}.digest"),
-                format_args!("expected 20 to 64 bytes, found {}", digest.len()),
-            ));
+        let ids = |key: &str| {
+            json::ids(
+                o.get(key)
+                    .ok_or_else(|| invalid(path, format_args!("missing required array {key:?}")))?,
+                &format!("{path}.{key}"),
+                ID_LIMIT,
+            )
+        };
+        let keyslots = ids("keyslots")?;
+        let segments = ids("segments")?;
+        let mut extra = json::extra(o, &["type", "keyslots", "segments"]);
+        let params = if kind == "pbkdf2" {
+            DigestParams::fit(&extra)
+        } else {
+            None
+        };
+        if params.is_some() {
+            for k in ["hash", "iterations", "salt", "digest"] {
+                extra.shift_remove(k);
+            }
         }
         Ok(Digest {
             kind,
             keyslots,
             segments,
-            hash,
-            iterations,
-            salt,
-            digest,
-            extra: json::extra(
-                o,
-                &[
-                    "type",
-                    "keyslots",
-                    "segments",
-                    "hash",
-                    "iterations",
-                    "salt",
-                    "digest",
-                ],
-            ),
+            params,
+            extra,
         })
     }
 
@@ -749,12 +734,49 @@ impl Digest {
         m.insert("type".into(), self.kind.clone().into());
         m.insert("keyslots".into(), json::id_array(&self.keyslots));
         m.insert("segments".into(), json::id_array(&self.segments));
-        m.insert("hash".into(), self.hash.clone().into());
-        m.insert("iterations".into(), self.iterations.into());
-        m.insert("salt".into(), json::b64(&self.salt));
-        m.insert("digest".into(), json::b64(&self.digest));
+        if let Some(p) = &self.params {
+            m.insert("hash".into(), p.hash.clone().into());
+            m.insert("iterations".into(), p.iterations.into());
+            m.insert("salt".into(), json::b64(&p.salt));
+            m.insert("digest".into(), json::b64(&p.digest));
+        }
         append(&mut m, &self.extra);
         Value::Object(m)
+    }
+
+    /// Why this digest cannot check a key, if it cannot.
+    pub fn unusable(&self) -> Option<String> {
+        if self.kind != "pbkdf2" {
+            return Some(format!(
+                "digest type {:?} is not implemented (cryptsetup implements only pbkdf2)",
+                self.kind
+            ));
+        }
+        match &self.params {
+            None => Some("its hash, iterations, salt (32 bytes base64) or digest (20 to 64 bytes base64) are missing or malformed".into()),
+            Some(p) => super::keyslot::hash_alg(&p.hash, "digest hash")
+                .err()
+                .map(|e| e.to_string()),
+        }
+    }
+}
+
+impl DigestParams {
+    fn fit(o: &Map<String, Value>) -> Option<Self> {
+        use base64::Engine as _;
+        let b64 = |k: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(o.get(k)?.as_str()?)
+                .ok()
+        };
+        let salt = b64("salt").filter(|s| s.len() == SALT_LEN)?;
+        let digest = b64("digest").filter(|d| (20..=64).contains(&d.len()))?;
+        Some(DigestParams {
+            hash: o.get("hash")?.as_str()?.to_string(),
+            iterations: u32::try_from(o.get("iterations")?.as_u64()?).ok()?,
+            salt,
+            digest,
+        })
     }
 }
 

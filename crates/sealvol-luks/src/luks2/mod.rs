@@ -11,13 +11,17 @@ mod json;
 mod keyslot;
 pub mod metadata;
 mod segment;
-mod validate;
+mod state;
+pub mod validate;
 mod volume;
 
 pub use crate::error::Copy;
 pub use header::{Header, LoadReport};
-pub use metadata::{Af, Area, Config, Digest, Kdf, Keyslot, Metadata, Requirements, Segment};
+pub use metadata::{
+    Af, Area, Config, Digest, DigestParams, Kdf, Keyslot, Metadata, Requirements, Segment,
+};
 pub use segment::DataSegment;
+pub use state::Blocker;
 pub use volume::{Unlocked, Volume};
 
 use crate::{Error, Result};
@@ -296,6 +300,20 @@ pub fn parse_header_bytes(bytes: &[u8]) -> Result<Header> {
     let p = header::parse_copy(bytes, which, offset).map_err(|e| e.error)?;
     let salt = p.bin.salt;
     header::header_from(p, Some(salt))
+}
+
+/// Parses and validates a JSON area (the bytes after a copy's 4096-byte binary header) for a
+/// copy of `hdr_size` bytes: the area's form, cryptsetup's repair and every metadata rule
+/// ([`validate::RULES`]), then the typed model. No checksum, no binary header: for fuzzing
+/// and tests of the metadata rules alone.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the rule.
+pub fn parse_json_area(area: &[u8], hdr_size: u64) -> Result<Metadata> {
+    let mut v = header::parse_json_area(area)?;
+    validate::repair(&mut v);
+    validate::check(&v, hdr_size)?;
+    Metadata::from_json(&v)
 }
 
 impl binary::Magic {

@@ -195,10 +195,12 @@ fn build(g: &Gen) -> Header {
         kind: "pbkdf2".into(),
         keyslots: ids,
         segments: vec![0],
-        hash: g.digest_hash.into(),
-        iterations: 1000,
-        salt: vec![7; 32],
-        digest: vec![9; g.digest_len],
+        params: Some(super::metadata::DigestParams {
+            hash: g.digest_hash.into(),
+            iterations: 1000,
+            salt: vec![7; 32],
+            digest: vec![9; g.digest_len],
+        }),
         extra: Map::new(),
     };
     Header {
@@ -274,5 +276,209 @@ proptest! {
             binary::set_checksum(&mut bytes, &c);
         }
         let _ = parse_header_bytes(&bytes);
+    }
+}
+
+// ---- JSON-level mutations of a cryptsetup header: the metadata rules and the lenient model ----
+
+/// Every path of `v` (object members and array elements).
+fn json_paths(v: &Value, prefix: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                prefix.push(json!(k));
+                out.push(prefix.clone());
+                json_paths(x, prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                prefix.push(json!(i));
+                out.push(prefix.clone());
+                json_paths(x, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn at_mut<'a>(v: &'a mut Value, path: &[Value]) -> Option<&'a mut Value> {
+    let mut cur = v;
+    for p in path {
+        cur = match (cur, p) {
+            (Value::Object(m), Value::String(k)) => m.get_mut(k)?,
+            (Value::Array(a), Value::Number(n)) => a.get_mut(n.as_u64()? as usize)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Values that hit the rules: wrong types, edge numbers, numeric strings, known names.
+fn pool() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        prop::sample::select(vec![0i64, 1, -1, 511, 512, 4000, 4096, 1536, 1 << 32])
+            .prop_map(Value::from),
+        prop::sample::select(vec![
+            "",
+            "0",
+            "-1",
+            "+4096",
+            " 4096",
+            "01",
+            "512",
+            "16777216",
+            "18446744073709551616",
+            "dynamic",
+            "luks2",
+            "reencrypt",
+            "raw",
+            "crypt",
+            "linear",
+            "hw-opal-crypt",
+            "pbkdf2",
+            "argon2id",
+            "scrypt",
+            "sha256",
+            "whirlpool",
+            "cipher_null",
+            "backup-final",
+            "in-reencryption",
+            "online-reencrypt-v2",
+            "future",
+            "x\u{0}y",
+        ])
+        .prop_map(Value::from),
+        Just(json!([])),
+        Just(json!({})),
+        Just(json!(["0"])),
+        Just(json!(1.5)),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Edit {
+    Remove(prop::sample::Index),
+    Set(prop::sample::Index, Value),
+    Add(prop::sample::Index, String, Value),
+}
+
+fn edit_strategy() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        any::<prop::sample::Index>().prop_map(Edit::Remove),
+        (any::<prop::sample::Index>(), pool()).prop_map(|(i, v)| Edit::Set(i, v)),
+        (
+            any::<prop::sample::Index>(),
+            prop::sample::select(vec![
+                "future",
+                "priority",
+                "flags",
+                "integrity",
+                "requirements",
+                "time",
+                "1",
+                "2"
+            ]),
+            pool()
+        )
+            .prop_map(|(i, k, v)| Edit::Add(i, k.to_string(), v)),
+    ]
+}
+
+fn apply(v: &mut Value, e: &Edit) {
+    let mut paths = Vec::new();
+    json_paths(v, &mut Vec::new(), &mut paths);
+    if paths.is_empty() {
+        return;
+    }
+    match e {
+        Edit::Remove(i) => {
+            let p = paths[i.index(paths.len())].clone();
+            let (last, parent) = p.split_last().unwrap();
+            match (at_mut(v, parent), last) {
+                (Some(Value::Object(m)), Value::String(k)) => {
+                    m.shift_remove(k);
+                }
+                (Some(Value::Array(a)), Value::Number(n)) => {
+                    a.remove(n.as_u64().unwrap() as usize);
+                }
+                _ => {}
+            }
+        }
+        Edit::Set(i, x) => {
+            if let Some(t) = at_mut(v, &paths[i.index(paths.len())].clone()) {
+                *t = x.clone();
+            }
+        }
+        Edit::Add(i, k, x) => {
+            if let Some(Value::Object(m)) = at_mut(v, &paths[i.index(paths.len())].clone()) {
+                m.insert(k.clone(), x.clone());
+            }
+        }
+    }
+}
+
+fn area_of(v: &Value) -> Vec<u8> {
+    let mut a = v.to_string().into_bytes();
+    a.resize(12288, 0);
+    a
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary edits of a cryptsetup header's JSON never panic the rules, the typed model
+    /// or the dump; an accepted header re-encodes to JSON that passes every rule again and
+    /// types to the same metadata.
+    #[test]
+    fn json_mutations_never_panic_and_accepted_ones_reencode_to_themselves(
+        edits in prop::collection::vec(edit_strategy(), 1..5),
+    ) {
+        let mut v: Value = serde_json::from_str(super::tests::BASE).unwrap();
+        for e in &edits {
+            apply(&mut v, e);
+        }
+        let text = v.to_string();
+        if text.len() >= 12288 {
+            return Ok(());
+        }
+        let Ok(md) = parse_json_area(&area_of(&v), 16384) else {
+            return Ok(());
+        };
+        let again = parse_json_area(&area_of(&md.to_json()), 16384);
+        prop_assert!(again.is_ok(), "re-encoded metadata refused: {:?}", again.err());
+        prop_assert_eq!(again.unwrap(), md.clone());
+        for (id, k) in &md.keyslots {
+            let _ = k.unusable(*id);
+        }
+        let _ = super::state::blockers(&md);
+        let _ = crate::dump::text(&json!({"version": 2, "metadata": md.to_json()}));
+    }
+
+    /// Objects sealvol does not model (unknown keyslot types and KDFs, tokens, digests,
+    /// fields anywhere) come back value for value.
+    #[test]
+    fn unknown_objects_are_written_back_value_for_value(
+        kind in prop::sample::select(vec!["future", "luks3", "tpm2-sealed"]),
+        kdf in prop::sample::select(vec!["scrypt", "balloon", "argon3"]),
+        extra in pool(),
+        token in pool(),
+    ) {
+        let mut v: Value = serde_json::from_str(super::tests::BASE).unwrap();
+        v["keyslots"]["1"] = json!({"type": kind, "key_size": 32, "x": extra.clone(),
+            "area": {"type": "sealed", "offset": "290816", "size": "8192", "y": extra.clone()}});
+        v["keyslots"]["0"]["kdf"] = json!({"type": kdf, "salt": "c2FsdA==", "cost": extra.clone()});
+        v["tokens"]["3"] = json!({"type": "t", "keyslots": ["1"], "payload": token});
+        v["digests"]["1"] = json!({"type": "future-digest", "keyslots": [], "segments": [], "z": extra.clone()});
+        v["segments"]["0"]["future"] = extra.clone();
+        v["config"]["future"] = extra;
+        let md = parse_json_area(&area_of(&v), 16384).unwrap();
+        prop_assert_eq!(md.to_json(), v);
     }
 }

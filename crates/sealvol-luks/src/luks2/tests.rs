@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::io::Cursor;
 
 /// A header cryptsetup 2.6 wrote (`luksFormat --pbkdf pbkdf2 --pbkdf-force-iterations 1000`).
-const BASE: &str = r#"{"keyslots":{"0":{"type":"luks2","key_size":64,"af":{"type":"luks1","stripes":4000,"hash":"sha256"},"area":{"type":"raw","offset":"32768","size":"258048","encryption":"aes-xts-plain64","key_size":64},"kdf":{"type":"pbkdf2","hash":"sha256","iterations":1000,"salt":"IiObm2876HKnAW/rVjizgmqxlv21NO2r3oy8g/FCVsw="}}},"tokens":{},"segments":{"0":{"type":"crypt","offset":"16777216","size":"dynamic","iv_tweak":"0","encryption":"aes-xts-plain64","sector_size":4096}},"digests":{"0":{"type":"pbkdf2","keyslots":["0"],"segments":["0"],"hash":"sha256","iterations":1000,"salt":"Ia/s7TC4O+HPHa4Cx7kVkeFxlP72rfcy+llJxnKjbxw=","digest":"Gj20BJ3U29gxgiPNWz+VFjcOQ2FqKqaKeosJwlS3xhw="}},"config":{"json_size":"12288","keyslots_size":"16744448"}}"#;
+pub(super) const BASE: &str = r#"{"keyslots":{"0":{"type":"luks2","key_size":64,"af":{"type":"luks1","stripes":4000,"hash":"sha256"},"area":{"type":"raw","offset":"32768","size":"258048","encryption":"aes-xts-plain64","key_size":64},"kdf":{"type":"pbkdf2","hash":"sha256","iterations":1000,"salt":"IiObm2876HKnAW/rVjizgmqxlv21NO2r3oy8g/FCVsw="}}},"tokens":{},"segments":{"0":{"type":"crypt","offset":"16777216","size":"dynamic","iv_tweak":"0","encryption":"aes-xts-plain64","sector_size":4096}},"digests":{"0":{"type":"pbkdf2","keyslots":["0"],"segments":["0"],"hash":"sha256","iterations":1000,"salt":"Ia/s7TC4O+HPHa4Cx7kVkeFxlP72rfcy+llJxnKjbxw=","digest":"Gj20BJ3U29gxgiPNWz+VFjcOQ2FqKqaKeosJwlS3xhw="}},"config":{"json_size":"12288","keyslots_size":"16744448"}}"#;
 
 fn base() -> Value {
     serde_json::from_str(BASE).unwrap()
@@ -42,26 +42,14 @@ fn parse(v: &Value) -> Result<Header> {
     parse_header_bytes(&copy_raw(v.to_string().as_bytes(), 16384))
 }
 
-#[track_caller]
-fn refused(v: &Value, needle: &str) {
-    match parse(v) {
-        Err(e @ (Error::Invalid(_) | Error::Unsupported { .. })) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "error {msg:?} does not mention {needle:?}"
-            );
-        }
-        Err(e) => panic!("expected Invalid mentioning {needle:?}, got {e:?}"),
-        Ok(_) => panic!("accepted a header that must be refused ({needle})"),
-    }
-}
-
 fn edit(f: impl FnOnce(&mut Value)) -> Value {
     let mut v = base();
     f(&mut v);
     v
 }
+
+#[path = "rules_tests.rs"]
+mod rules_tests;
 
 fn second_keyslot(offset: &str) -> Value {
     let mut k = base()["keyslots"]["0"].clone();
@@ -77,317 +65,6 @@ fn base_header_parses_and_reencodes_identically() {
     assert_eq!(h.label(), "l");
     assert_eq!(h.data_offset(), 16 << 20);
     assert_eq!(h.areas_len(), 16 << 20);
-}
-
-#[test]
-fn overlapping_keyslot_areas_are_refused() {
-    refused(
-        &edit(|v| {
-            v["keyslots"]["1"] = second_keyslot("36864");
-            v["digests"]["0"]["keyslots"] = json!(["0", "1"]);
-        }),
-        "overlaps",
-    );
-    // Adjacent areas are fine.
-    let ok = edit(|v| {
-        v["keyslots"]["1"] = second_keyslot(&(32768 + 258048).to_string());
-        v["digests"]["0"]["keyslots"] = json!(["0", "1"]);
-    });
-    parse(&ok).unwrap();
-}
-
-#[test]
-fn keyslot_area_out_of_bounds_is_refused() {
-    refused(
-        &edit(|v| v["keyslots"]["0"]["area"]["offset"] = json!("16646144")),
-        "runs past the end",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["area"]["offset"] = json!("16384")),
-        "inside the header copies",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["area"]["size"] = json!("0")),
-        "size 0",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["area"]["offset"] = json!("33000")),
-        "aligned",
-    );
-}
-
-#[test]
-fn area_arithmetic_overflow_is_refused() {
-    refused(
-        &edit(|v| v["keyslots"]["0"]["area"]["offset"] = json!("18446744073709551104")),
-        "overflows",
-    );
-    refused(
-        &edit(|v| {
-            v["segments"]["0"]["offset"] = json!("18446744073709551104");
-            v["segments"]["0"]["size"] = json!("4096");
-        }),
-        "overflows",
-    );
-}
-
-#[test]
-fn bad_json_size_is_refused() {
-    refused(
-        &edit(|v| v["config"]["json_size"] = json!("12289")),
-        "json_size",
-    );
-    // A 32 KiB copy whose config still says 12288.
-    let e = parse_header_bytes(&copy_raw(BASE.as_bytes(), 32768)).unwrap_err();
-    assert!(e.to_string().contains("json_size"), "{e}");
-}
-
-#[test]
-fn trailing_junk_after_json_is_refused() {
-    for junk in [&b" "[..], b"\n", b"x", b"{}", b"\0x"] {
-        let mut area = BASE.as_bytes().to_vec();
-        area.extend_from_slice(junk);
-        let e = parse_header_bytes(&copy_raw(&area, 16384)).unwrap_err();
-        assert!(matches!(e, Error::Invalid(_)), "{junk:?}: {e:?}");
-    }
-    let mut lead = b" ".to_vec();
-    lead.extend_from_slice(BASE.as_bytes());
-    assert!(matches!(
-        parse_header_bytes(&copy_raw(&lead, 16384)),
-        Err(Error::Invalid(_))
-    ));
-    // JSON filling the whole area leaves no terminating NUL.
-    let s = BASE.replace(
-        "\"tokens\":{}",
-        &format!(
-            "\"tokens\":{{}},\"pad\":\"{}\"",
-            "p".repeat(12288 - BASE.len() - 9)
-        ),
-    );
-    assert_eq!(s.len(), 12288);
-    let e = parse_header_bytes(&copy_raw(s.as_bytes(), 16384)).unwrap_err();
-    assert!(e.to_string().contains("NUL"), "{e}");
-}
-
-#[test]
-fn bad_string_uint64_is_refused() {
-    for bad in [
-        "-1",
-        "+32768",
-        " 32768",
-        "32768 ",
-        "",
-        "18446744073709551616",
-        "0x8000",
-        "3.2e4",
-    ] {
-        refused(
-            &edit(|v| v["keyslots"]["0"]["area"]["offset"] = json!(bad)),
-            "string-uint64",
-        );
-    }
-    refused(
-        &edit(|v| v["keyslots"]["0"]["area"]["offset"] = json!(32768)),
-        "expected a string",
-    );
-    refused(
-        &edit(|v| v["segments"]["0"]["iv_tweak"] = json!("-0")),
-        "iv_tweak",
-    );
-    refused(
-        &edit(|v| v["config"]["keyslots_size"] = json!("1e6")),
-        "keyslots_size",
-    );
-    refused(&edit(|v| v["segments"]["0"]["size"] = json!("0")), "size");
-    refused(
-        &edit(|v| v["segments"]["0"]["size"] = json!("Dynamic")),
-        "size",
-    );
-}
-
-#[test]
-fn bad_integers_are_refused() {
-    refused(
-        &edit(|v| v["keyslots"]["0"]["key_size"] = json!(-64)),
-        "key_size",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["key_size"] = json!(64.0)),
-        "key_size",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["key_size"] = json!(4294967296u64)),
-        "key_size",
-    );
-    refused(
-        &edit(|v| v["segments"]["0"]["sector_size"] = json!("4096")),
-        "sector_size",
-    );
-}
-
-#[test]
-fn keyslots_size_rules() {
-    refused(
-        &edit(|v| v["config"]["keyslots_size"] = json!("16744449")),
-        "multiple of 4096",
-    );
-    refused(
-        &edit(|v| v["config"]["keyslots_size"] = json!("134221824")),
-        "multiple of 4096",
-    );
-    // Keyslots area running into the data segment.
-    refused(
-        &edit(|v| v["config"]["keyslots_size"] = json!("16777216")),
-        "too large",
-    );
-}
-
-#[test]
-fn dangling_references_are_refused() {
-    refused(
-        &edit(|v| v["digests"]["0"]["keyslots"] = json!(["0", "1"])),
-        "keyslot 1",
-    );
-    refused(
-        &edit(|v| v["digests"]["0"]["segments"] = json!(["0", "1"])),
-        "segment 1",
-    );
-    refused(
-        &edit(|v| v["tokens"]["0"] = json!({"type": "t", "keyslots": ["3"]})),
-        "keyslot 3",
-    );
-    refused(
-        &edit(|v| v["tokens"]["0"] = json!({"keyslots": []})),
-        "type",
-    );
-    refused(
-        &edit(|v| v["tokens"]["0"] = json!({"type": "t"})),
-        "keyslots",
-    );
-    refused(
-        &edit(|v| v["tokens"]["0"] = json!({"type": "t", "keyslots": [0]})),
-        "string",
-    );
-}
-
-#[test]
-fn keyslot_and_segment_digest_rules() {
-    // A luks2 keyslot in no digest.
-    refused(
-        &edit(|v| {
-            v["keyslots"]["1"] = second_keyslot("294912");
-        }),
-        "exactly one",
-    );
-    // A crypt segment without digest.
-    refused(
-        &edit(|v| v["digests"]["0"]["segments"] = json!([])),
-        "no digest",
-    );
-}
-
-#[test]
-fn bad_ids_are_refused() {
-    for id in ["00", "01", "32", "a", "-1", " 1", ""] {
-        refused(
-            &edit(|v| {
-                let t = json!({"type": "t", "keyslots": []});
-                v["tokens"]
-                    .as_object_mut()
-                    .unwrap()
-                    .insert(id.to_string(), t);
-            }),
-            "id",
-        );
-    }
-    refused(
-        &edit(|v| {
-            let k = v["keyslots"]["0"].take();
-            let ks = v["keyslots"].as_object_mut().unwrap();
-            ks.clear();
-            ks.insert("00".into(), k);
-            v["digests"]["0"]["keyslots"] = json!(["00"]);
-        }),
-        "id",
-    );
-}
-
-#[test]
-fn segment_rules() {
-    refused(
-        &edit(|v| v["segments"]["0"]["offset"] = json!("16777217")),
-        "multiple of 512",
-    );
-    refused(
-        &edit(|v| v["segments"]["0"]["size"] = json!("1536")),
-        "sector size",
-    );
-    for ss in [0, 3000, 8192, 256] {
-        refused(
-            &edit(|v| v["segments"]["0"]["sector_size"] = json!(ss)),
-            "sector_size",
-        );
-    }
-    refused(
-        &edit(|v| {
-            v["segments"] = json!({});
-            v["digests"]["0"]["segments"] = json!([]);
-        }),
-        "empty",
-    );
-    refused(
-        &edit(|v| v["segments"]["0"]["flags"] = json!([1])),
-        "string",
-    );
-    // A gap in segment ids.
-    refused(
-        &edit(|v| {
-            let s = v["segments"]["0"].take();
-            v["segments"] = json!({ "1": s });
-            v["digests"]["0"]["segments"] = json!(["1"]);
-        }),
-        "gap",
-    );
-    // Two overlapping segments.
-    refused(
-        &edit(|v| {
-            let mut s0 = v["segments"]["0"].clone();
-            s0["size"] = json!("8192");
-            v["segments"]["1"] = v["segments"]["0"].clone();
-            v["segments"]["1"]["offset"] = json!("16781312");
-            v["segments"]["0"] = s0;
-            v["digests"]["0"]["segments"] = json!(["0", "1"]);
-        }),
-        "overlap",
-    );
-}
-
-#[test]
-fn kdf_objects_must_have_exactly_their_fields() {
-    refused(
-        &edit(|v| v["keyslots"]["0"]["kdf"]["extra"] = json!(1)),
-        "exactly 4 fields",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["kdf"]["type"] = json!("scrypt")),
-        "scrypt",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["kdf"]["salt"] = json!("!!!")),
-        "base64",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["kdf"]["salt"] = json!("AAAA")),
-        "32 bytes",
-    );
-    refused(
-        &edit(|v| v["digests"]["0"]["digest"] = json!("AAAA")),
-        "20 to 64",
-    );
-    refused(
-        &edit(|v| v["keyslots"]["0"]["af"]["type"] = json!("luks2")),
-        "luks1",
-    );
 }
 
 #[test]
@@ -468,7 +145,7 @@ fn rewrite(vol: Volume<Cursor<Vec<u8>>>, f: impl FnOnce(&mut Header)) -> Volume<
 }
 
 #[test]
-fn unknown_requirement_makes_the_volume_read_only() {
+fn unknown_requirement_refuses_opening_and_writing_but_not_reading() {
     let vk = SecretBytes::random(64).unwrap();
     let mut vol = rewrite(volume(&vk), |h| {
         h.metadata.config.requirements = Some(Requirements {
@@ -476,30 +153,41 @@ fn unknown_requirement_makes_the_volume_read_only() {
             extra: Default::default(),
         });
     });
-    assert!(vol.read_only().is_some());
-    // Reading still works.
-    assert!(vol
-        .unlock(b"pw", None)
-        .unwrap()
-        .volume_key
-        .ct_eq(vk.expose()));
+    let ro = vol.read_only().unwrap();
+    assert!(ro.contains("\"future-feature\""), "{ro}");
+    let blocked = |e: Result<_>| match e {
+        Err(Error::Blocked(Blocker::UnknownRequirement(f))) => assert_eq!(f, "future-feature"),
+        Err(e) => panic!("expected the requirement to block, got {e:?}"),
+        Ok(_) => panic!("expected the requirement to block"),
+    };
+    blocked(vol.unlock(b"pw", None).map(|_| ()));
+    blocked(vol.data_segment().map(|_| ()));
     let seq = vol.header().seqid();
     let kdf = KdfParams::pbkdf2_min();
-    assert!(matches!(
-        vol.add_keyslot(&vk, b"x", &kdf, None),
-        Err(Error::ReadOnly(_))
-    ));
-    assert!(matches!(vol.remove_keyslot(0), Err(Error::ReadOnly(_))));
-    assert!(matches!(
-        vol.change_key(b"pw", b"x", None, None),
-        Err(Error::ReadOnly(_))
-    ));
-    assert!(matches!(
-        vol.add_token(json!({"type": "t", "keyslots": []}), None),
-        Err(Error::ReadOnly(_))
-    ));
-    assert!(matches!(vol.erase(), Err(Error::ReadOnly(_))));
+    blocked(vol.add_keyslot(&vk, b"x", &kdf, None).map(|_| ()));
+    blocked(vol.remove_keyslot(0));
+    blocked(vol.change_key(b"pw", b"x", None, None).map(|_| ()));
+    blocked(
+        vol.add_token(json!({"type": "t", "keyslots": []}), None)
+            .map(|_| ()),
+    );
+    blocked(vol.erase());
     assert_eq!(vol.header().seqid(), seq);
+    // Known flags of cryptsetup get their own explanation.
+    for (flag, what) in [
+        ("online-reencrypt-v2", "cryptsetup reencrypt --resume-only"),
+        ("offline-reencrypt", "offline reencryption"),
+        ("opal", "OPAL"),
+        ("inline-hw-tags", "inline hardware integrity"),
+    ] {
+        let mut h = vol.header().clone();
+        h.metadata.config.requirements = Some(Requirements {
+            mandatory: Some(vec![flag.into()]),
+            extra: Default::default(),
+        });
+        let why = super::state::blockers(&h.metadata)[0].to_string();
+        assert!(why.contains(what), "{flag}: {why}");
+    }
 }
 
 #[test]
@@ -522,6 +210,19 @@ fn cipher_null_segment_is_refused() {
     ));
 }
 
+#[track_caller]
+fn unusable_slot<T: std::fmt::Debug>(r: Result<T>, needle: &str) {
+    match r {
+        Err(Error::UnusableKeyslot { reason, .. }) => {
+            assert!(
+                reason.to_string().contains(needle),
+                "{reason:?} does not mention {needle:?}"
+            )
+        }
+        other => panic!("expected an unusable keyslot ({needle}), got {other:?}"),
+    }
+}
+
 #[test]
 fn cipher_null_keyslot_is_refused() {
     let vk = SecretBytes::random(64).unwrap();
@@ -530,27 +231,98 @@ fn cipher_null_keyslot_is_refused() {
         a.encryption = Some("cipher_null".into());
         a.key_size = Some(0);
     });
-    assert!(matches!(
-        vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher { .. })
-    ));
-    assert!(matches!(
-        vol.unlock(b"pw", Some(0)),
-        Err(Error::UnsupportedCipher { .. })
-    ));
+    // The keyslot is unusable, and the reason is the crypto layer's refusal of the cipher.
+    unusable_slot(vol.unlock(b"pw", None), "cipher_null");
+    unusable_slot(vol.unlock(b"pw", Some(0)), "cipher_null");
+    for r in [vol.unlock(b"pw", None), vol.unlock(b"pw", Some(0))] {
+        assert!(
+            matches!(&r, Err(Error::UnusableKeyslot { reason, .. })
+                if matches!(**reason, Error::UnsupportedCipher { .. })),
+            "{r:?}"
+        );
+    }
     // Ciphers sealvol does not implement are refused too, naming the part.
     let mut vol = rewrite(vol, |h| {
         let a = &mut h.metadata.keyslots.get_mut(&0).unwrap().area;
         a.encryption = Some("camellia-xts-plain64".into());
         a.key_size = Some(64);
     });
-    assert!(matches!(
-        vol.unlock(b"pw", None),
-        Err(Error::UnsupportedCipher {
+    unusable_slot(vol.unlock(b"pw", None), "camellia-xts-plain64");
+    let r = vol.unlock(b"pw", None);
+    assert!(
+        matches!(&r, Err(Error::UnusableKeyslot { reason, .. })
+        if matches!(**reason, Error::UnsupportedCipher {
             part: sealvol_crypto::spec::CipherPart::Cipher,
+            ..
+        })),
+        "{r:?}"
+    );
+}
+
+/// Partial usability meets `CipherSpec`: in a serpent volume, a keyslot whose area cipher
+/// sealvol does not implement is unusable (the reason is `UnsupportedCipher` naming the part)
+/// while the others unlock; a segment in such a cipher makes only the data unusable: the
+/// header still opens and dumps, naming both.
+#[test]
+fn a_cipher_sealvol_lacks_makes_only_that_object_unusable() {
+    use sealvol_crypto::spec::CipherPart;
+    let vk = SecretBytes::random(32).unwrap();
+    let opts = FormatOptions {
+        cipher: "serpent-cbc-essiv:sha256".into(),
+        key_size_bits: 256,
+        ..small_opts()
+    };
+    let mut vol = Volume::format(Cursor::new(Vec::new()), &opts, &vk, b"pw").unwrap();
+    let id = vol
+        .add_keyslot(&vk, b"second", &KdfParams::pbkdf2_min(), None)
+        .unwrap();
+    let mut vol = rewrite(vol, |h| {
+        h.metadata.keyslots.get_mut(&id).unwrap().area.encryption = Some("serpent-cbc-lmk".into());
+    });
+    assert!(vol
+        .unlock(b"pw", None)
+        .unwrap()
+        .volume_key
+        .ct_eq(vk.expose()));
+    let r = vol.unlock(b"second", Some(id));
+    assert!(
+        matches!(&r, Err(Error::UnusableKeyslot { id: i, reason })
+            if *i == id && matches!(**reason, Error::UnsupportedCipher { part: CipherPart::Iv, .. })),
+        "{r:?}"
+    );
+    // Only keyslot `id` opens with "second", and it is unusable: its reason, not WrongKey.
+    let r = vol.unlock(b"second", None);
+    assert!(matches!(r, Err(Error::WrongKey)), "{r:?}");
+    let any = crate::AnyVolume::Luks2(vol);
+    let doc = any.dump_json();
+    let why = doc["unusable"]["keyslots"][id.to_string()]
+        .as_str()
+        .unwrap();
+    assert!(why.contains("IV generator \"lmk\""), "{why}");
+    assert!(doc["unusable"]["keyslots"].get("0").is_none());
+    assert!(doc["unusable"]["data_segment"].is_null());
+    let crate::AnyVolume::Luks2(vol) = any else {
+        unreachable!()
+    };
+    // The segment in a cipher sealvol lacks: the header opens, the data is unusable.
+    let mut vol = rewrite(vol, |h| {
+        h.metadata.segments.get_mut(&0).unwrap().encryption = Some("camellia-cbc-plain64".into());
+    });
+    assert!(vol.blockers().is_empty());
+    assert!(matches!(
+        vol.data_segment(),
+        Err(Error::UnsupportedCipher {
+            part: CipherPart::Cipher,
             ..
         })
     ));
+    assert!(matches!(
+        vol.unlock(b"pw", None),
+        Err(Error::UnsupportedCipher { .. })
+    ));
+    let doc = crate::AnyVolume::Luks2(vol).dump_json();
+    let why = doc["unusable"]["data_segment"].as_str().unwrap();
+    assert!(why.contains("camellia"), "{why}");
 }
 
 #[test]
@@ -566,7 +338,7 @@ fn segment_with_integrity_or_bad_stripes_is_refused() {
             .unwrap()
             .stripes = 3999;
     });
-    assert!(matches!(vol.unlock(b"pw", Some(0)), Err(Error::Invalid(_))));
+    unusable_slot(vol.unlock(b"pw", Some(0)), "3999 AF stripes");
     let vol = rewrite(vol, |h| {
         h.metadata.segments.get_mut(&0).unwrap().integrity = Some(
             json!({"type": "hmac(sha256)", "journal_encryption": "none", "journal_integrity": "none"}),
@@ -574,7 +346,7 @@ fn segment_with_integrity_or_bad_stripes_is_refused() {
     });
     assert!(matches!(
         vol.data_segment(),
-        Err(Error::UnsupportedCipher { .. })
+        Err(Error::Blocked(Blocker::Integrity { segment: 0 }))
     ));
 }
 
@@ -597,7 +369,7 @@ fn excessive_argon2_cost_is_refused_before_deriving() {
     ));
     // Outside cryptsetup's own bounds even with no limit.
     vol.set_kdf_limits(crate::KdfLimits::unlimited());
-    assert!(matches!(vol.unlock(b"pw", Some(0)), Err(Error::Invalid(_))));
+    unusable_slot(vol.unlock(b"pw", Some(0)), "Argon2 cost");
     for (time, memory, cpus) in [(4, 64, 0), (4, 64, 64), (0, 64, 1)] {
         let mut vol = rewrite(volume(&vk), |h| {
             h.metadata.keyslots.get_mut(&0).unwrap().kdf = Some(Kdf::Argon2 {
@@ -608,7 +380,7 @@ fn excessive_argon2_cost_is_refused_before_deriving() {
                 salt: vec![0; 32],
             });
         });
-        assert!(matches!(vol.unlock(b"pw", Some(0)), Err(Error::Invalid(_))));
+        unusable_slot(vol.unlock(b"pw", Some(0)), "Argon2 cost");
     }
 }
 
@@ -769,7 +541,14 @@ fn hostile_kdf_costs_are_refused_at_once() {
         }
     }
     let mut vol = rewrite(volume(&vk), |h| {
-        h.metadata.digests.get_mut(&0).unwrap().iterations = u32::MAX;
+        h.metadata
+            .digests
+            .get_mut(&0)
+            .unwrap()
+            .params
+            .as_mut()
+            .unwrap()
+            .iterations = u32::MAX;
     });
     let e = vol.unlock(b"pw", None).unwrap_err();
     assert!(
@@ -820,6 +599,90 @@ fn kdf_params_render_as_the_cli_names_them() {
         serde_json::to_value(a).unwrap(),
         json!({"type": "argon2id", "time": 4, "memory": 65536, "cpus": 2})
     );
+}
+
+/// Keyslot 1: a luks2 keyslot whose KDF sealvol does not implement, after keyslot 0.
+fn add_scrypt_keyslot(h: &mut Header) {
+    let mut k = h.metadata.keyslots[&0].clone();
+    k.area.offset += k.area.size;
+    k.kdf = None;
+    k.extra.insert(
+        "kdf".into(),
+        json!({"type": "scrypt", "n": 1048576, "salt": "c2FsdA=="}),
+    );
+    h.metadata.keyslots.insert(1, k);
+    h.metadata.digests.get_mut(&0).unwrap().keyslots.push(1);
+}
+
+#[test]
+fn an_unknown_kdf_leaves_the_rest_usable_dumped_and_preserved() {
+    let vk = SecretBytes::random(64).unwrap();
+    let mut vol = rewrite(volume(&vk), add_scrypt_keyslot);
+    let foreign = vol.header().metadata().to_json()["keyslots"]["1"].clone();
+    // Keyslot 0 still unlocks; keyslot 1 names what is missing.
+    assert!(vol
+        .unlock(b"pw", None)
+        .unwrap()
+        .volume_key
+        .ct_eq(vk.expose()));
+    match vol.unlock(b"pw", Some(1)) {
+        Err(e @ Error::UnusableKeyslot { id: 1, .. }) => {
+            assert!(e.to_string().contains("scrypt"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Dump (JSON and text) lists it and why.
+    let any = crate::AnyVolume::Luks2(vol);
+    let doc = any.dump_json();
+    let why = doc["unusable"]["keyslots"]["1"].as_str().unwrap();
+    assert!(why.contains("scrypt"), "{why}");
+    assert!(doc["unusable"]["keyslots"].get("0").is_none());
+    let text = crate::dump::text(&doc);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("\tUnusable:") && l.contains("scrypt")),
+        "{text}"
+    );
+    // Writing the header back keeps the unknown keyslot value for value.
+    let crate::AnyVolume::Luks2(mut vol) = any else {
+        unreachable!()
+    };
+    let id = vol
+        .add_keyslot(&vk, b"second", &KdfParams::pbkdf2_min(), None)
+        .unwrap();
+    assert_eq!(id, 2);
+    let vol = Volume::open(vol.into_storage()).unwrap();
+    assert_eq!(vol.header().metadata().to_json()["keyslots"]["1"], foreign);
+    let mut vol = vol;
+    assert_eq!(vol.unlock(b"second", None).unwrap().keyslot, 2);
+}
+
+#[test]
+fn only_unusable_keyslots_give_the_reason_not_wrong_key() {
+    let vk = SecretBytes::random(64).unwrap();
+    let mut vol = rewrite(volume(&vk), |h| {
+        add_scrypt_keyslot(h);
+        h.metadata.keyslots.get_mut(&0).unwrap().priority = Some(0);
+    });
+    // Keyslot 0 is "ignore" (only tried when named), keyslot 1 unusable.
+    assert!(matches!(
+        vol.unlock(b"pw", None),
+        Err(Error::UnusableKeyslot { id: 1, .. })
+    ));
+    assert_eq!(vol.unlock(b"pw", Some(0)).unwrap().keyslot, 0);
+}
+
+#[test]
+fn checksum_algorithm_names_resolve_as_openssl_resolves_them() {
+    // cryptsetup (OpenSSL backend) reads "SHA256" and "sha2-256" as sha256.
+    for name in ["SHA256", "sha2-256", "Sha-256"] {
+        let mut b = copy_raw(BASE.as_bytes(), 16384);
+        b[72..104].fill(0);
+        b[72..72 + name.len()].copy_from_slice(name.as_bytes());
+        let c = binary::checksum(name, &b).unwrap();
+        binary::set_checksum(&mut b, &c);
+        parse_header_bytes(&b).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }
 
 /// Keyslots of a volume in any cipher: the first one's area and every added one's use the

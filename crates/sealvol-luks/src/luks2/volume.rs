@@ -4,8 +4,9 @@ use super::header::{read_header, write_copy, write_header, Header, LoadReport};
 use super::keyslot::{self, cipher_spec, slot_params};
 use super::metadata::{Af, Area, Config, Keyslot, Metadata, Segment};
 use super::segment::DataSegment;
+use super::state::{blockers, Blocker};
 use super::{
-    binary, keyslot_area_size, random_array, validate, FormatOptions, Kdf, KdfParams, AF_STRIPES,
+    binary, keyslot_area_size, random_array, FormatOptions, Kdf, KdfParams, AF_STRIPES,
     DEFAULT_HDR_AREA, MAX_KEYSLOTS, MAX_KEYSLOTS_SIZE, METADATA_SIZES, MIN_PBKDF2_ITERATIONS,
 };
 use crate::error::Copy;
@@ -390,11 +391,11 @@ impl<S: Storage> Volume<S> {
             };
             self.limits.check(&format!("keyslot {id}"), cost)?;
         }
-        if let Some(d) = md.digests.get(&digest) {
+        if let Some(p) = md.digests.get(&digest).and_then(|d| d.params.as_ref()) {
             self.limits.check(
                 &format!("digest {digest}"),
                 KdfCost::Pbkdf2 {
-                    iterations: d.iterations,
+                    iterations: p.iterations,
                 },
             )?;
         }
@@ -409,6 +410,9 @@ impl<S: Storage> Volume<S> {
     pub fn repair(&mut self) -> Result<bool> {
         if !self.report.needs_repair {
             return Ok(false);
+        }
+        if let Some(b) = self.blockers().into_iter().next() {
+            return Err(Error::Blocked(b));
         }
         let bad = match self.report.used {
             Copy::Primary => Copy::Secondary,
@@ -431,23 +435,30 @@ impl<S: Storage> Volume<S> {
         &self.header
     }
 
-    /// `Some(reason)` when the header carries mandatory requirements (`config.requirements`);
-    /// sealvol implements none of them, so it reads such a header but refuses to change it.
-    pub fn read_only(&self) -> Option<&str> {
-        None.or_else(|| {
-            let r = self.header.requirements();
-            (!r.is_empty()).then_some("the header has mandatory requirements sealvol does not implement (config.requirements.mandatory); use cryptsetup on it")
+    /// Why this volume can be read and dumped but not opened or changed: requirement flags
+    /// (`config.requirements.mandatory`), a reencryption in progress or interrupted,
+    /// hardware OPAL or dm-integrity segments. Empty for a volume sealvol can use.
+    pub fn blockers(&self) -> Vec<Blocker> {
+        blockers(&self.header.metadata)
+    }
+
+    /// `Some(reason)` when sealvol may read this header but not change it (see
+    /// [`Volume::blockers`]).
+    pub fn read_only(&self) -> Option<String> {
+        let b = self.blockers();
+        (!b.is_empty()).then(|| {
+            b.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         })
     }
 
     fn check_writable(&self) -> Result<()> {
-        if !self.header.requirements().is_empty() {
-            return Err(Error::ReadOnly(format!(
-                "unknown mandatory requirements {:?}; use cryptsetup to change this header",
-                self.header.requirements()
-            )));
+        match self.blockers().into_iter().next() {
+            Some(b) => Err(Error::Blocked(b)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes `new` as the next header generation (seqid + 1), both copies.
@@ -479,6 +490,7 @@ impl<S: Storage> Volume<S> {
     /// progress) or its offset is not sector aligned; [`Error::UnsupportedCipher`] for a
     /// cipher sealvol does not implement (never `cipher_null`) or integrity protection.
     pub fn data_segment(&self) -> Result<DataSegment> {
+        self.check_writable()?;
         let md = &self.header.metadata;
         let regular: Vec<_> = md.segments.iter().filter(|(_, s)| !s.is_backup()).collect();
         let [(&id, seg)] = regular.as_slice() else {
@@ -488,10 +500,13 @@ impl<S: Storage> Volume<S> {
             )));
         };
         if seg.kind != "crypt" {
-            return Err(inv(format!(
-                "segment {id} has type {:?}, expected \"crypt\"",
-                seg.kind
-            )));
+            return Err(Error::Unsupported {
+                what: "data segment type",
+                name: format!(
+                    "{} (segment {id}; sealvol implements only \"crypt\" segments)",
+                    seg.kind
+                ),
+            });
         }
         let cipher = seg.encryption.clone().unwrap_or_default();
         let key_size = md
@@ -581,7 +596,10 @@ impl<S: Storage> Volume<S> {
             .get(&id)
             .ok_or(Error::NoSuchKeyslot(id))?
             .clone();
-        let p = slot_params(id, &k)?;
+        let p = slot_params(id, &k).map_err(|e| Error::UnusableKeyslot {
+            id,
+            reason: Box::new(e),
+        })?;
         let material = self.read_material(&p)?;
         let candidate = keyslot::open(&p, passphrase, material)?;
         let d = &self.header.metadata.digests[&digest];
@@ -594,7 +612,9 @@ impl<S: Storage> Volume<S> {
     ///
     /// # Errors
     /// [`Error::WrongKey`] when no keyslot opens; [`Error::UnsupportedCipher`] when the data
-    /// segment or every candidate keyslot uses a refused cipher; [`Error::NoSuchKeyslot`].
+    /// segment uses a cipher sealvol does not implement; [`Error::UnusableKeyslot`] (with
+    /// the reason, e.g. [`Error::UnsupportedCipher`] naming the part) when every candidate
+    /// keyslot is one sealvol cannot use, or the named one is; [`Error::NoSuchKeyslot`].
     pub fn unlock(&mut self, passphrase: &[u8], keyslot: Option<u32>) -> Result<Unlocked> {
         let (digest, _seg) = self.segment_digest()?;
         let slots = self.header.metadata.digests[&digest].keyslots.clone();
@@ -616,17 +636,31 @@ impl<S: Storage> Volume<S> {
                 None => Err(Error::WrongKey),
             };
         }
-        let mut order: Vec<(u32, u32)> = slots
-            .iter()
-            .filter_map(|id| {
-                self.header
-                    .metadata
-                    .keyslots
-                    .get(id)
-                    .map(|k| (*id, k.effective_priority()))
-            })
-            .filter(|&(_, p)| p == 1 || p == 2)
-            .collect();
+        // Keyslots sealvol cannot use (an unknown type, KDF or cipher) are passed over, as
+        // cryptsetup passes over keyslots it cannot open; the others still unlock.
+        let mut unusable: Vec<(u32, Error)> = Vec::new();
+        let mut order: Vec<(u32, u32)> = Vec::new();
+        for id in &slots {
+            let Some(k) = self.header.metadata.keyslots.get(id) else {
+                continue;
+            };
+            let p = k.effective_priority();
+            if p != 1 && p != 2 {
+                continue;
+            }
+            match slot_params(*id, k) {
+                Err(why) => unusable.push((*id, why)),
+                Ok(_) => order.push((*id, p)),
+            }
+        }
+        if order.is_empty() {
+            if let Some((id, why)) = unusable.into_iter().next() {
+                return Err(Error::UnusableKeyslot {
+                    id,
+                    reason: Box::new(why),
+                });
+            }
+        }
         order.sort_by_key(|&(id, p)| (std::cmp::Reverse(p), id));
         // Every cost is checked before any derivation starts.
         let ids: Vec<u32> = order.iter().map(|&(id, _)| id).collect();
@@ -797,7 +831,7 @@ impl<S: Storage> Volume<S> {
         let area = self.header.metadata.keyslots[&id].area.clone();
         let new = self.without_keyslot(id);
         // Fail before touching the disk if the result would not be valid.
-        validate::validate(&new.metadata, new.hdr_size)?;
+        new.validate()?;
         wipe_random(
             &mut self.storage,
             area.offset,
@@ -961,7 +995,7 @@ impl<S: Storage> Volume<S> {
                 a.clear();
             }
         }
-        validate::validate(&new.metadata, new.hdr_size)?;
+        new.validate()?;
         wipe_random(
             &mut self.storage,
             self.header.keyslots_offset(),

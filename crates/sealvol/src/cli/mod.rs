@@ -238,7 +238,8 @@ pub struct KdfArgs {
     /// Argon2 threads (default: min(4, CPUs)).
     #[arg(long, value_name = "N")]
     pub pbkdf_parallel: Option<u32>,
-    /// Hash for PBKDF2 (sha1, sha256, sha512).
+    /// Hash for PBKDF2, the AF splitter and (LUKS2) the volume key digest: sha1, sha256,
+    /// sha512, ripemd160 or whirlpool.
     #[arg(long, value_name = "HASH", default_value = "sha256")]
     pub hash: String,
     /// How to treat the key when --pbkdf is not given.
