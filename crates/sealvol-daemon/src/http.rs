@@ -235,8 +235,8 @@ async fn answer(front: &Front, token: Option<&Token>, req: hyper::Request<Incomi
             return (front.error)(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(
-                    "the request body did not arrive within {} s; nothing was done",
-                    front.timeout.as_secs()
+                    "the request body did not arrive within {} ms (--request-timeout-ms); nothing was done",
+                    front.timeout.as_millis()
                 ),
             )
         }
