@@ -4,12 +4,15 @@
 //! for its operation and its body matches that response's schema. Then hostile requests:
 //! oversized and malformed bodies, path-traversal ids, unknown routes and methods, and
 //! concurrent destroys and opens of one volume; and no key in any reply, log or file.
-//! The real binary serves; volumes are real (FUSE, loop, ext4).
+//! Slow clients (headers or body never finished) are dropped at the request deadline
+//! without stopping others, under a connection cap that holds. The real binary serves;
+//! volumes are real (FUSE, loop, ext4).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::daemon::{assert_no_key, assert_no_key_in_tree, b64, Daemon};
 use common::{need, random_bytes, tmpdir, write_secret};
@@ -478,4 +481,113 @@ fn daemon_api_over_tcp_needs_the_token_and_logs_json() {
         assert!(v["level"].is_string(), "{l}");
     }
     assert!(!log.contains(&token));
+}
+
+/// A raw connection to the API socket that sends `bytes`, then nothing more.
+fn stalled(d: &Daemon, bytes: &[u8]) -> (std::os::unix::net::UnixStream, Instant) {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(&d.api).unwrap();
+    s.write_all(bytes).unwrap();
+    (s, Instant::now())
+}
+
+/// Reads until the daemon closes `s`; what it sent and when it closed. Panics after
+/// `limit`.
+fn until_closed(s: &mut std::os::unix::net::UnixStream, limit: Duration) -> (Vec<u8>, Instant) {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Instant::now()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (got, Instant::now())
+            }
+            Err(e) => panic!("the daemon kept a slow client beyond {limit:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn daemon_drops_slow_clients_at_the_deadline_and_the_connection_cap_holds() {
+    let dir = tmpdir();
+    let deadline = Duration::from_millis(1500);
+    let d = Daemon::start(
+        dir.path(),
+        None,
+        &["--request-timeout-ms", "1500", "--max-connections", "4"],
+    );
+    let quick = || {
+        let t = Instant::now();
+        let (s, v) = d
+            .client()
+            .with_timeout(Duration::from_secs(20))
+            .json("GET", "/v1/status", None)
+            .unwrap_or_else(|e| panic!("{e}: {}", d.log_text()));
+        assert_eq!(s, 200, "{v}");
+        t.elapsed()
+    };
+    quick();
+
+    // Three slow clients at once, under the cap of 4: one sends nothing, one stops inside
+    // its headers, one stops inside its body.
+    let mut slow = [
+        stalled(&d, b""),
+        stalled(&d, b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Ty"),
+        stalled(
+            &d,
+            b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"id\":\"k\",",
+        ),
+    ];
+    let t0 = Instant::now();
+    // Others are served meanwhile, at once.
+    for _ in 0..5 {
+        let took = quick();
+        assert!(took < Duration::from_millis(500), "a request took {took:?}");
+    }
+    assert!(
+        t0.elapsed() < deadline,
+        "the quick requests did not all run while the slow clients were held"
+    );
+    // Each slow client is dropped at the deadline; the one inside its body is told so.
+    for (i, (s, opened)) in slow.iter_mut().enumerate() {
+        let (got, closed) = until_closed(s, Duration::from_secs(15));
+        let held = closed - *opened;
+        assert!(
+            held >= deadline - Duration::from_millis(100) && held < deadline * 4,
+            "slow client {i} was held {held:?} (deadline {deadline:?})"
+        );
+        let text = String::from_utf8_lossy(&got);
+        if i == 2 {
+            assert!(
+                text.starts_with("HTTP/1.1 408") && text.contains("\"kind\":\"timeout\""),
+                "{text}"
+            );
+        } else {
+            assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        }
+    }
+
+    // The cap holds: with 4 silent connections held, a fifth waits until the deadline
+    // drops them, and is served then.
+    let t1 = Instant::now();
+    let _held: Vec<_> = (0..4).map(|_| stalled(&d, b"")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    quick();
+    let waited = t1.elapsed();
+    assert!(
+        waited >= deadline - Duration::from_millis(100),
+        "a fifth connection was served after {waited:?} while 4 were held (cap 4)"
+    );
+    assert!(
+        waited < deadline * 4,
+        "held connections were not dropped at the deadline: {waited:?}"
+    );
+    // And nothing is left behind: the next requests go through at once.
+    for _ in 0..5 {
+        assert!(quick() < Duration::from_millis(500));
+    }
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
 }
