@@ -6,7 +6,8 @@
 //! Errors carry a non-200 status *and* `{"Err": message}`: Podman takes an `Err` with 200
 //! for success. Volume options (`docker volume create --opt`) name the key (`key-id`,
 //! `key-file`), never hold it: engines store and show options. `Get`'s `Status` (what
-//! `docker volume inspect` shows) says where the key comes from, never the key.
+//! `docker volume inspect` shows) says where the key comes from, never the key; its
+//! `CreatedAt` is when the volume's create started.
 //!
 //! A request is parsed whole before anything is done: [`parse`] is pure (path and body
 //! bytes in; a [`PluginRequest`] or a [`Refusal`] out, no I/O), fuzzed by the
@@ -318,6 +319,12 @@ fn status_map(v: &VolumeState) -> Value {
     })
 }
 
+/// RFC 3339 text of `secs` since the epoch (UTC), as Docker reads `CreatedAt`.
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
 /// Answers one plugin request: [`parse`], then the service call it names.
 pub async fn handle(d: Arc<Daemon>, req: Request) -> Reply {
     let parsed = match parse(&req.method, &req.path, &req.body) {
@@ -379,17 +386,23 @@ async fn route(d: Arc<Daemon>, req: PluginRequest) -> Result<Reply, Reply> {
             ok(json!({ "Err": "" }))
         }
         PluginRequest::Get(id) => {
-            let v = blocking(move || svc.status(&id))
-                .await
-                .map_err(|e| fail(&e))?;
-            ok(json!({
-                "Volume": {
-                    "Name": v.volume.id,
-                    "Mountpoint": mountpoint(&v),
-                    "Status": status_map(&v),
-                },
-                "Err": "",
-            }))
+            let (v, created) = blocking(move || {
+                let v = svc.status(&id)?;
+                let created = svc.manager().load(&id)?.map(|r| r.created);
+                Ok((v, created))
+            })
+            .await
+            .map_err(|e| fail(&e))?;
+            let mut volume = json!({
+                "Name": v.volume.id,
+                "Mountpoint": mountpoint(&v),
+                "Status": status_map(&v),
+            });
+            // `docker volume inspect` shows it; Docker parses it as RFC 3339.
+            if let Some(c) = created {
+                volume["CreatedAt"] = json!(rfc3339(c));
+            }
+            ok(json!({ "Volume": volume, "Err": "" }))
         }
         PluginRequest::List => {
             let vs = blocking(move || svc.list()).await.map_err(|e| fail(&e))?;
@@ -506,6 +519,12 @@ mod tests {
         assert!(matches!(e, Refusal::Options(_)) && !e.message().contains("c2VjcmV0"));
         let e = post("/VolumeDriver.Create", r#"{"Name":"c2VjcmV0LWtleQ==x"}"#).unwrap_err();
         assert!(matches!(e, Refusal::Name(_)));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 
     fn id() -> impl Strategy<Value = VolumeId> {
