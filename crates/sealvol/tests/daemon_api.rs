@@ -5,12 +5,14 @@
 //! oversized and malformed bodies, path-traversal ids, unknown routes and methods, and
 //! concurrent destroys and opens of one volume; and no key in any reply, log or file.
 //! Slow clients (headers or body never finished) are dropped at the request deadline
-//! without stopping others, under a connection cap that holds. The real binary serves;
-//! volumes are real (FUSE, loop, ext4).
+//! without stopping others, under a connection cap that holds; a daemon restarted after a
+//! crash closes the exports it left lingering. The real binary serves; volumes are real
+//! (FUSE, loop, ext4).
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -590,4 +592,94 @@ fn daemon_drops_slow_clients_at_the_deadline_and_the_connection_cap_holds() {
         assert!(quick() < Duration::from_millis(500));
     }
     assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+}
+
+#[test]
+fn daemon_restarted_after_a_crash_closes_the_exports_left_lingering() {
+    need("mkfs.ext4");
+    need("losetup");
+    let dir = tmpdir();
+    let plugin = format!("sealvol-it-linger-{}", std::process::id());
+    // A long linger: a volume unmounted by its last container stays open for a minute.
+    let mut d = Daemon::start(dir.path(), Some(&plugin), &["--linger-ms", "60000"]);
+    let key = random_bytes(32);
+    d.register_key("k", &key);
+    for id in ["idle", "used"] {
+        let (s, r) = d.plugin_call(
+            "/VolumeDriver.Create",
+            json!({"Name": id, "Opts": {"size": "64M", "key-id": "k"}}),
+        );
+        assert_eq!(s, 200, "{r}");
+    }
+    let (s, r) = d.plugin_call("/VolumeDriver.Mount", json!({"Name": "idle", "ID": "c1"}));
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = d.plugin_call("/VolumeDriver.Mount", json!({"Name": "used", "ID": "c2"}));
+    assert_eq!(s, 200, "{r}");
+    let used_mnt = r["Mountpoint"].as_str().unwrap().to_string();
+    std::fs::write(format!("{used_mnt}/f"), b"still here").unwrap();
+    let (s, r) = d.plugin_call("/VolumeDriver.Unmount", json!({"Name": "idle", "ID": "c1"}));
+    assert_eq!(s, 200, "{r}");
+    let status = |d: &Daemon, id: &str| {
+        let (s, v) = d.api("GET", &format!("/v1/volumes/{id}"), None);
+        assert_eq!(s, 200, "{v}");
+        v
+    };
+    let idle = status(&d, "idle");
+    assert_eq!(
+        (&idle["mounts"], &idle["export_alive"]),
+        (&json!(0), &json!(true)),
+        "the volume lingers open after its last unmount: {idle}"
+    );
+    let idle_pid = idle["export_pid"].as_u64().unwrap();
+    let used_pid = status(&d, "used")["export_pid"].as_u64().unwrap();
+
+    // A crash while it lingers: nothing closes it then; the next start does.
+    d.kill();
+    assert!(Path::new(&format!("/proc/{idle_pid}")).exists());
+    d.start_again();
+    let log = d.log_text();
+    assert!(
+        log.contains("closed_idle=1") || log.contains("\"closed_idle\":1"),
+        "{log}"
+    );
+    let idle = status(&d, "idle");
+    assert_eq!(
+        (
+            &idle["export_alive"],
+            &idle["mounted"],
+            &idle["stale"],
+            &idle["mounts"]
+        ),
+        (&json!(false), &json!(false), &json!([]), &json!(0)),
+        "{idle}"
+    );
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{idle_pid}")).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the export {idle_pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The volume its container still uses keeps its export and its data.
+    let used = status(&d, "used");
+    assert_eq!(
+        (&used["export_pid"], &used["mounts"]),
+        (&json!(used_pid), &json!(1)),
+        "{used}"
+    );
+    assert_eq!(
+        std::fs::read(format!("{used_mnt}/f")).unwrap(),
+        b"still here"
+    );
+
+    // Clean up: the last user leaves, both go.
+    let (s, r) = d.plugin_call("/VolumeDriver.Unmount", json!({"Name": "used", "ID": "c2"}));
+    assert_eq!(s, 200, "{r}");
+    for id in ["used", "idle"] {
+        let (s, r) = d.api("POST", &format!("/v1/volumes/{id}/close"), None);
+        assert_eq!(s, 200, "{r}");
+        let (s, r) = d.api("DELETE", &format!("/v1/volumes/{id}"), None);
+        assert_eq!(s, 200, "{r}");
+    }
 }

@@ -64,7 +64,9 @@ impl Daemon {
             .stderr(log);
         self.child = Some(c.spawn().expect("start sealvol daemon"));
         let t = Instant::now();
-        while !self.api.exists() || self.plugin.as_ref().is_some_and(|p| !p.exists()) {
+        // Ready when its sockets answer (a crashed daemon leaves the files behind).
+        let answers = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
+        while !answers(&self.api) || self.plugin.as_ref().is_some_and(|p| !answers(p)) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the daemon exited ({st}): {}", self.log_text());
             }
@@ -99,6 +101,32 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// SIGKILL (a crash: no shutdown, its sockets left behind), then waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts it again after [`Daemon::stop`] or [`Daemon::kill`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
+    /// A client of its volume plugin socket.
+    pub fn plugin_client(&self) -> sealvol_daemon::client::Client {
+        sealvol_daemon::client::Client::new(self.plugin.as_ref().expect("a plugin socket"))
+    }
+
+    /// A plugin protocol request (always POST).
+    pub fn plugin_call(&self, endpoint: &str, body: Value) -> (u16, Value) {
+        self.plugin_client()
+            .json("POST", endpoint, Some(&body))
+            .unwrap_or_else(|e| panic!("{e}: {}", self.log_text()))
     }
 
     pub fn pid(&self) -> u32 {
