@@ -683,3 +683,97 @@ fn daemon_restarted_after_a_crash_closes_the_exports_left_lingering() {
         assert_eq!(s, 200, "{r}");
     }
 }
+
+/// `program args` as the user `nobody`, with `caps` (e.g. `+dac_override`) kept across the
+/// switch when given (setpriv, util-linux).
+fn run_as_nobody(caps: Option<&str>, program: &Path, args: &[&str]) -> common::Run {
+    let setpriv = need("setpriv");
+    let mut argv: Vec<String> = vec![
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+    ];
+    if let Some(c) = caps {
+        argv.push(format!("--inh-caps={c}"));
+        argv.push(format!("--ambient-caps={c}"));
+    }
+    argv.push("--".into());
+    argv.push(program.display().to_string());
+    argv.extend(args.iter().map(|s| s.to_string()));
+    common::run(setpriv, argv, None)
+}
+
+#[test]
+fn daemon_sockets_are_0600_and_refuse_other_users_by_their_credentials() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let curl = need("curl");
+    let dir = tmpdir();
+    // Directories every user can enter: only the sockets' own modes and the daemon's check
+    // of its peer stand in the way.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let open = dir.path().join("pub");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start_with(&open, Some(open.join("plugin.sock")), &[], Some("000"));
+    let plugin = d.plugin.clone().unwrap();
+    for (sock, method, path) in [
+        (&d.api, "GET", "/v1/status"),
+        (&plugin, "POST", "/Plugin.Activate"),
+    ] {
+        let url = format!("http://localhost{path}");
+        let meta = std::fs::symlink_metadata(sock).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{} under umask 000",
+            sock.display()
+        );
+        let args = [
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "--unix-socket",
+            sock.to_str().unwrap(),
+            url.as_str(),
+        ];
+        let refusals = || {
+            d.log_text()
+                .matches("refused a connection from another user")
+                .count()
+        };
+        let before = refusals();
+        // Another user: the socket's mode denies the connection; the daemon never sees it.
+        let r = run_as_nobody(None, &curl, &args);
+        assert_eq!((r.code, r.out().as_str()), (7, "000"), "{r:?}");
+        // Another user the mode does not stop (CAP_DAC_OVERRIDE): the daemon reads the
+        // peer's credentials (SO_PEERCRED) and closes the connection unanswered (curl then
+        // fails to connect or to receive, as the close races its connect).
+        let r = run_as_nobody(Some("+dac_override"), &curl, &args);
+        assert!(r.code != 0 && r.out() == "000", "{r:?}");
+        let t = Instant::now();
+        while refusals() != before + 1 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the daemon did not log the refusal of uid 65534: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Root is served.
+        let r = common::run(&curl, args, None);
+        assert_eq!((r.code, r.out().as_str()), (0, "200"), "{r:?}");
+    }
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("refused a connection from another user")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("uid=65534"), "{log}");
+}

@@ -18,6 +18,7 @@ pub struct Daemon {
     pub state: PathBuf,
     pub run: PathBuf,
     extra: Vec<String>,
+    umask: Option<String>,
     child: Option<Child>,
 }
 
@@ -25,15 +26,28 @@ impl Daemon {
     /// Starts a daemon in `dir`; with `plugin`, its volume plugin socket is
     /// /run/docker/plugins/<plugin>.sock.
     pub fn start(dir: &Path, plugin: Option<&str>, extra: &[&str]) -> Daemon {
+        let plugin = plugin.map(|p| PathBuf::from(format!("/run/docker/plugins/{p}.sock")));
+        Daemon::start_with(dir, plugin, extra, None)
+    }
+
+    /// Starts a daemon in `dir` with its volume plugin socket at `plugin`, under `umask`
+    /// (through `sh -c 'umask U; exec ...'`) when given.
+    pub fn start_with(
+        dir: &Path,
+        plugin: Option<PathBuf>,
+        extra: &[&str],
+        umask: Option<&str>,
+    ) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let mut d = Daemon {
             dir: dir.to_path_buf(),
             api: dir.join("api.sock"),
-            plugin: plugin.map(|p| PathBuf::from(format!("/run/docker/plugins/{p}.sock"))),
+            plugin,
             log: dir.join("daemon.log"),
             state: dir.join("state"),
             run: dir.join("run"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            umask: umask.map(str::to_string),
             child: None,
         };
         d.spawn();
@@ -46,7 +60,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut c = Command::new(SEALVOL);
+        let mut c = match &self.umask {
+            Some(u) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {u}; exec \"$@\""))
+                    .arg("sh")
+                    .arg(SEALVOL);
+                c
+            }
+            None => Command::new(SEALVOL),
+        };
         c.arg("daemon")
             .arg("--state-dir")
             .arg(&self.state)
