@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A short fuzz run of every target in fuzz/ (luks2_header, luks1_header, verity_superblock,
-# cipher_spec, nbd_client, overlay_metadata, ...): installs cargo-fuzz if missing, seeds the LUKS corpora from cryptsetup,
-# builds all targets once, and fuzzes each for FUZZ_SECONDS (default 30). Works on a stable
-# toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only sanitizer flags.
+# cipher_spec, nbd_client, overlay_metadata, daemon_api, daemon_plugin, ...): installs
+# cargo-fuzz if missing, seeds the corpora (LUKS headers from cryptsetup, NBD sessions,
+# daemon requests), builds all targets once, and fuzzes each for FUZZ_SECONDS (default 30).
+# Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its nightly-only
+# sanitizer flags.
 # Usage: fuzz/smoke.sh [TARGET...]      Env: FUZZ_SECONDS=30
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
