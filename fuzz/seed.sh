@@ -2,7 +2,8 @@
 # Seeds fuzz/corpus/luks2_header/ with real headers made by cryptsetup (LUKS2, several shapes):
 # for each, the primary copy alone and the whole header area (both copies; keyslots area cut);
 # and fuzz/corpus/luks1_header/ with LUKS1 binary headers (three hashes and key sizes);
-# and fuzz/corpus/nbd_client/ with NBD client sessions written out by hand (below).
+# fuzz/corpus/nbd_client/ with NBD client sessions written out by hand (below); and
+# fuzz/corpus/daemon_api/ and daemon_plugin/ with requests as clients and engines send them.
 # Usage: fuzz/seed.sh   (needs cryptsetup; the corpus directory is not committed)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -89,3 +90,27 @@ bytes 01 00000003 $OPT 00000007 00000006 00000000 0000 \
   $REQ 0000 0001 0000000000000008 0000000000000000 00000004 61626364 \
   $REQ 0000 0000 0000000000000009 00000000000ffffe 00000004 > "$nbd/read-only"
 echo "wrote 3 NBD client sessions to $nbd"
+
+# Daemon requests: a method byte, the path, a newline, the body (daemon_api: 0 GET, 1 POST,
+# 2 DELETE; daemon_plugin: 0 POST).
+api="$here/corpus/daemon_api"
+mkdir -p "$api"
+req() { printf '%b%s\n%s' "$2" "$3" "$4" > "$1"; }
+req "$api/status" '\x00' /v1/status ''
+req "$api/create" '\x01' /v1/volumes '{"id":"web-1","size":"64M","fs":"ext4","type":"luks2","detached_header":false,"sparse_ok":true,"key":{"key_id":"web"}}'
+req "$api/create-file" '\x01' /v1/volumes '{"id":"v2","size":67108864,"key":{"key_file":"/root/k"}}'
+req "$api/open-base64" '\x01' /v1/volumes/web-1/open '{"key":{"base64":"AAECAwQFBgcICQoLDA0ODw=="}}'
+req "$api/rekey" '\x01' /v1/volumes/web-1/rekey '{"key":{"key_id":"web"},"new_key":{"base64":"AAECAw=="}}'
+req "$api/keys" '\x01' /v1/keys '{"id":"web","key":"AAECAwQFBgcICQoLDA0ODw=="}'
+req "$api/destroy" '\x02' /v1/volumes/web-1 ''
+req "$api/forget" '\x02' /v1/keys/web ''
+plugin="$here/corpus/daemon_plugin"
+mkdir -p "$plugin"
+req "$plugin/activate" '\x00' /Plugin.Activate ''
+req "$plugin/create" '\x00' /VolumeDriver.Create '{"Name":"web-1","Opts":{"size":"10G","key-id":"web","fs":"ext4","type":"luks2","detached-header":"false","sparse-ok":""}}'
+req "$plugin/create-bare" '\x00' /VolumeDriver.Create '{"Name":"web-1","Opts":null}'
+req "$plugin/mount" '\x00' /VolumeDriver.Mount '{"Name":"web-1","ID":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}'
+req "$plugin/unmount" '\x00' /VolumeDriver.Unmount '{"Name":"web-1","ID":"c1"}'
+req "$plugin/get" '\x00' /VolumeDriver.Get '{"Name":"web-1"}'
+req "$plugin/list" '\x00' /VolumeDriver.List '{}'
+echo "wrote daemon requests to $api and $plugin"

@@ -52,6 +52,61 @@ impl Reply {
     }
 }
 
+/// Longest message a refusal carries (an id or a field the client sent is quoted at most
+/// this long).
+pub const MAX_MESSAGE: usize = 512;
+
+/// `message` cut to [`MAX_MESSAGE`] bytes at a character boundary.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
+/// What is wrong with a body serde_json refused, without the values it holds: serde quotes
+/// a string it did not expect (`invalid type: string "..."`), and a client that puts a key
+/// in the wrong field must not get it back in a reply. Strings become `a string`; the rest
+/// (what was expected, which field, line and column) stays.
+pub fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE));
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        // serde prints the string with `{:?}`: it ends at the first quote not escaped.
+        let mut chars = rest[at + "string \"".len()..].char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    end = Some(at + "string \"".len() + i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match end {
+            Some(e) => rest = &rest[e..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    bounded(out)
+}
+
 /// The future a handler returns.
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// A front end: a request in, a reply out.
@@ -80,6 +135,12 @@ pub struct Front {
 
 /// Who may call over TCP: the bearer token (compared in constant time).
 pub struct Token(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({} bytes)", self.0.len())
+    }
+}
 
 fn authorised(token: &Token, header: Option<&HeaderValue>) -> bool {
     use subtle::ConstantTimeEq;
@@ -174,8 +235,8 @@ async fn answer(front: &Front, token: Option<&Token>, req: hyper::Request<Incomi
             return (front.error)(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(
-                    "the request body did not arrive within {} s; nothing was done",
-                    front.timeout.as_secs()
+                    "the request body did not arrive within {} ms (--request-timeout-ms); nothing was done",
+                    front.timeout.as_millis()
                 ),
             )
         }

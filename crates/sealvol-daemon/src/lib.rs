@@ -311,3 +311,47 @@ async fn wait_for_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn token_files_are_root_s_private_and_sized() {
+        let d = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &[u8], mode: u32| {
+            let p = d.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let good = file("good", b"  0123456789abcdef-token\n", 0o600);
+        assert_eq!(&read_token(&good).unwrap().0[..], b"0123456789abcdef-token");
+        for (name, text, mode, why) in [
+            (
+                "loose",
+                &b"0123456789abcdef-token"[..],
+                0o640,
+                "group and others",
+            ),
+            ("short", b"short-token", 0o600, "16 to 4096 bytes"),
+            (
+                "spaced",
+                b"0123456789 abcdef-token",
+                0o600,
+                "without spaces",
+            ),
+            ("long", &[b'a'; 5000][..], 0o600, "16 to 4096 bytes"),
+        ] {
+            let e = read_token(&file(name, text, mode)).unwrap_err().to_string();
+            assert!(e.contains(why), "{name}: {e}");
+            // The refusal never quotes the file's content.
+            assert!(!e.contains("abcdef-token"), "{name}: {e}");
+        }
+        let e = read_token(&d.path().join("absent"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be opened"), "{e}");
+    }
+}

@@ -3,6 +3,7 @@
 //! with `--network none`) and Podman 4.3 (its own storage, `CONTAINERS_CONF` naming the
 //! plugin), both running a busybox image imported from a rootfs the test makes.
 //! `scripts/test` installs docker.io, podman and busybox-static; a missing engine fails.
+//! `docker volume inspect` shows the volume's creation time (the plugin's `CreatedAt`).
 
 mod common;
 
@@ -206,6 +207,13 @@ fn key_opens(dir: &Path, held: &std::fs::File, key: &Path) -> bool {
     sv.code == 0
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 #[track_caller]
 fn assert_no_key_in_ps(key: &[u8]) {
     let ps = Command::new("ps").args(["auxeww"]).output().unwrap();
@@ -235,6 +243,7 @@ fn docker_volume_driver_lifecycle_restarts_sharing_and_keys() {
     };
 
     // create through docker; write in one container.
+    let before = unix_now();
     dk.docker([
         "volume",
         "create",
@@ -247,6 +256,24 @@ fn docker_volume_driver_lifecycle_restarts_sharing_and_keys() {
         "web-1",
     ])
     .ok();
+    let after = unix_now();
+    // `docker volume inspect` shows when it was created (Get's CreatedAt, RFC 3339).
+    let inspect: Value =
+        serde_json::from_slice(&dk.docker(["volume", "inspect", "web-1"]).ok().stdout).unwrap();
+    let created = inspect[0]["CreatedAt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let secs: u64 = run("date", ["-d", created.as_str(), "+%s"], None)
+        .ok()
+        .out()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (before..=after).contains(&secs),
+        "CreatedAt {created:?} ({secs}) is not between {before} and {after}: {inspect}"
+    );
     runc(
         &dk,
         &[

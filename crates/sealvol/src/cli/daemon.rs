@@ -42,6 +42,13 @@ pub struct DaemonArgs {
     /// and mounts again at once); 0 closes at once.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub linger_ms: u64,
+    /// Milliseconds a client has to send a request's headers, and then its body; a client
+    /// that is slower is dropped (a body: answered 408), freeing its connection.
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+    /// Connections served at once on each socket; more wait to be accepted.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_connections: u64,
     /// Log one JSON object per line (for log collectors) instead of text.
     #[arg(long)]
     pub log_json: bool,

@@ -29,5 +29,7 @@ pub fn run(a: DaemonArgs, verbose: u8) -> Result<()> {
     c.api_token_file = a.api_token_file;
     c.kdf_limits = crate::cli::kdf_limits();
     c.linger = Duration::from_millis(a.linger_ms);
+    c.request_timeout = Duration::from_millis(a.request_timeout_ms);
+    c.max_connections = usize::try_from(a.max_connections)?;
     Ok(sealvol_daemon::run(c)?)
 }

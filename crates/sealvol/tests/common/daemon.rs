@@ -18,6 +18,7 @@ pub struct Daemon {
     pub state: PathBuf,
     pub run: PathBuf,
     extra: Vec<String>,
+    umask: Option<String>,
     child: Option<Child>,
 }
 
@@ -25,15 +26,28 @@ impl Daemon {
     /// Starts a daemon in `dir`; with `plugin`, its volume plugin socket is
     /// /run/docker/plugins/<plugin>.sock.
     pub fn start(dir: &Path, plugin: Option<&str>, extra: &[&str]) -> Daemon {
+        let plugin = plugin.map(|p| PathBuf::from(format!("/run/docker/plugins/{p}.sock")));
+        Daemon::start_with(dir, plugin, extra, None)
+    }
+
+    /// Starts a daemon in `dir` with its volume plugin socket at `plugin`, under `umask`
+    /// (through `sh -c 'umask U; exec ...'`) when given.
+    pub fn start_with(
+        dir: &Path,
+        plugin: Option<PathBuf>,
+        extra: &[&str],
+        umask: Option<&str>,
+    ) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let mut d = Daemon {
             dir: dir.to_path_buf(),
             api: dir.join("api.sock"),
-            plugin: plugin.map(|p| PathBuf::from(format!("/run/docker/plugins/{p}.sock"))),
+            plugin,
             log: dir.join("daemon.log"),
             state: dir.join("state"),
             run: dir.join("run"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            umask: umask.map(str::to_string),
             child: None,
         };
         d.spawn();
@@ -46,7 +60,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut c = Command::new(SEALVOL);
+        let mut c = match &self.umask {
+            Some(u) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {u}; exec \"$@\""))
+                    .arg("sh")
+                    .arg(SEALVOL);
+                c
+            }
+            None => Command::new(SEALVOL),
+        };
         c.arg("daemon")
             .arg("--state-dir")
             .arg(&self.state)
@@ -64,7 +88,9 @@ impl Daemon {
             .stderr(log);
         self.child = Some(c.spawn().expect("start sealvol daemon"));
         let t = Instant::now();
-        while !self.api.exists() || self.plugin.as_ref().is_some_and(|p| !p.exists()) {
+        // Ready when its sockets answer (a crashed daemon leaves the files behind).
+        let answers = |p: &Path| std::os::unix::net::UnixStream::connect(p).is_ok();
+        while !answers(&self.api) || self.plugin.as_ref().is_some_and(|p| !answers(p)) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the daemon exited ({st}): {}", self.log_text());
             }
@@ -99,6 +125,32 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// SIGKILL (a crash: no shutdown, its sockets left behind), then waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts it again after [`Daemon::stop`] or [`Daemon::kill`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
+    /// A client of its volume plugin socket.
+    pub fn plugin_client(&self) -> sealvol_daemon::client::Client {
+        sealvol_daemon::client::Client::new(self.plugin.as_ref().expect("a plugin socket"))
+    }
+
+    /// A plugin protocol request (always POST).
+    pub fn plugin_call(&self, endpoint: &str, body: Value) -> (u16, Value) {
+        self.plugin_client()
+            .json("POST", endpoint, Some(&body))
+            .unwrap_or_else(|e| panic!("{e}: {}", self.log_text()))
     }
 
     pub fn pid(&self) -> u32 {
