@@ -420,6 +420,42 @@ fn flatten_folds_the_chain_into_the_top_layer() {
 }
 
 #[test]
+fn the_layer_key_opens_what_the_consumer_key_opens_and_nothing_else() {
+    let base = base(1 << 20);
+    let store = Arc::new(MemStore::new());
+    let ov = OverlayDevice::create(store.clone(), KEY, base.clone(), &opts(4096)).unwrap();
+    ov.write_at(b"handed over", 8192).unwrap();
+    ov.flush().unwrap();
+    let cp = ov.checkpoint();
+    drop(ov);
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let lk = crate::unlock_layer_key(&dyn_store, KEY, Default::default()).unwrap();
+    assert_eq!(lk.expose().len(), 64);
+    let o = OpenOptions {
+        expect_checkpoint: Some(cp),
+        ..OpenOptions::default()
+    };
+    let ov =
+        OverlayDevice::open_unlocked(store.clone(), &lk, base.clone(), &o, &mut no_lower).unwrap();
+    let mut b = [0u8; 11];
+    ov.read_at(&mut b, 8192).unwrap();
+    assert_eq!(&b, b"handed over");
+    drop(ov);
+    // Another layer's key is refused by the header's digest, before any root is read.
+    let other = Arc::new(MemStore::new());
+    drop(OverlayDevice::create(other.clone(), KEY, base.clone(), &opts(4096)).unwrap());
+    let other: Arc<dyn Store> = other;
+    let wrong = crate::unlock_layer_key(&other, KEY, Default::default()).unwrap();
+    let e = OverlayDevice::open_unlocked(store.clone(), &wrong, base.clone(), &o, &mut no_lower)
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongKey), "{e}");
+    assert!(matches!(
+        crate::unlock_layer_key(&dyn_store, b"not the key", Default::default()),
+        Err(Error::WrongKey)
+    ));
+}
+
+#[test]
 fn a_file_store_grows_in_reserved_steps_not_per_cluster() {
     let base = base(8 << 20);
     let f = tempfile::tempfile().unwrap();
@@ -446,4 +482,32 @@ fn a_file_store_grows_in_reserved_steps_not_per_cluster() {
     let mut b = [0u8; 4096];
     ov.read_at(&mut b, 4096 * 7).unwrap();
     assert_eq!(b, [1u8; 4096]);
+}
+
+#[test]
+fn peek_reads_the_root_without_a_key_and_refuses_what_is_no_overlay() {
+    let base = base(1 << 20);
+    let store = Arc::new(MemStore::new());
+    let ov =
+        Arc::new(OverlayDevice::create(store.clone(), KEY, base.clone(), &opts(4096)).unwrap());
+    ov.write_at(b"x", 0).unwrap();
+    ov.flush().unwrap();
+    let p = crate::peek(&*store).unwrap();
+    assert_eq!(p.checkpoint, ov.checkpoint());
+    assert_eq!(
+        (p.virtual_size, p.base_size, p.cluster_size),
+        (1 << 20, 1 << 20, 4096)
+    );
+    assert!(!p.frozen && p.lower.is_empty());
+    assert_eq!(p.uuid, ov.uuid());
+    let top = Arc::new(MemStore::new());
+    let snap = ov.snapshot(top.clone(), b"lower.ov").unwrap();
+    let p = crate::peek(&*top).unwrap();
+    assert_eq!(p.lower.len(), 1);
+    assert_eq!(p.lower[0].locator, b"lower.ov");
+    assert_eq!(p.lower[0].uuid, ov.uuid());
+    assert!(crate::peek(&*store).unwrap().frozen);
+    drop(snap);
+    let junk = MemStore::from_vec(vec![7u8; 4 << 20]);
+    assert!(matches!(crate::peek(&junk), Err(Error::NoValidRoot { .. })));
 }
