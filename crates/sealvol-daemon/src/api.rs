@@ -261,6 +261,7 @@ async fn create(d: Arc<Daemon>, req: &Request) -> Result<Reply, Reply> {
         fs: b.fs.unwrap_or_else(|| "ext4".into()),
         detached_header: b.detached_header,
         luks_type,
+        base: None,
     };
     let key = b.key.choice()?;
     let svc = Arc::clone(&d.service);

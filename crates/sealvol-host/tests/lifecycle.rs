@@ -139,6 +139,7 @@ impl Host {
             fs: "ext4".into(),
             detached_header: false,
             luks_type: LuksType::Luks2,
+            base: None,
         }
     }
 
