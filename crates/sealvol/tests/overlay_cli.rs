@@ -345,6 +345,21 @@ fn overlay_over_verity_base_survives_a_killed_export_and_fsck() {
     e.close(&m);
     fsck_over_nbd(&e, &ov, &key, &os(&base));
     assert_eq!(sha(&img), base_sha, "the base was written");
+
+    // Another verified image of the same size as the base is refused: the overlay recorded
+    // its base's root hash.
+    let other = e.p("other.img");
+    std::fs::copy(&img, &other).unwrap();
+    write_at(&other, 40 << 20, b"another image");
+    let other_base = verity_base(&e, &other);
+    e.open(&ov, &key, &os(&other_base), &[], &m)
+        .fails()
+        .stderr_mentions("not the overlay's");
+    assert_eq!(
+        std::fs::read_dir(&m).unwrap().count(),
+        0,
+        "something was mounted"
+    );
 }
 
 /// A saved older copy of the overlay file put back is refused by `--expect-checkpoint`
@@ -697,4 +712,50 @@ fn volume_create_with_a_base_round_trip() {
     vol(&["destroy".as_ref(), "w1".as_ref()]).ok();
     assert!(!disk.exists());
     assert_eq!(sha(&img), base_sha, "the shared base was written");
+}
+
+/// An overlay over a LUKS volume opened read-only with its own key: the base's files read
+/// through the overlay, the base's ciphertext never changes; a wrong base key is a clean
+/// "no" (exit 1), and both keys from one stream are refused.
+#[test]
+fn an_overlay_over_a_luks_base_needs_the_base_s_own_key() {
+    let e = Env::new();
+    let (key, _) = machine_key(e.dir.path(), "key");
+    let (bkey, _) = machine_key(e.dir.path(), "bkey");
+    let (wrong, _) = machine_key(e.dir.path(), "wrong");
+    let lb = e.p("lb.img");
+    e.sv([
+        "format".as_ref(),
+        "--key-file".as_ref(),
+        bkey.as_os_str(),
+        "--size".as_ref(),
+        "32M".as_ref(),
+        lb.as_os_str(),
+    ])
+    .ok();
+    let m = e.mnt("m");
+    e.open(&lb, &bkey, &[], &["--mkfs", "ext4"], &m).ok();
+    std::fs::write(m.join("in-luks.txt"), b"luks base").unwrap();
+    e.sv(["close".as_ref(), m.as_os_str()]).ok();
+    let lb_sha = sha(&lb);
+    let base = |k: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "--base".into(),
+            lb.clone().into(),
+            "--base-luks".into(),
+            "--base-key-file".into(),
+            k.into(),
+        ]
+    };
+    let ov = e.p("ov.img");
+    create(&e, &ov, &key, &os(&base(&bkey)), &[]);
+    e.open(&ov, &key, &os(&base(&wrong)), &[], &m).code(1);
+    e.open(&ov, &key, &os(&base(&key)), &[], &m)
+        .code(2)
+        .stderr_mentions("cannot both come from");
+    e.open(&ov, &key, &os(&base(&bkey)), &[], &m).ok();
+    assert_eq!(std::fs::read(m.join("in-luks.txt")).unwrap(), b"luks base");
+    std::fs::write(m.join("in-overlay.txt"), b"overlay").unwrap();
+    e.close(&m);
+    assert_eq!(sha(&lb), lb_sha, "the LUKS base was written");
 }

@@ -44,7 +44,7 @@ pub enum OverlayCommand {
     /// Replace a key: the new keyslot is written before the old one is wiped.
     ChangeKey(KeyChangeArgs),
     /// Remove the keyslot the key opens (never the last one).
-    RemoveKey(KeyedArgs),
+    RemoveKey(CheckpointArgs),
 }
 
 /// Where an overlay's base is, for `overlay create`, `open` and `serve nbd`.
@@ -131,6 +131,7 @@ pub struct KeyedArgs {
     pub overlay: PathBuf,
 }
 
+/// An overlay and its key, for verbs that check no checkpoint.
 #[derive(Debug, Args)]
 pub struct CheckpointArgs {
     #[command(flatten)]
