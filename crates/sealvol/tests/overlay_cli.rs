@@ -709,7 +709,16 @@ fn volume_create_with_a_base_round_trip() {
     open(&key).ok();
     assert_eq!(std::fs::read(mnt.join("mine.txt")).unwrap(), b"w1");
     assert_eq!(std::fs::read(mnt.join("later.txt")).unwrap(), b"later");
-    vol(&["destroy".as_ref(), "w1".as_ref()]).ok();
+    // Destroy crypto-erases the overlay's key area (its LUKS2 header and both root slots)
+    // before it deletes the file.
+    let d = vol(&["destroy".as_ref(), "w1".as_ref()]).ok().json();
+    assert_eq!(d["wiped"][0]["file"], disk.to_str().unwrap(), "{d}");
+    assert_eq!(
+        d["wiped"][0]["bytes"],
+        sealvol_host::overlay::KEY_AREA,
+        "{d}"
+    );
+    assert_eq!(d["refused"], serde_json::json!([]), "{d}");
     assert!(!disk.exists());
     assert_eq!(sha(&img), base_sha, "the shared base was written");
 }
