@@ -376,7 +376,31 @@ fn an_older_copy_is_refused_with_expect_checkpoint() {
     let m = e.mnt("m");
     e.open(&ov, &key, &os(&base), &[], &m).ok();
     std::fs::write(m.join("one"), b"1").unwrap();
+    // While served, `overlay checkpoint` needs no key: what the export's last flush recorded.
+    run("sync", ["-f".as_ref(), m.as_os_str()], None).ok();
+    let live = e
+        .sv([
+            "--json".as_ref(),
+            "overlay".as_ref(),
+            "checkpoint".as_ref(),
+            ov.as_os_str(),
+        ])
+        .ok()
+        .json();
+    assert_eq!(live["verified"], false, "{live}");
+    assert!(live["served_by"].as_u64().is_some(), "{live}");
     let first = e.close(&m);
+    assert!(
+        live["checkpoint"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            <= first.split(':').next().unwrap().parse::<u64>().unwrap()
+    );
     let saved = std::fs::read(&ov).unwrap();
     e.open(&ov, &key, &os(&base), &["--expect-checkpoint", &first], &m)
         .ok();
@@ -558,6 +582,27 @@ fn clone_writes_are_invisible_to_the_source_through_mounts() {
         b"changed in the clone"
     );
     e.close(&c);
+
+    // Flattened, the clone stands on the base alone: the snapshot can go.
+    let f = keyed(&e, "flatten", &key2, &clone, &[]).ok().json();
+    assert_eq!(f["layers"], 1, "{f}");
+    let s = keyed(&e, "status", &key2, &clone, &[]).ok().json();
+    assert_eq!(s["lower_files"], serde_json::json!([]), "{s}");
+    std::fs::rename(&snap, e.p("snap.moved")).unwrap();
+    e.open(&clone, &key2, &os(&base), &[], &c).ok();
+    assert_eq!(
+        std::fs::read(c.join("shared.txt")).unwrap(),
+        b"changed in the clone"
+    );
+    assert_eq!(
+        std::fs::read(c.join("base.txt")).unwrap(),
+        b"from the shared base\n"
+    );
+    e.close(&c);
+    // The source still needs its snapshot, and says which file is missing.
+    e.open(&ov, &key, &os(&base), &[], &m)
+        .fails()
+        .stderr_mentions("snap.img");
 }
 
 fn keyed(e: &Env, verb: &str, key: &Path, ov: &Path, extra: &[&str]) -> Run {
