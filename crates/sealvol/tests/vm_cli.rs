@@ -518,6 +518,7 @@ fn vm_cli_encrypted_root_disk_through_sealvol_nbd() {
     let root = vmdir.join("root.ov");
     assert_eq!(created["overlay"], root.to_str().unwrap());
     assert!(!vmdir.join("overlay.qcow2").exists());
+    let as_created = std::fs::read(&root).unwrap();
 
     // A wrong key: exit 1, nothing running.
     let wrong = write_secret(&dir, "wrong", b"0123456789abcdef0123456789abcdef");
@@ -565,6 +566,18 @@ fn vm_cli_encrypted_root_disk_through_sealvol_nbd() {
     h.sv("vm", &["stop", &vm, "--timeout", "1"], None).ok();
     assert!(h.qemus().is_empty());
     assert!(cmdline(export).is_empty(), "the root export still runs");
+
+    // The record keeps the checkpoint the root disk stopped at: the copy as created, put
+    // back, is refused at the next start (exit 1), nothing running.
+    let record = std::fs::read_to_string(h.state.join(format!("vm/records/{vm}.json"))).unwrap();
+    assert!(record.contains("root_checkpoint"), "{record}");
+    let current = std::fs::read(&root).unwrap();
+    std::fs::write(&root, &as_created).unwrap();
+    h.sv("vm", &["start", &vm, "--key-file", keyf], None)
+        .code(1)
+        .stderr_mentions("rollback");
+    assert!(h.qemus().is_empty());
+    std::fs::write(&root, &current).unwrap();
 
     // The overlay holds no plaintext; the base is as it was; the line reads back.
     let raw = std::fs::read(&root).unwrap();

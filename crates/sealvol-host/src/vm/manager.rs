@@ -206,6 +206,10 @@ pub struct VmRecord {
     /// finishes it (`destroy` again, `sweep`) does.
     #[serde(default)]
     pub destroy_data: bool,
+    /// An encrypted root disk's checkpoint when its export last stopped (`COUNTER:HEX`): the
+    /// next start refuses any older state of `root.ov` (a copy put back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_checkpoint: Option<String>,
 }
 
 impl Journaled for VmRecord {
@@ -576,6 +580,7 @@ impl VmManager {
             running: None,
             created: now(),
             destroy_data: false,
+            root_checkpoint: None,
         };
         self.store.begin(&rec)?;
         match self.create_steps(&mut rec, ssh_key.as_deref(), input.root_key.as_ref()) {
@@ -885,7 +890,7 @@ impl VmManager {
                     Some(crate::overlay::BaseSpec::Image {
                         path: r.params.base.clone(),
                     }),
-                    None,
+                    r.root_checkpoint.clone(),
                 )?;
                 let ready = export::export(
                     &self.run,
@@ -996,6 +1001,17 @@ impl VmManager {
 
     /// [`VmManager::stop_nbd`] of the export on the socket `name` in the VM's directory.
     fn stop_nbd_on(&self, id: &VmId, pid: u32, name: &str) -> bool {
+        self.stop_nbd_checkpoint(id, pid, name).0
+    }
+
+    /// [`VmManager::stop_nbd_on`], with the overlay checkpoint the export recorded when it
+    /// stopped (an encrypted root disk's).
+    fn stop_nbd_checkpoint(
+        &self,
+        id: &VmId,
+        pid: u32,
+        name: &str,
+    ) -> (bool, Option<sealvol_overlay::Checkpoint>) {
         let socket = &self.file(id, name);
         let sock = socket.to_string_lossy();
         let entry =
@@ -1003,10 +1019,12 @@ impl VmManager {
                 e.kind == "nbd" && (e.pid == pid || e.nbd.as_deref() == Some(sock.as_ref()))
             });
         let mut was = false;
+        let mut checkpoint = None;
         if let Some(e) = entry {
             was = served::alive(&self.run, &e);
-            if let Err(err) = served::stop(&self.run, &e, Busy::Fail, EXPORT_STOP) {
-                tracing::warn!(error = %err, "stopping the NBD export failed");
+            match served::stop(&self.run, &e, Busy::Fail, EXPORT_STOP) {
+                Ok(s) => checkpoint = s.checkpoint,
+                Err(err) => tracing::warn!(error = %err, "stopping the NBD export failed"),
             }
         }
         if cmdline_names(pid, socket) {
@@ -1019,7 +1037,7 @@ impl VmManager {
         if let Ok(Some(dir)) = self.existing_vm_dir(id) {
             let _ = dir.remove_file(name);
         }
-        was
+        (was, checkpoint)
     }
 
     /// Stops VM `id`: ACPI power-off over QMP, SIGKILL after `timeout`, then its NBD export.
@@ -1060,7 +1078,12 @@ impl VmManager {
                 report.stopped_nbd = self.stop_nbd(&id, pid);
             }
             if let Some(pid) = run.root_nbd_pid {
-                report.stopped_nbd |= self.stop_nbd_on(&id, pid, ROOT_SOCKET);
+                let (was, cp) = self.stop_nbd_checkpoint(&id, pid, ROOT_SOCKET);
+                report.stopped_nbd |= was;
+                // The state it stopped at is the oldest the next start accepts.
+                if let Some(cp) = cp {
+                    r.root_checkpoint = Some(cp.to_string());
+                }
             }
         }
         r.running = None;
