@@ -32,6 +32,9 @@ const PARALLEL_MIN: usize = 256 << 10;
 /// The store is grown ([`Store::reserve`]) in steps of this many bytes ahead of the
 /// clusters written past its end, not one cluster at a time.
 pub(crate) const RESERVE_STEP: u64 = 64 << 20;
+/// Freed runs of at least this many bytes are punched out of the store at commit; shorter
+/// ones stay allocated until the allocator reuses them.
+const PUNCH_MIN: u64 = 1 << 20;
 
 /// How to make a new overlay.
 #[derive(Clone, Debug)]
@@ -1230,9 +1233,15 @@ impl OverlayDevice {
             while j < holes.len() && holes[j] == holes[j - 1] + cs {
                 j += 1;
             }
-            // Punching holes only returns space: a failure changes nothing we rely on.
-            if let Err(e) = self.store.discard(holes[i], (j - i) as u64 * cs) {
-                tracing::warn!(error = %e, "could not punch a hole in the overlay file");
+            // Punching holes only returns space: a failure changes nothing we rely on. Short
+            // runs are left for the allocator, which hands freed clusters out again first:
+            // punching each (a journaled extent change, and another when it is filled
+            // again) bounded random writes on ext4.
+            let len = (j - i) as u64 * cs;
+            if len >= PUNCH_MIN {
+                if let Err(e) = self.store.discard(holes[i], len) {
+                    tracing::warn!(error = %e, "could not punch a hole in the overlay file");
+                }
             }
             i = j;
         }
