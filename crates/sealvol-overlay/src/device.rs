@@ -1,7 +1,7 @@
 //! [`OverlayDevice`]: create, open, read, write, discard, commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rayon::prelude::*;
@@ -29,9 +29,6 @@ const AUTO_COMMIT_BYTES: u64 = 256 << 20;
 const AUTO_COMMIT_NODES: usize = 8192;
 /// Requests at least this large are crypted on several threads.
 const PARALLEL_MIN: usize = 256 << 10;
-/// The store is grown ([`Store::reserve`]) in steps of this many bytes ahead of the
-/// clusters written past its end, not one cluster at a time.
-pub(crate) const RESERVE_STEP: u64 = 64 << 20;
 /// Freed runs of at least this many bytes are punched out of the store at commit; shorter
 /// ones stay allocated until the allocator reuses them.
 const PUNCH_MIN: u64 = 1 << 20;
@@ -164,8 +161,6 @@ pub struct OverlayDevice {
     pub(crate) keys: RwLock<HashMap<u32, Arc<MasterKey>>>,
     pub(crate) read_only: AtomicBool,
     pub(crate) failed: AtomicBool,
-    /// The store's length as far as this device knows: writes below it do not grow it.
-    reserved: AtomicU64,
     /// Readers and writers hold it shared; a commit holds it alone, so no cluster it frees
     /// is being read.
     pub(crate) gate: RwLock<()>,
@@ -683,7 +678,6 @@ impl OverlayDevice {
             keys: RwLock::new(p.keys),
             read_only: AtomicBool::new(read_only),
             failed: AtomicBool::new(false),
-            reserved: AtomicU64::new(store_len),
             gate: RwLock::new(()),
             state: Mutex::new(State {
                 root,
@@ -767,19 +761,6 @@ impl OverlayDevice {
 
     pub(crate) fn cs(&self) -> usize {
         1 << self.shift
-    }
-
-    /// Grows the store ahead of a write that ends at byte `end`, by [`RESERVE_STEP`]s.
-    pub(crate) fn make_room(&self, end: u64) -> Result<()> {
-        if end <= self.reserved.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let want = end.div_ceil(RESERVE_STEP) * RESERVE_STEP;
-        self.store
-            .reserve(want)
-            .map_err(|e| Error::io(format!("growing the overlay to {want} bytes"), e))?;
-        self.reserved.fetch_max(want, Ordering::Relaxed);
-        Ok(())
     }
 
     pub(crate) fn check_alive(&self) -> Result<()> {
@@ -1050,15 +1031,6 @@ impl OverlayDevice {
                 })
                 .collect()
         };
-        if let Some(&last) = blocks.iter().max() {
-            if let Err(e) = self.make_room(last * BLOCK + cs) {
-                let mut st = lock(&self.state);
-                for &b in &blocks {
-                    st.alloc.free_data(b);
-                }
-                return Err(e);
-            }
-        }
         let mut i = 0;
         while i < plain.len() {
             let mut j = i + 1;
@@ -1174,9 +1146,6 @@ impl OverlayDevice {
             ..
         } = st;
         let (nodes, (mb, mh)) = map.serialize(alloc, pending_nodes)?;
-        if let Some(end) = nodes.iter().map(|(b, n)| b * BLOCK + n.len() as u64).max() {
-            self.make_room(end)?;
-        }
         for (block, bytes) in &nodes {
             self.store
                 .write_at(bytes, block * BLOCK)

@@ -403,16 +403,9 @@ impl OverlayDevice {
                 let s = st.alloc.alloc_data();
                 st.alloc.block(s)
             };
-            let written = self
-                .make_room(block * BLOCK + buf.len() as u64)
-                .and_then(|()| {
-                    self.store
-                        .write_at(&buf, block * BLOCK)
-                        .map_err(|e| Error::io(format!("writing cluster {c}"), e))
-                });
-            if let Err(e) = written {
+            if let Err(e) = self.store.write_at(&buf, block * BLOCK) {
                 lock(self).alloc.free_data(block);
-                return Err(e);
+                return Err(Error::io(format!("writing cluster {c}"), e));
             }
             let mut st = lock(self);
             let new = Entry::Data {

@@ -39,19 +39,6 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// I/O errors.
     fn discard(&self, offset: u64, len: u64) -> std::io::Result<()>;
-
-    /// Makes the store at least `len` bytes long ahead of the writes that will fill it,
-    /// the new bytes reading as zeros (a sparse extension: no space is allocated). The
-    /// overlay calls it in large steps before it writes past the end, so that a file is
-    /// not grown (its size changed, its metadata journaled) by every new cluster. The
-    /// default does nothing: stores that grow cheaply on write need not.
-    ///
-    /// # Errors
-    /// I/O errors.
-    fn reserve(&self, len: u64) -> std::io::Result<()> {
-        let _ = len;
-        Ok(())
-    }
 }
 
 /// Bytes in memory, for tests and examples. Discard zeroes.
@@ -170,14 +157,6 @@ impl Store for std::fs::File {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// `ftruncate` up to `len` when the file is shorter (never shrinks it).
-    fn reserve(&self, len: u64) -> std::io::Result<()> {
-        if self.metadata()?.len() < len {
-            self.set_len(len)?;
-        }
-        Ok(())
-    }
 }
 
 impl<T: Store + ?Sized> Store for Arc<T> {
@@ -195,9 +174,6 @@ impl<T: Store + ?Sized> Store for Arc<T> {
     }
     fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
         (**self).discard(offset, len)
-    }
-    fn reserve(&self, len: u64) -> std::io::Result<()> {
-        (**self).reserve(len)
     }
 }
 
@@ -294,26 +270,6 @@ mod tests {
         assert!(b[..4096].iter().all(|&x| x == 0xAA));
         assert!(b[4096..].iter().all(|&x| x == 0));
         assert_eq!(Store::len(&f).unwrap(), 1 << 20);
-    }
-
-    #[test]
-    fn file_store_reserves_sparse_room_and_never_shrinks() {
-        let f = tempfile::tempfile().unwrap();
-        f.write_at(b"abc", 0).unwrap();
-        f.reserve(64 << 20).unwrap();
-        assert_eq!(Store::len(&f).unwrap(), 64 << 20);
-        // Sparse: the reservation allocates nothing.
-        use std::os::unix::fs::MetadataExt;
-        assert!(f.metadata().unwrap().blocks() * 512 < 1 << 20);
-        let mut b = [9u8; 4];
-        Store::read_at(&f, &mut b, (64 << 20) - 4).unwrap();
-        assert_eq!(b, [0; 4]);
-        f.reserve(4096).unwrap();
-        assert_eq!(Store::len(&f).unwrap(), 64 << 20);
-        // Memory stores keep the default: nothing happens.
-        let m = MemStore::new();
-        m.reserve(1 << 20).unwrap();
-        assert_eq!(m.len().unwrap(), 0);
     }
 
     #[test]

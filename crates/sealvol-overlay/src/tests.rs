@@ -456,35 +456,6 @@ fn the_layer_key_opens_what_the_consumer_key_opens_and_nothing_else() {
 }
 
 #[test]
-fn a_file_store_grows_in_reserved_steps_not_per_cluster() {
-    let base = base(8 << 20);
-    let f = tempfile::tempfile().unwrap();
-    let store: Arc<dyn Store> = Arc::new(f.try_clone().unwrap());
-    let ov = OverlayDevice::create(store.clone(), KEY, base.clone(), &opts(4096)).unwrap();
-    let len = |f: &std::fs::File| f.metadata().unwrap().len();
-    let step = crate::device::RESERVE_STEP;
-    for i in 0..64u64 {
-        ov.write_at(&[i as u8; 4096], i * 4096 * 7 % (8 << 20))
-            .unwrap();
-        assert_eq!(len(&f) % step, 0, "grown by whole steps, after write {i}");
-    }
-    ov.flush().unwrap();
-    assert_eq!(len(&f), step, "one step holds 64 clusters and their nodes");
-    let cp = ov.checkpoint();
-    drop(ov);
-    // The room reserved past the last cluster is no part of the overlay's state.
-    let o = OpenOptions {
-        expect_checkpoint: Some(cp),
-        ..OpenOptions::default()
-    };
-    let ov = OverlayDevice::open(store, KEY, base, &o, &mut no_lower).unwrap();
-    assert!(ov.status().file_bytes < 4 << 20, "{:?}", ov.status());
-    let mut b = [0u8; 4096];
-    ov.read_at(&mut b, 4096 * 7).unwrap();
-    assert_eq!(b, [1u8; 4096]);
-}
-
-#[test]
 fn peek_reads_the_root_without_a_key_and_refuses_what_is_no_overlay() {
     let base = base(1 << 20);
     let store = Arc::new(MemStore::new());
