@@ -373,6 +373,7 @@ fn create_body(raw: &[u8]) -> Result<CreateVolume, Refusal> {
             fs: b.fs.unwrap_or_else(|| "ext4".into()),
             detached_header: b.detached_header,
             luks_type,
+            base: None,
         },
         sparse_ok: b.sparse_ok,
         key: b.key.spec()?,
@@ -800,6 +801,7 @@ mod tests {
                         } else {
                             LuksType::Luks2
                         },
+                        base: None,
                     },
                     sparse_ok,
                     key,

@@ -464,7 +464,8 @@ mod tests {
                         size: 1 << 30,
                         fs: "ext4".into(),
                         detached_header: false,
-                        luks_type: LuksType::Luks2
+                        luks_type: LuksType::Luks2,
+                        base: None,
                     },
                     key: KeyRef::Registered(KeyName::parse("web").unwrap()),
                     sparse_ok: false,
@@ -559,6 +560,7 @@ mod tests {
                         } else {
                             LuksType::Luks2
                         },
+                        base: None,
                     },
                     key,
                     sparse_ok,

@@ -97,6 +97,17 @@ pub enum Error {
         #[source]
         source: Box<sealvol_verity::Error>,
     },
+    /// An overlay (`sealvol-overlay`) refused: tampering, a rollback against the expected
+    /// checkpoint, a base or lower layer that is not the overlay's, a frozen layer written
+    /// ... A key that opens no keyslot is [`Error::WrongKey`] instead.
+    #[error("{}: {source}", path.display())]
+    Overlay {
+        /// The overlay file.
+        path: PathBuf,
+        /// What the overlay crate said.
+        #[source]
+        source: Box<sealvol_overlay::Error>,
+    },
     /// The crypto backend failed (the operating system's random generator, a cipher).
     #[error(transparent)]
     Crypto(#[from] sealvol_crypto::Error),
@@ -286,13 +297,42 @@ impl Error {
 
     /// Whether this is a clean "no" a caller reports as such (exit code 1 on the command
     /// line): a key that opens nothing, a refused signature, a verity root or data that does
-    /// not verify. Nothing was started or changed.
+    /// not verify, an overlay older than the checkpoint expected. Nothing was started or
+    /// changed.
     pub fn is_clean_no(&self) -> bool {
         self.is_wrong_key()
+            || self.is_rollback()
             || matches!(
                 self,
                 Error::SignatureRefused { .. } | Error::CorruptData { .. } | Error::NotVerified(_)
             )
+    }
+
+    /// The overlay error `e` about the file `path` (a wrong key stays [`Error::WrongKey`]).
+    pub(crate) fn overlay(path: &std::path::Path, e: sealvol_overlay::Error) -> Self {
+        match e {
+            sealvol_overlay::Error::WrongKey => Error::WrongKey(format!(
+                "{}: no keyslot of the overlay opens with this key",
+                path.display()
+            )),
+            e => Error::Overlay {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// Whether this is an overlay older than the checkpoint it was expected at (or another
+    /// history at the same counter): a saved copy presented again.
+    pub fn is_rollback(&self) -> bool {
+        match self {
+            Error::Overlay { source, .. } => matches!(
+                **source,
+                sealvol_overlay::Error::Rollback { .. } | sealvol_overlay::Error::Diverged { .. }
+            ),
+            Error::Step { cause, .. } => cause.is_rollback(),
+            _ => false,
+        }
     }
 
     pub(crate) fn verity(context: impl Into<String>, source: sealvol_verity::Error) -> Self {

@@ -38,6 +38,9 @@
 //!   name, or a key file only root can read) that records may keep instead of keys.
 //! - [`service`]: what a daemon serves: the volume manager's volumes with their key sources,
 //!   users (reference counts across mounts) and recovery after restarts.
+//! - [`overlay`]: encrypted copy-on-write overlay files (`sealvol-overlay`): their bases,
+//!   the files of their chains (locators), and the `sealvol overlay` verbs as typed calls;
+//!   [`export`] serves them like any volume.
 //! - [`vm`]: qemu VMs with an encrypted data disk (qemu's LUKS driver, or an [`export`] over
 //!   NBD), and their manager (a [`store`] in the state directory's `vm/`).
 //!
@@ -68,6 +71,7 @@ pub mod lock;
 pub mod loopdev;
 pub mod luks_file;
 pub mod mount;
+pub mod overlay;
 pub mod process;
 pub mod progress;
 pub mod safe_dir;

@@ -999,6 +999,7 @@ pub fn params_from_options(
         fs: "ext4".into(),
         detached_header: false,
         luks_type: volume::LuksType::Luks2,
+        base: None,
     };
     let mut key = None;
     let mut sparse_ok = false;

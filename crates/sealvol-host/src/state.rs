@@ -230,6 +230,27 @@ impl StateDir {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Records the overlay checkpoint of volume `id`'s export (atomically, mode 0600):
+    /// [`crate::overlay::CHECKPOINT_FILE`] in its runtime directory.
+    ///
+    /// # Errors
+    /// As [`StateDir::dir`]; [`Error::Io`] naming the file.
+    pub fn save_checkpoint(&self, id: &str, cp: &sealvol_overlay::Checkpoint) -> Result<()> {
+        self.runtime(id)?.write_atomic(
+            crate::overlay::CHECKPOINT_FILE,
+            cp.to_string().as_bytes(),
+            0o600,
+        )
+    }
+
+    /// The overlay checkpoint volume `id`'s export last recorded, if any (an unreadable or
+    /// unparsable file, or a link planted in its place, counts as none).
+    pub fn checkpoint(&self, id: &str) -> Option<sealvol_overlay::Checkpoint> {
+        let dir = self.existing().ok()??.open_dir(id).ok()??;
+        let bytes = dir.read(crate::overlay::CHECKPOINT_FILE).ok()??;
+        std::str::from_utf8(&bytes).ok()?.parse().ok()
+    }
+
     fn entry_name(id: &str) -> String {
         format!("{id}.json")
     }

@@ -286,6 +286,9 @@ pub struct VmSpec {
     pub kernel: Option<(PathBuf, PathBuf, String)>,
     /// The root disk (a qcow2 overlay on the base image), if any.
     pub root_disk: Option<PathBuf>,
+    /// The root disk served over NBD on this unix socket (an encrypted sealvol overlay),
+    /// instead of `root_disk`.
+    pub root_nbd: Option<PathBuf>,
     /// The cloud-init seed ISO, if any.
     pub seed_iso: Option<PathBuf>,
     /// The encrypted data disk, if any.
@@ -343,7 +346,14 @@ impl VmSpec {
                 format!("virtio-blk-pci,drive={id},id={id}-dev"),
             ]);
         };
-        if let Some(root) = &self.root_disk {
+        if let Some(socket) = &self.root_nbd {
+            blockdev(
+                &mut a,
+                json!({"driver": "nbd", "node-name": "root", "export": "",
+                       "server": {"type": "unix", "path": socket}}),
+                "root",
+            );
+        } else if let Some(root) = &self.root_disk {
             blockdev(
                 &mut a,
                 json!({"driver": "qcow2", "node-name": "root",
@@ -609,6 +619,7 @@ mod tests {
             memory_mib: 256,
             kernel: None,
             root_disk: Some("/vm/root.qcow2".into()),
+            root_nbd: None,
             seed_iso: Some("/vm/seed.iso".into()),
             data: Some(DataDisk::Luks {
                 volume: "/vm/data.luks".into(),

@@ -139,6 +139,7 @@ impl Host {
             fs: "ext4".into(),
             detached_header: false,
             luks_type: LuksType::Luks2,
+            base: None,
         }
     }
 
@@ -423,6 +424,7 @@ fn vm_create_and_destroy_with_its_data_volume_and_a_refused_start() {
         forwards: Vec::new(),
         accel: "tcg".into(),
         kernel: None,
+        encrypted_root: false,
     };
     let st = vms.create(&id, &params, &CreateInput::default()).unwrap();
     assert_eq!(st.phase, Phase::Ready);

@@ -29,6 +29,9 @@ const AUTO_COMMIT_BYTES: u64 = 256 << 20;
 const AUTO_COMMIT_NODES: usize = 8192;
 /// Requests at least this large are crypted on several threads.
 const PARALLEL_MIN: usize = 256 << 10;
+/// Freed runs of at least this many bytes are punched out of the store at commit; shorter
+/// ones stay allocated until the allocator reuses them.
+const PUNCH_MIN: u64 = 1 << 20;
 
 /// How to make a new overlay.
 #[derive(Clone, Debug)]
@@ -223,6 +226,75 @@ fn describe(r: &Result<SlotRead>) -> String {
     }
 }
 
+/// What an overlay's root slots say before any key is given ([`peek`]). **Unauthenticated**:
+/// anyone who can write the file can change it; it tells a front end how to go on (how
+/// large the base must be, which files the lower layers are), and an open then checks
+/// everything against the MAC and the pinned root hashes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unverified {
+    /// The layer's UUID.
+    pub uuid: String,
+    /// The slot's checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Frozen (a snapshot).
+    pub frozen: bool,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Cluster size in bytes.
+    pub cluster_size: u32,
+    /// Size of the external base.
+    pub base_size: u64,
+    /// The base's identity recorded at creation (zeros: none).
+    #[serde(serialize_with = "hex_bytes")]
+    pub base_tag: [u8; 32],
+    /// The layers below, with their locators (0 = right below).
+    pub lower: Vec<LowerLayer>,
+}
+
+fn hex_bytes<S: serde::Serializer>(v: &[u8; 32], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v))
+}
+
+/// Reads the root slots of the overlay in `store` without a key: the slot with the higher
+/// commit counter among those that parse. See [`Unverified`]: nothing in it is trusted.
+///
+/// # Errors
+/// [`Error::NoValidRoot`] when neither slot parses (not an overlay, or both damaged).
+pub fn peek(store: &dyn Store) -> Result<Unverified> {
+    let (slots, _) = read_slots(store)?;
+    let mut why = [String::new(), String::new()];
+    let mut best: Option<SlotRead> = None;
+    for (i, s) in slots.into_iter().enumerate() {
+        match s {
+            Ok(s)
+                if best
+                    .as_ref()
+                    .is_none_or(|b| s.root.counter > b.root.counter) =>
+            {
+                best = Some(s)
+            }
+            Ok(_) => {}
+            Err(e) => why[i] = e.to_string(),
+        }
+    }
+    let [slot0, slot1] = why;
+    let s = best.ok_or(Error::NoValidRoot { slot0, slot1 })?;
+    let r = &s.root;
+    Ok(Unverified {
+        uuid: uuid_string(&r.uuid),
+        checkpoint: Checkpoint {
+            counter: r.counter,
+            root: sha256(&s.content),
+        },
+        frozen: r.frozen(),
+        virtual_size: r.virtual_size,
+        cluster_size: 1 << r.cluster_shift,
+        base_size: r.base_size,
+        base_tag: r.base_tag,
+        lower: lower_layers(&r.lower),
+    })
+}
+
 /// The current root of a layer: the authenticated slot with the highest counter.
 fn pick_root(
     store: &dyn Store,
@@ -312,6 +384,21 @@ pub(crate) fn format_luks(
     };
     sealvol_luks::Volume::format(HeaderArea::new(store.clone(), LUKS_AREA), &opts, &lk, key)?;
     Ok(lk)
+}
+
+/// Runs the embedded LUKS2 keyslot that `key` opens (under `limits`) and returns the
+/// overlay's **layer key**, which [`OverlayDevice::open_unlocked`] opens it with: what a
+/// front end hands a background process instead of the consumer's key (as it hands a LUKS
+/// volume key), so the keyslot's KDF runs once. Zeroized on drop; never print it.
+///
+/// # Errors
+/// [`Error::WrongKey`]; [`Error::Luks`] for a damaged header or a KDF over `limits`.
+pub fn unlock_layer_key(
+    store: &Arc<dyn Store>,
+    key: &[u8],
+    limits: KdfLimits,
+) -> Result<SecretBytes> {
+    unlock_luks(store, key, limits)
 }
 
 /// Opens the embedded LUKS2 header with `key`: the layer key.
@@ -453,6 +540,29 @@ impl OverlayDevice {
     ) -> Result<OverlayDevice> {
         let lk = unlock_luks(&store, key, opts.kdf_limits)?;
         Self::open_with_layer_key(store, &lk, base, opts, resolve)
+    }
+
+    /// Opens the overlay in `store` with its **layer key** (what [`unlock_layer_key`]
+    /// returns) instead of a consumer's key: for a process handed the layer key by one that
+    /// ran the keyslot's KDF already (a background export), so the KDF runs once. The key is
+    /// checked against the embedded header's digest first (under `opts.kdf_limits`).
+    ///
+    /// # Errors
+    /// [`Error::WrongKey`] when the digest does not match (another layer's key, or a header
+    /// replaced since); then as [`OverlayDevice::open`].
+    pub fn open_unlocked(
+        store: Arc<dyn Store>,
+        layer_key: &SecretBytes,
+        base: Arc<dyn BlockDevice>,
+        opts: &OpenOptions,
+        resolve: &mut dyn FnMut(&LowerLayer) -> Result<Arc<dyn Store>>,
+    ) -> Result<OverlayDevice> {
+        let mut v = sealvol_luks::Volume::open(HeaderArea::new(store.clone(), LUKS_AREA))?;
+        v.set_kdf_limits(opts.kdf_limits);
+        if !v.verify_volume_key(layer_key)? {
+            return Err(Error::WrongKey);
+        }
+        Self::open_with_layer_key(store, layer_key, base, opts, resolve)
     }
 
     /// [`OverlayDevice::open`] after the keyslot: with the layer key itself.
@@ -1092,9 +1202,15 @@ impl OverlayDevice {
             while j < holes.len() && holes[j] == holes[j - 1] + cs {
                 j += 1;
             }
-            // Punching holes only returns space: a failure changes nothing we rely on.
-            if let Err(e) = self.store.discard(holes[i], (j - i) as u64 * cs) {
-                tracing::warn!(error = %e, "could not punch a hole in the overlay file");
+            // Punching holes only returns space: a failure changes nothing we rely on. Short
+            // runs are left for the allocator, which hands freed clusters out again first:
+            // punching each (a journaled extent change, and another when it is filled
+            // again) bounded random writes on ext4.
+            let len = (j - i) as u64 * cs;
+            if len >= PUNCH_MIN {
+                if let Err(e) = self.store.discard(holes[i], len) {
+                    tracing::warn!(error = %e, "could not punch a hole in the overlay file");
+                }
             }
             i = j;
         }

@@ -64,7 +64,9 @@ mod map;
 mod ops;
 mod store;
 
-pub use device::{CreateOptions, LowerLayer, OpenOptions, OverlayDevice};
+pub use device::{
+    peek, unlock_layer_key, CreateOptions, LowerLayer, OpenOptions, OverlayDevice, Unverified,
+};
 pub use error::{Error, Result};
 pub use format::Checkpoint;
 pub use keys::LABEL_EXTENT;

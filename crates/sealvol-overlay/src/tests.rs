@@ -418,3 +418,142 @@ fn flatten_folds_the_chain_into_the_top_layer() {
     assert_eq!(l2.status().generations.len(), 1);
     assert_eq!(read_all(&l2), model);
 }
+
+#[test]
+fn the_layer_key_opens_what_the_consumer_key_opens_and_nothing_else() {
+    let base = base(1 << 20);
+    let store = Arc::new(MemStore::new());
+    let ov = OverlayDevice::create(store.clone(), KEY, base.clone(), &opts(4096)).unwrap();
+    ov.write_at(b"handed over", 8192).unwrap();
+    ov.flush().unwrap();
+    let cp = ov.checkpoint();
+    drop(ov);
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let lk = crate::unlock_layer_key(&dyn_store, KEY, Default::default()).unwrap();
+    assert_eq!(lk.expose().len(), 64);
+    let o = OpenOptions {
+        expect_checkpoint: Some(cp),
+        ..OpenOptions::default()
+    };
+    let ov =
+        OverlayDevice::open_unlocked(store.clone(), &lk, base.clone(), &o, &mut no_lower).unwrap();
+    let mut b = [0u8; 11];
+    ov.read_at(&mut b, 8192).unwrap();
+    assert_eq!(&b, b"handed over");
+    drop(ov);
+    // Another layer's key is refused by the header's digest, before any root is read.
+    let other = Arc::new(MemStore::new());
+    drop(OverlayDevice::create(other.clone(), KEY, base.clone(), &opts(4096)).unwrap());
+    let other: Arc<dyn Store> = other;
+    let wrong = crate::unlock_layer_key(&other, KEY, Default::default()).unwrap();
+    let e = OverlayDevice::open_unlocked(store.clone(), &wrong, base.clone(), &o, &mut no_lower)
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongKey), "{e}");
+    assert!(matches!(
+        crate::unlock_layer_key(&dyn_store, b"not the key", Default::default()),
+        Err(Error::WrongKey)
+    ));
+}
+
+#[test]
+fn peek_reads_the_root_without_a_key_and_refuses_what_is_no_overlay() {
+    let base = base(1 << 20);
+    let store = Arc::new(MemStore::new());
+    let ov =
+        Arc::new(OverlayDevice::create(store.clone(), KEY, base.clone(), &opts(4096)).unwrap());
+    ov.write_at(b"x", 0).unwrap();
+    ov.flush().unwrap();
+    let p = crate::peek(&*store).unwrap();
+    assert_eq!(p.checkpoint, ov.checkpoint());
+    assert_eq!(
+        (p.virtual_size, p.base_size, p.cluster_size),
+        (1 << 20, 1 << 20, 4096)
+    );
+    assert!(!p.frozen && p.lower.is_empty());
+    assert_eq!(p.uuid, ov.uuid());
+    let top = Arc::new(MemStore::new());
+    let snap = ov.snapshot(top.clone(), b"lower.ov").unwrap();
+    let p = crate::peek(&*top).unwrap();
+    assert_eq!(p.lower.len(), 1);
+    assert_eq!(p.lower[0].locator, b"lower.ov");
+    assert_eq!(p.lower[0].uuid, ov.uuid());
+    assert!(crate::peek(&*store).unwrap().frozen);
+    drop(snap);
+    let junk = MemStore::from_vec(vec![7u8; 4 << 20]);
+    assert!(matches!(crate::peek(&junk), Err(Error::NoValidRoot { .. })));
+}
+
+/// A store that records every discard (hole punched) it is asked for.
+struct CountingStore {
+    inner: MemStore,
+    discards: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl Store for CountingStore {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.discards.lock().unwrap().push((offset, len));
+        self.inner.discard(offset, len)
+    }
+}
+
+#[test]
+fn scattered_freed_clusters_are_reused_not_punched_and_large_runs_are_punched() {
+    let base = base(8 << 20);
+    let store = Arc::new(CountingStore {
+        inner: MemStore::new(),
+        discards: Default::default(),
+    });
+    let ov = OverlayDevice::create(store.clone(), KEY, base.clone(), &opts(4096)).unwrap();
+    let spots: Vec<u64> = (0..64u64).map(|i| i * 4096 * 7 % (8 << 20)).collect();
+    for (n, &at) in spots.iter().enumerate() {
+        ov.write_at(&[n as u8; 4096], at).unwrap();
+    }
+    ov.flush().unwrap();
+    // Overwritten again and again: every old cluster is freed once a commit no longer names
+    // it, then reused, never punched; after the first round the file stops growing.
+    let mut len = 0;
+    for round in 1..=3u8 {
+        for &at in &spots {
+            ov.write_at(&[round; 4096], at).unwrap();
+        }
+        ov.flush().unwrap();
+        if round == 1 {
+            len = store.len().unwrap();
+        }
+    }
+    assert!(
+        store.discards.lock().unwrap().is_empty(),
+        "scattered clusters punched: {:?}",
+        store.discards.lock().unwrap()
+    );
+    assert_eq!(store.len().unwrap(), len, "freed clusters were not reused");
+    // A 2 MiB run written, then discarded: its clusters go back to the host.
+    ov.write_at(&vec![9u8; 2 << 20], 4 << 20).unwrap();
+    ov.flush().unwrap();
+    ov.discard(4 << 20, 2 << 20).unwrap();
+    ov.flush().unwrap();
+    // (Some of its clusters reused scattered freed ones: those stay for reuse again.)
+    let d = store.discards.lock().unwrap().clone();
+    let punched: u64 = d.iter().map(|d| d.1).sum();
+    assert!(
+        punched >= 1 << 20 && d.iter().all(|d| d.1 >= 1 << 20),
+        "{d:?}"
+    );
+    let mut b = [7u8; 4096];
+    ov.read_at(&mut b, spots[5]).unwrap();
+    assert_eq!(b, [3u8; 4096]);
+    ov.read_at(&mut b, 5 << 20).unwrap();
+    assert_eq!(b, [0u8; 4096]);
+}

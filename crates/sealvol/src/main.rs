@@ -13,7 +13,7 @@ use clap::Parser;
 use crate::cli::verity::VerityCommand;
 use crate::cli::{Cli, Command, TokenCommand};
 use crate::output::{CleanNo, CleanNoWith, Output};
-use crate::verbs::{daemon, export, luks, verity, vm, volume};
+use crate::verbs::{daemon, export, luks, overlay, verity, vm, volume};
 
 /// Runs one verb: each module's function makes its library call and prints the result.
 fn run(command: Command, out: &Output, verbose: u8) -> anyhow::Result<()> {
@@ -45,6 +45,7 @@ fn run(command: Command, out: &Output, verbose: u8) -> anyhow::Result<()> {
         Command::Close(a) => export::close(a, out),
         Command::Serve(c) => export::serve(c, out),
         Command::InternalExport => export::internal_export(out),
+        Command::Overlay(c) => overlay::run(c, out),
         Command::Volume(c) => volume::run(c, out),
         Command::Vm(c) => vm::run(c, out),
     }
@@ -114,7 +115,7 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::new(format!(
-        "sealvol={level},sealvol_luks={level},sealvol_crypto={level},sealvol_verity={level},sealvol_block={level},sealvol_export={level},sealvol_host={level}"
+        "sealvol={level},sealvol_luks={level},sealvol_crypto={level},sealvol_verity={level},sealvol_block={level},sealvol_export={level},sealvol_host={level},sealvol_overlay={level}"
     ));
     // Colour codes only for a terminal: an export's stderr is its log file.
     tracing_subscriber::fmt()

@@ -456,6 +456,184 @@ fn vm_round_trip(via: &str, detached: bool) {
     );
 }
 
+/// The guest of the encrypted root disk: finds it by its size (32 MiB: 65536 sectors), prints
+/// what the base holds at 0, writes a line at 1 MiB.
+const ROOT_GUEST: &str =
+    "D=''; for b in /sys/block/vd*; do [ \"$(cat $b/size)\" = 65536 ] && D=/dev/${b##*/}; done\n\
+     echo \"GUEST-ROOT-DISK:$D:$(dd if=$D bs=20 count=1 2>/dev/null)\"\n\
+     if echo GUEST-WROTE-IT-5d1e | dd of=$D bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; \
+     then echo GUEST-DONE; else echo GUEST-FAILED; fi\nsleep 1000\n";
+
+/// `vm create --encrypted-root`: the root disk is a sealvol overlay over the raw base, served
+/// to qemu over NBD with the VM's key; the guest reads the base through it and writes; the
+/// overlay file holds no plaintext, the base is not written, the host reads the guest's
+/// line back through `serve nbd`; start without the right key starts nothing; destroy
+/// wipes it all.
+#[test]
+fn vm_cli_encrypted_root_disk_through_sealvol_nbd() {
+    let mut h = Host::new();
+    let dir = h.dir.clone();
+    let (key, hex) = hex_key(&dir);
+    let keyf = key.to_str().unwrap();
+    let vm = "enc-root".to_string();
+    h.vms.push(vm.clone());
+    let base = dir.join("base.raw");
+    sparse_file(&base, 16 << 20);
+    write_at(&base, 0, b"BASE-MARKER-3b9e7a10");
+    let base_before = std::fs::read(&base).unwrap();
+    let (kernel, initrd) =
+        guest::kernel_and_initrd(&dir, &["virtio_pci", "virtio_blk"], ROOT_GUEST);
+    let created = h
+        .sv(
+            "vm",
+            &[
+                "create",
+                &vm,
+                "--memory",
+                "256M",
+                "--disk-size",
+                "32M",
+                "--base",
+                base.to_str().unwrap(),
+                "--encrypted-root",
+                "--key-file",
+                keyf,
+                "--key-profile",
+                "machine",
+                "--accel",
+                "tcg",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--append",
+                "console=ttyS0 quiet panic=-1 rdinit=/init",
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(created["params"]["encrypted_root"], true, "{created}");
+    let vmdir = h.state.join("vm/dirs").join(&vm);
+    let root = vmdir.join("root.ov");
+    assert_eq!(created["overlay"], root.to_str().unwrap());
+    assert!(!vmdir.join("overlay.qcow2").exists());
+    let as_created = std::fs::read(&root).unwrap();
+
+    // A wrong key: exit 1, nothing running.
+    let wrong = write_secret(&dir, "wrong", b"0123456789abcdef0123456789abcdef");
+    h.sv(
+        "vm",
+        &["start", &vm, "--key-file", wrong.to_str().unwrap()],
+        None,
+    )
+    .code(1);
+    assert!(h.qemus().is_empty());
+
+    let started = h
+        .sv(
+            "vm",
+            &["start", &vm, "--key-file", "-"],
+            Some(hex.as_bytes()),
+        )
+        .ok();
+    let st = started.json();
+    let qemu = st["qemu_pid"].as_u64().expect("qemu pid");
+    let export = st["root_nbd_pid"].as_u64().expect("root export pid");
+    for p in [qemu, export] {
+        let c = cmdline(p);
+        assert!(!c.is_empty() && !c.contains(&hex), "key or nothing in {c}");
+    }
+    assert!(cmdline(qemu).contains("root.nbd.sock"), "{}", cmdline(qemu));
+    let console = vmdir.join("console.log");
+    let t = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if log.contains("GUEST-DONE") || log.contains("GUEST-FAILED") {
+            break log;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the guest did not finish in 30 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(log.contains("GUEST-DONE"), "the guest failed:\n{log}");
+    assert!(
+        log.contains(":BASE-MARKER-3b9e7a10"),
+        "the guest did not read the base through its root disk:\n{log}"
+    );
+    h.sv("vm", &["stop", &vm, "--timeout", "1"], None).ok();
+    assert!(h.qemus().is_empty());
+    assert!(cmdline(export).is_empty(), "the root export still runs");
+
+    // The record keeps the checkpoint the root disk stopped at: the copy as created, put
+    // back, is refused at the next start (exit 1), nothing running.
+    let record = std::fs::read_to_string(h.state.join(format!("vm/records/{vm}.json"))).unwrap();
+    assert!(record.contains("root_checkpoint"), "{record}");
+    let current = std::fs::read(&root).unwrap();
+    std::fs::write(&root, &as_created).unwrap();
+    h.sv("vm", &["start", &vm, "--key-file", keyf], None)
+        .code(1)
+        .stderr_mentions("rollback");
+    assert!(h.qemus().is_empty());
+    std::fs::write(&root, &current).unwrap();
+
+    // The overlay holds no plaintext; the base is as it was; the line reads back.
+    let raw = std::fs::read(&root).unwrap();
+    assert!(!raw.windows(WROTE.len()).any(|w| w == WROTE.as_bytes()));
+    assert!(
+        std::fs::read(&base).unwrap() == base_before,
+        "the base was written"
+    );
+    let sock = dir.join("check.sock");
+    let mut serve = std::process::Command::new(SEALVOL)
+        .env("SEALVOL_RUN_DIR", &h.run)
+        .args(["serve", "nbd", "--read-only", "--key-file", keyf, "--base"])
+        .arg(&base)
+        .arg("--socket")
+        .arg(&sock)
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no NBD socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = dir.join("root.raw");
+    run(
+        need("qemu-img"),
+        [
+            "convert".to_string(),
+            "-f".into(),
+            "raw".into(),
+            "-O".into(),
+            "raw".into(),
+            format!("nbd+unix:///?socket={}", sock.display()),
+            out.display().to_string(),
+        ],
+        None,
+    )
+    .ok();
+    let _ = std::process::Command::new("kill")
+        .arg(serve.id().to_string())
+        .status();
+    let _ = serve.wait();
+    let plain = std::fs::read(&out).unwrap();
+    assert_eq!(&plain[..20], b"BASE-MARKER-3b9e7a10");
+    assert_eq!(&plain[1 << 20..(1 << 20) + WROTE.len()], WROTE.as_bytes());
+
+    let mut all = files(&h.state);
+    all.extend(files(&h.run));
+    assert_no_key_in(&all, &hex, "state");
+    h.sv("vm", &["destroy", &vm], None).ok();
+    assert!(!vmdir.exists());
+    assert!(h.qemus().is_empty());
+}
+
 #[test]
 fn vm_cli_data_disk_through_qemu_luks_driver() {
     vm_round_trip("luks", false);

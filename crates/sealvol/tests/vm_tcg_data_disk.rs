@@ -68,6 +68,7 @@ fn boot(dir: &Path, data: DataDisk, secret: Option<vm::SecretPipe>) -> String {
             "console=ttyS0 quiet panic=-1 rdinit=/init".into(),
         )),
         root_disk: None,
+        root_nbd: None,
         seed_iso: None,
         data: Some(data),
         qmp_socket: dir.join("qmp.sock"),

@@ -5,7 +5,8 @@
 //!
 //! - stdin: one line of JSON, the [`ChildSpec`] (what to open and how to serve it: paths,
 //!   flags and limits, never a key), then the volume key's bytes (nothing for a verity
-//!   image). The parent closes it once written, so the child reads it to end of file;
+//!   image; for an overlay its 64-byte layer key, then its LUKS base's volume key, if
+//!   any). The parent closes it once written, so the child reads it to end of file;
 //! - stdout: a pipe on which the child writes exactly one line, a JSON message: ready (with
 //!   the [`Ready`] it set up), wrong key, or error (with its message);
 //! - stderr: the export's log (`export.log` in the volume's runtime directory, or a file the
@@ -158,7 +159,11 @@ pub(super) fn spawn(
     launcher: &Launcher,
     log: Option<(&Path, &File)>,
 ) -> Result<Ready> {
-    let Prepared { plan, volume_key } = prepared;
+    let Prepared {
+        plan,
+        volume_key,
+        base_key,
+    } = prepared;
     let spec = ChildSpec {
         run_dir: run.root().to_path_buf(),
         open: plan.spec(),
@@ -198,6 +203,10 @@ pub(super) fn spawn(
             .and_then(|()| match &volume_key {
                 Some(key) => stdin.write_all(key.expose()),
                 None => Ok(()),
+            })
+            .and_then(|()| match &base_key {
+                Some(key) => stdin.write_all(key.expose()),
+                None => Ok(()),
             });
         if let Err(e) = handed {
             tracing::warn!(error = %e, "cannot hand the spec and key to the export process");
@@ -205,6 +214,7 @@ pub(super) fn spawn(
         // Dropping closes the pipe: the export reads to end of file.
     }
     drop(volume_key);
+    drop(base_key);
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
     let read = BufReader::new(stdout).read_line(&mut line);
@@ -254,16 +264,30 @@ pub(super) fn spawn(
 pub fn main() -> Result<()> {
     let input = KeySource::Stdin.read_with_limit(MAX_SPEC as u64 + crate::keys::MAX_KEY_BYTES)?;
     let (spec, key) = ChildSpec::from_input(input.expose())?;
-    let key = match spec.open.source {
+    let (key, base_key) = match &spec.open.source {
         SourceSpec::Luks { .. } if key.is_empty() => {
             return Err(Error::Invalid("no volume key after the export spec".into()))
         }
-        SourceSpec::Luks { .. } => Some(sealvol_crypto::SecretBytes::from_slice(key)),
-        SourceSpec::Verity(_) => None,
+        SourceSpec::Luks { .. } => (Some(sealvol_crypto::SecretBytes::from_slice(key)), None),
+        SourceSpec::Verity(_) => (None, None),
+        SourceSpec::Overlay(_) if key.len() < LAYER_KEY => {
+            return Err(Error::Invalid(
+                "no overlay layer key after the export spec".into(),
+            ))
+        }
+        SourceSpec::Overlay(o) => {
+            let (layer, base) = key.split_at(LAYER_KEY);
+            let base = (o.base.needs_key() && !base.is_empty())
+                .then(|| sealvol_crypto::SecretBytes::from_slice(base));
+            (Some(sealvol_crypto::SecretBytes::from_slice(layer)), base)
+        }
     };
     drop(input);
-    run(&spec, key)
+    run_with_base(&spec, key, base_key)
 }
+
+/// The length of an overlay's layer key: what comes first after the spec line.
+const LAYER_KEY: usize = 64;
 
 /// The background export: opens `spec.open` again and checks `key` against its header,
 /// serves it as `spec.serve`, and reports on stdout once (see the module docs); then serves
@@ -272,6 +296,18 @@ pub fn main() -> Result<()> {
 /// # Errors
 /// Whatever failed (reported on stdout first, when before the report).
 pub fn run(spec: &ChildSpec, key: Option<sealvol_crypto::SecretBytes>) -> Result<()> {
+    run_with_base(spec, key, None)
+}
+
+/// [`run`] with an overlay's LUKS base's volume key.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with_base(
+    spec: &ChildSpec,
+    key: Option<sealvol_crypto::SecretBytes>,
+    base_key: Option<sealvol_crypto::SecretBytes>,
+) -> Result<()> {
     // Leave the caller's session: its terminal's signals are not ours.
     let _ = rustix::process::setsid();
     let run = StateDir::new(&spec.run_dir);
@@ -284,12 +320,13 @@ pub fn run(spec: &ChildSpec, key: Option<sealvol_crypto::SecretBytes>) -> Result
     };
     let result = (|| -> Result<Ready> {
         let (serve, tls) = check_serve(&spec.serve)?;
-        let plan = replan(&spec.open, key.as_ref())?;
+        let plan = replan(&spec.open, key.as_ref(), base_key.as_ref())?;
         super::serve::serve_here(
             &run,
             Prepared {
                 plan,
                 volume_key: key,
+                base_key,
             },
             &serve,
             tls,
@@ -301,6 +338,7 @@ pub fn run(spec: &ChildSpec, key: Option<sealvol_crypto::SecretBytes>) -> Result
                 }
                 reported.set(true);
             },
+            true,
         )
     })();
     match result {

@@ -59,12 +59,15 @@ use std::time::Duration;
 use sealvol_block::{BlockDevice, CryptDevice, FileDevice, FileOptions, VerityDevice};
 use sealvol_crypto::SecretBytes;
 use sealvol_luks::{DataSegment, KdfLimits};
+use sealvol_overlay::Checkpoint;
 use serde::{Deserialize, Serialize};
 
 use self::served::{Busy, Stopped};
 use crate::keys::KeySource;
 use crate::lock::VolumeLock;
 use crate::luks_file::{Access, LuksFile};
+pub use crate::overlay::BaseSpec;
+use crate::overlay::{check_base, Base, BaseKey, LayerKey, OpenBase, OpenHow, Published};
 use crate::state::{volume_id, Entry, StateDir};
 use crate::{mount, Error, Result};
 
@@ -91,6 +94,19 @@ pub enum SourceSpec {
     },
     /// A dm-verity image: reads verified against a trusted root hash.
     Verity(VeritySpec),
+    /// An encrypted copy-on-write overlay (`sealvol-overlay`) over its base; the volume file
+    /// is the overlay's top layer (lower layers are found by its locators).
+    Overlay(OverlaySpec),
+}
+
+/// An overlay's base and the state it must not be older than.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlaySpec {
+    /// What the overlay reads where it maps nothing.
+    pub base: BaseSpec,
+    /// Refuse any state older than this checkpoint (`COUNTER:HEX`, as `sealvol overlay
+    /// checkpoint` prints it): a rollback to a saved copy is a clean "no".
+    pub expect_checkpoint: Option<String>,
 }
 
 /// A dm-verity image's tree and the root hash the caller trusts.
@@ -126,8 +142,64 @@ impl OpenSpec {
     }
 }
 
-/// Where [`prepare`] gets the key that unlocks a LUKS volume (ignored for verity). A source
-/// is read only once everything else has been checked.
+impl OpenSpec {
+    /// `volume` as `open` and `serve nbd` are given it: an overlay when a base or an expected
+    /// checkpoint is given or the file is an overlay (without a base: the overlay's own
+    /// zeros, when it was made without one), else a LUKS volume (its header in `header`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a detached header with an overlay, an expected checkpoint for
+    /// a LUKS volume, or an overlay made over a base that is not given.
+    pub fn for_volume(
+        volume: impl Into<PathBuf>,
+        header: Option<PathBuf>,
+        read_only: bool,
+        base: Option<BaseSpec>,
+        expect_checkpoint: Option<String>,
+    ) -> Result<Self> {
+        let volume = volume.into();
+        let overlay =
+            base.is_some() || expect_checkpoint.is_some() || crate::overlay::is_overlay(&volume);
+        if !overlay {
+            return Ok(OpenSpec {
+                volume,
+                read_only,
+                source: SourceSpec::Luks { header },
+            });
+        }
+        if header.is_some() {
+            return Err(Error::Invalid(
+                "--header is for LUKS volumes; an overlay keeps its keyslots in its own file"
+                    .into(),
+            ));
+        }
+        let base = match base {
+            Some(b) => b,
+            None => {
+                let p = crate::overlay::peek(&volume)?;
+                if p.base_size != 0 {
+                    return Err(Error::Invalid(format!(
+                        "{} is an overlay made over a base of {} bytes: give it with --base IMAGE (with --base-hash and --base-root for a verity base, --base-luks for a LUKS one)",
+                        volume.display(),
+                        p.base_size
+                    )));
+                }
+                BaseSpec::None
+            }
+        };
+        Ok(OpenSpec {
+            volume,
+            read_only,
+            source: SourceSpec::Overlay(OverlaySpec {
+                base,
+                expect_checkpoint,
+            }),
+        })
+    }
+}
+
+/// Where [`prepare`] gets the key that unlocks a LUKS volume or an overlay (ignored for
+/// verity). A source is read only once everything else has been checked.
 #[derive(Clone, Copy, Debug)]
 pub enum KeyInput<'a> {
     /// No key (a verity image).
@@ -136,6 +208,35 @@ pub enum KeyInput<'a> {
     Source(&'a KeySource),
     /// The key itself.
     Bytes(&'a SecretBytes),
+    /// Two keys: an overlay's (the first), and its LUKS base's (the second).
+    WithBase(&'a KeyInput<'a>, &'a KeyInput<'a>),
+}
+
+impl KeyInput<'_> {
+    /// The volume's (or overlay's) own key.
+    fn main(&self) -> KeyInput<'_> {
+        match self {
+            KeyInput::WithBase(k, _) => k.main(),
+            k => *k,
+        }
+    }
+
+    /// An overlay's base's key.
+    fn base(&self) -> KeyInput<'_> {
+        match self {
+            KeyInput::WithBase(_, b) => b.main(),
+            _ => KeyInput::None,
+        }
+    }
+
+    /// Reads the key (a source is read now); `None` when there is none.
+    fn read(&self) -> Result<Option<SecretBytes>> {
+        match self.main() {
+            KeyInput::None | KeyInput::WithBase(..) => Ok(None),
+            KeyInput::Source(s) => Ok(Some(s.read()?)),
+            KeyInput::Bytes(k) => Ok(Some(SecretBytes::from_slice(k.expose()))),
+        }
+    }
 }
 
 /// What an export serves: everything but the key.
@@ -158,6 +259,11 @@ enum Source {
         hash: PathBuf,
         hash_offset: u64,
         root: Vec<u8>,
+    },
+    /// An overlay over its checked base, opened with its layer key.
+    Overlay {
+        base: Box<Base>,
+        expect: Option<Checkpoint>,
     },
 }
 
@@ -187,6 +293,11 @@ impl Plan {
         matches!(self.source, Source::Verity { .. })
     }
 
+    /// Whether this is an overlay.
+    pub fn is_overlay(&self) -> bool {
+        matches!(self.source, Source::Overlay { .. })
+    }
+
     /// The open spec that re-makes this plan (what a background export is given).
     pub fn spec(&self) -> OpenSpec {
         OpenSpec {
@@ -206,6 +317,10 @@ impl Plan {
                     root: hex::encode(root),
                     signature: None,
                 }),
+                Source::Overlay { base, expect } => SourceSpec::Overlay(OverlaySpec {
+                    base: base.spec().clone(),
+                    expect_checkpoint: expect.map(|c| c.to_string()),
+                }),
             },
         }
     }
@@ -216,8 +331,10 @@ impl Plan {
 pub struct Prepared {
     /// What to serve.
     pub plan: Plan,
-    /// The volume key (zeroized on drop).
+    /// The volume key (zeroized on drop); an overlay's layer key.
     pub volume_key: Option<SecretBytes>,
+    /// An overlay's LUKS base's volume key.
+    pub base_key: Option<SecretBytes>,
 }
 
 fn canonical(path: &Path, what: &str) -> Result<PathBuf> {
@@ -254,6 +371,12 @@ pub fn prepare(
             let id = volume_id(&volume)?;
             // Refuse a volume that is served already before asking for the key.
             drop(VolumeLock::acquire(run, &id, &volume)?);
+            if header.is_none() && crate::overlay::is_overlay(&volume) {
+                return Err(Error::Invalid(format!(
+                    "{} is a sealvol overlay, not a LUKS volume: open it as an overlay (`sealvol open` finds out itself; give --base IMAGE when it was made over a base)",
+                    volume.display()
+                )));
+            }
             let files = LuksFile::new(&volume, header.clone());
             let mut open = files.open(Access::Read, limits)?;
             if let Some(warning) = open.damaged_copy() {
@@ -265,16 +388,14 @@ pub fn prepare(
             }
             let segment = open.data_segment()?;
             open.data_len(&segment)?;
-            let unlocked = match key {
-                KeyInput::Source(s) => open.unlock(s.read()?.expose(), None)?,
-                KeyInput::Bytes(k) => open.unlock(k.expose(), None)?,
-                KeyInput::None => {
-                    return Err(Error::Invalid(format!(
-                        "{} is a LUKS volume: its key is needed to open it",
-                        volume.display()
-                    )))
-                }
-            };
+            let key = key.read()?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} is a LUKS volume: its key is needed to open it",
+                    volume.display()
+                ))
+            })?;
+            let unlocked = open.unlock(key.expose(), None)?;
+            drop(key);
             Ok(Prepared {
                 plan: Plan {
                     volume,
@@ -284,6 +405,7 @@ pub fn prepare(
                     read_only: spec.read_only,
                 },
                 volume_key: Some(unlocked.volume_key),
+                base_key: None,
             })
         }
         SourceSpec::Verity(v) => {
@@ -304,14 +426,102 @@ pub fn prepare(
                     read_only: true,
                 },
                 volume_key: None,
+                base_key: None,
             })
         }
+        SourceSpec::Overlay(o) => prepare_overlay(run, spec, volume, o, key, limits),
     }
+}
+
+/// Parses an expected checkpoint (`COUNTER:HEX`).
+fn parse_expect(text: Option<&str>) -> Result<Option<Checkpoint>> {
+    text.map(|t| {
+        t.parse::<Checkpoint>()
+            .map_err(|e| Error::Invalid(format!("--expect-checkpoint: {e}")))
+    })
+    .transpose()
+}
+
+/// [`prepare`] of an overlay: the base checked (and a LUKS base unlocked), the keyslot run,
+/// then the whole overlay opened read-only once (root MAC, the expected checkpoint, the
+/// base's identity, the chain below), so that every "no" comes before anything starts.
+fn prepare_overlay(
+    run: &StateDir,
+    spec: &OpenSpec,
+    volume: PathBuf,
+    o: &OverlaySpec,
+    key: KeyInput<'_>,
+    limits: KdfLimits,
+) -> Result<Prepared> {
+    let id = volume_id(&volume)?;
+    drop(VolumeLock::acquire(run, &id, &volume)?);
+    if !crate::overlay::is_overlay(&volume) {
+        return Err(Error::Invalid(format!(
+            "{} is not a sealvol overlay (its header does not name the subsystem {}); open a LUKS volume without --base",
+            volume.display(),
+            crate::overlay::SUBSYSTEM
+        )));
+    }
+    let expect = parse_expect(o.expect_checkpoint.as_deref())?;
+    let base_key = key.base().read()?;
+    let (base, base_vk) = check_base(
+        &o.base,
+        base_key
+            .as_ref()
+            .map_or(BaseKey::None, |k| BaseKey::Key(k.expose())),
+        limits,
+    )?;
+    drop(base_key);
+    let key = key.read()?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{} is an overlay: its key is needed to open it",
+            volume.display()
+        ))
+    })?;
+    let layer_key = crate::overlay::unlock(&volume, key.expose(), limits)?;
+    drop(key);
+    let dev = base.device(
+        base_vk
+            .as_ref()
+            .map(|k| SecretBytes::from_slice(k.expose())),
+    )?;
+    let opened = crate::overlay::open(
+        None,
+        &volume,
+        LayerKey::LayerKey(&layer_key),
+        OpenBase::Device(dev, base.tag()),
+        OpenHow {
+            read_only: true,
+            expect,
+            limits,
+        },
+    )?;
+    if !spec.read_only && opened.device.is_frozen() {
+        return Err(Error::Invalid(format!(
+            "{} is a frozen snapshot: open it read-only (--read-only), or clone it (`sealvol overlay clone`) and open the clone",
+            volume.display()
+        )));
+    }
+    drop(opened);
+    Ok(Prepared {
+        plan: Plan {
+            volume,
+            header: None,
+            id,
+            source: Source::Overlay {
+                base: Box::new(base),
+                expect,
+            },
+            read_only: spec.read_only,
+        },
+        volume_key: Some(layer_key),
+        base_key: base_vk,
+    })
 }
 
 /// Reads the superblock, parses the root hash, checks the signature (when given) and the
 /// first block against the root; returns the root.
-fn check_verity(image: &Path, hash: &Path, v: &VeritySpec) -> Result<Vec<u8>> {
+pub(crate) fn check_verity(image: &Path, hash: &Path, v: &VeritySpec) -> Result<Vec<u8>> {
     let mut hash_file = File::open(hash)
         .map_err(|e| Error::io(format!("cannot open the hash file {}", hash.display()), e))?;
     let sb = read_superblock(&mut hash_file, hash, v.hash_offset)?;
@@ -359,10 +569,23 @@ fn read_superblock(
     })
 }
 
+/// The root hash of `v` parsed under its superblock's parameters (no check of the data:
+/// for a spec checked before).
+pub(crate) fn parse_verity_root(v: &VeritySpec) -> Result<Vec<u8>> {
+    let mut f = File::open(&v.hash)
+        .map_err(|e| Error::io(format!("cannot open the hash file {}", v.hash.display()), e))?;
+    let sb = read_superblock(&mut f, &v.hash, v.hash_offset)?;
+    Ok(sealvol_verity::parse_root_hash(&sb.params, &v.root)?)
+}
+
 /// The plan again in a background export, from its spec, with the volume key it was handed:
 /// the same files, the key checked against the header now (a mismatch, say a header
 /// replaced since the parent unlocked it, is [`Error::WrongKey`]).
-fn replan(spec: &OpenSpec, volume_key: Option<&SecretBytes>) -> Result<Plan> {
+fn replan(
+    spec: &OpenSpec,
+    volume_key: Option<&SecretBytes>,
+    base_key: Option<&SecretBytes>,
+) -> Result<Plan> {
     let volume = canonical(&spec.volume, "volume")?;
     let id = volume_id(&volume)?;
     match &spec.source {
@@ -409,15 +632,97 @@ fn replan(spec: &OpenSpec, volume_key: Option<&SecretBytes>) -> Result<Plan> {
                 read_only: true,
             })
         }
+        SourceSpec::Overlay(o) => {
+            // The layer key is checked against the overlay's header when the device is made.
+            let (base, _) = crate::overlay::recheck_base(&o.base, base_key)?;
+            Ok(Plan {
+                volume,
+                header: None,
+                id,
+                source: Source::Overlay {
+                    base: Box::new(base),
+                    expect: parse_expect(o.expect_checkpoint.as_deref())?,
+                },
+                read_only: spec.read_only,
+            })
+        }
     }
 }
 
-/// The decrypted volume, holding the key only inside its ciphers (the key is wiped here);
-/// or the verified image.
+/// A plan's block device, and the overlay in it (to commit and report at the end).
+pub struct Built {
+    /// What is served.
+    pub device: Arc<dyn BlockDevice>,
+    overlay: Option<Arc<Published>>,
+}
+
+impl Built {
+    /// Commits an overlay's last writes and returns its checkpoint; with `record`, writes it
+    /// to the runtime directory too (for `close`). `None` for other volumes.
+    fn finish(&self, record: bool) -> Option<Checkpoint> {
+        let p = self.overlay.as_ref()?;
+        if let Err(e) = p.overlay.commit() {
+            tracing::error!(error = %e, "the overlay's last commit failed; it holds its last durable state");
+        }
+        if record {
+            p.publish(true);
+        }
+        Some(p.overlay.checkpoint())
+    }
+
+    /// An overlay's checkpoint now.
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        self.overlay.as_ref().map(|p| p.overlay.checkpoint())
+    }
+}
+
+/// The plan's device stack, from what [`prepare`] gave: the decrypted volume, holding the
+/// key only inside its ciphers (the key is wiped here); the verified image; or the overlay
+/// over its base (its checkpoint recorded in `run` after every flush that moved it).
 ///
 /// # Errors
-/// [`Error::Invalid`] without a key for a LUKS plan; the device layers' errors.
-pub fn device(plan: &Plan, key: Option<SecretBytes>) -> Result<Arc<dyn BlockDevice>> {
+/// [`Error::Invalid`] without a key for a LUKS plan or an overlay; the device layers'
+/// errors; an overlay's refusals.
+pub fn device(run: &StateDir, prepared: Prepared) -> Result<Built> {
+    let Prepared {
+        plan,
+        volume_key: key,
+        base_key,
+    } = prepared;
+    if let Source::Overlay { base, expect } = &plan.source {
+        let key = key.ok_or_else(|| {
+            Error::Invalid(format!(
+                "no layer key for the overlay {}",
+                plan.volume.display()
+            ))
+        })?;
+        let dev = base.device(base_key)?;
+        let opened = crate::overlay::open(
+            None,
+            &plan.volume,
+            LayerKey::LayerKey(&key),
+            OpenBase::Device(dev, base.tag()),
+            OpenHow {
+                read_only: plan.read_only,
+                expect: *expect,
+                limits: KdfLimits::default(),
+            },
+        )?;
+        drop(key);
+        let p = Arc::new(Published::new(opened.device, run, &plan.id));
+        p.publish(true);
+        return Ok(Built {
+            device: p.clone(),
+            overlay: Some(p),
+        });
+    }
+    Ok(Built {
+        device: luks_or_verity(&plan, key)?,
+        overlay: None,
+    })
+}
+
+fn luks_or_verity(plan: &Plan, key: Option<SecretBytes>) -> Result<Arc<dyn BlockDevice>> {
     match &plan.source {
         Source::Luks(segment) => {
             let key = key.ok_or_else(|| {
@@ -442,11 +747,12 @@ pub fn device(plan: &Plan, key: Option<SecretBytes>) -> Result<Arc<dyn BlockDevi
             hash_offset,
             root,
         } => verity_device(&plan.volume, hash, *hash_offset, root),
+        Source::Overlay { .. } => unreachable!("overlays are built by device()"),
     }
 }
 
 /// A verified view of `image` whose tree (with superblock) is on `hash` at `offset`.
-fn verity_device(
+pub(crate) fn verity_device(
     image: &Path,
     hash: &Path,
     offset: u64,
@@ -590,6 +896,10 @@ pub struct Mounted {
     pub size: u64,
     /// The file system made first, if any.
     pub mkfs: Option<String>,
+    /// An overlay's checkpoint: when it was opened (in the report of a start), or when it
+    /// stopped (what an export in this process returns at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// A volume served over NBD.
@@ -607,6 +917,9 @@ pub struct NbdServing {
     pub pid: u32,
     /// Served read-only.
     pub read_only: bool,
+    /// An overlay's checkpoint (as in [`Mounted::checkpoint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// Where the export runs.
@@ -713,7 +1026,7 @@ pub fn export(
     let (serve, tls) = check_serve(serve)?;
     let prepared = prepare(run, spec, key, limits)?;
     match mode {
-        Mode::Here(ready) => serve::serve_here(run, prepared, &serve, tls, ready),
+        Mode::Here(ready) => serve::serve_here(run, prepared, &serve, tls, ready, false),
         Mode::Child { launcher, log } => {
             drop(tls); // the child loads the credentials again
             child::spawn(run, prepared, &serve, launcher, log)

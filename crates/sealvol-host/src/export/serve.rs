@@ -10,23 +10,28 @@ use sealvol_export::fuse::{FileExport, FuseOptions};
 use sealvol_export::nbd::tls::TlsCreds;
 use sealvol_export::nbd::{NbdOptions, Server};
 
-use super::{device, MountSpec, Mounted, NbdEndpoint, NbdServing, NbdSpec, Prepared, Ready, Serve};
+use super::{
+    device, Built, MountSpec, Mounted, NbdEndpoint, NbdServing, NbdSpec, Prepared, Ready, Serve,
+};
 use crate::lock::VolumeLock;
 use crate::loopdev::{self, LoopOptions};
 use crate::state::{now, Entry, IoCounts, StateDir};
 use crate::{crash, mount, process, Error, Result};
 
 /// Serves `prepared` as `serve` until SIGTERM or SIGINT; `ready` is called once it serves.
+/// An overlay's last checkpoint is in what it returns, and with `record_checkpoint` also in
+/// the runtime directory once it stops (where `close` reads it: a background export's).
 pub(super) fn serve_here(
     run: &StateDir,
     prepared: Prepared,
     serve: &Serve,
     tls: Option<TlsCreds>,
     ready: &mut dyn FnMut(&Ready),
+    record_checkpoint: bool,
 ) -> Result<Ready> {
     match serve {
-        Serve::Mount(m) => serve_mount(run, prepared, m, ready),
-        Serve::Nbd(n) => serve_nbd(run, prepared, n, tls, ready),
+        Serve::Mount(m) => serve_mount(run, prepared, m, ready, record_checkpoint),
+        Serve::Nbd(n) => serve_nbd(run, prepared, n, tls, ready, record_checkpoint),
     }
 }
 
@@ -87,8 +92,9 @@ fn serve_mount(
     prepared: Prepared,
     m: &MountSpec,
     ready: &mut dyn FnMut(&Ready),
+    record_checkpoint: bool,
 ) -> Result<Ready> {
-    let Prepared { plan, volume_key } = prepared;
+    let plan = prepared.plan.clone();
     let lock = VolumeLock::acquire(run, &plan.id, &plan.volume)?;
     process::set_io_flusher();
     let term = stop_on_signals()?;
@@ -102,8 +108,12 @@ fn serve_mount(
         fuse_file: run.fuse_file(&plan.id),
         mounted: None,
     };
+    let mut built: Option<Built> = None;
     let set_up = (|| -> Result<Ready> {
-        let dev = device(&plan, volume_key)?;
+        let b = device(run, prepared)?;
+        let dev = b.device.clone();
+        let checkpoint = b.checkpoint().map(|c| c.to_string());
+        built = Some(b);
         let sector = dev.block_size();
         let size = dev.size();
         // The FUSE file, made anew through the runtime directory and checked to still be
@@ -168,6 +178,7 @@ fn serve_mount(
             read_only: plan.read_only,
             size,
             mkfs: mkfs.map(str::to_string),
+            checkpoint,
         }))
     })();
     let record = match set_up {
@@ -175,6 +186,9 @@ fn serve_mount(
         Err(e) => {
             if let Err(t) = stack.teardown(true) {
                 tracing::error!(error = %t, "rolling back the set-up failed");
+            }
+            if let Some(b) = &built {
+                b.finish(false);
             }
             return Err(e);
         }
@@ -224,9 +238,19 @@ fn serve_mount(
             }
         }
     }
+    // The file system is unmounted and the loop device gone (their last flush committed):
+    // commit whatever is left, and report where the overlay stands.
+    let last = built.as_ref().and_then(|b| b.finish(record_checkpoint));
+    drop(built);
     drop(lock);
-    tracing::info!("export stopped; key wiped");
-    result
+    tracing::info!(checkpoint = ?last.map(|c| c.to_string()), "export stopped; key wiped");
+    result.map(|r| match r {
+        Ready::Mounted(mut m) => {
+            m.checkpoint = last.map(|c| c.to_string()).or(m.checkpoint);
+            Ready::Mounted(m)
+        }
+        other => other,
+    })
 }
 
 /// The NBD server of `prepared`, recorded, until a signal.
@@ -236,11 +260,13 @@ fn serve_nbd(
     n: &NbdSpec,
     tls: Option<TlsCreds>,
     ready: &mut dyn FnMut(&Ready),
+    record_checkpoint: bool,
 ) -> Result<Ready> {
-    let Prepared { plan, volume_key } = prepared;
+    let plan = prepared.plan.clone();
     let lock = VolumeLock::acquire(run, &plan.id, &plan.volume)?;
     let term = stop_on_signals()?;
-    let dev = device(&plan, volume_key)?;
+    let built = device(run, prepared)?;
+    let dev = built.device.clone();
     let tls_on = tls.is_some();
     let opts = NbdOptions {
         read_only: plan.read_only,
@@ -279,16 +305,27 @@ fn serve_nbd(
             tls: tls_on,
             pid: process::this_pid(),
             read_only: plan.read_only,
+            checkpoint: built.checkpoint().map(|c| c.to_string()),
         }))
     })()?;
     ready(&record);
     tracing::info!(volume = %plan.volume.display(), endpoint = %endpoint, "serving over NBD");
     let served = server.serve(&term);
     run.remove(&plan.id);
-    drop(server); // the device and its key
+    drop(server);
+    // Every connection has ended: commit what clients wrote and did not flush.
+    let last = built.finish(record_checkpoint);
+    drop(built); // the device and its key
     drop(lock);
+    tracing::info!(checkpoint = ?last.map(|c| c.to_string()), "NBD export stopped; key wiped");
     served.map_err(|e| Error::Export {
         message: format!("the NBD server failed: {e}"),
     })?;
-    Ok(record)
+    Ok(match record {
+        Ready::Nbd(mut r) => {
+            r.checkpoint = last.map(|c| c.to_string()).or(r.checkpoint);
+            Ready::Nbd(r)
+        }
+        other => other,
+    })
 }

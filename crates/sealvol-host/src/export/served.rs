@@ -32,6 +32,9 @@ pub struct Stopped {
     pub export_was_running: bool,
     /// It had to be killed (SIGKILL) because it did not stop on SIGTERM.
     pub killed: bool,
+    /// An overlay's last durable checkpoint, as the export recorded it when it stopped (or
+    /// at its last flush, when it died).
+    pub checkpoint: Option<sealvol_overlay::Checkpoint>,
 }
 
 /// The export record (in `run`) of the volume file `volume`, if one is open. `volume` is
@@ -116,6 +119,7 @@ pub fn stop(run: &StateDir, entry: &Entry, busy: Busy, stop_timeout: Duration) -
     if let Some(f) = &entry.fuse_file {
         let _ = mount::unmount_nofollow(f, true);
     }
+    done.checkpoint = run.checkpoint(&entry.id);
     run.remove(&entry.id);
     // The claim's lock file, once nobody holds it.
     if let Ok(Some(dir)) = run.existing() {

@@ -61,12 +61,87 @@ fn prepare_unlocks_and_a_wrong_key_is_typed_with_nothing_started() {
         .unwrap();
     assert!(open.volume().verify_volume_key(vk).unwrap());
     // The device decrypts with it: 1 MiB of plaintext.
-    let dev = device(&p.plan, p.volume_key).unwrap();
-    assert_eq!(dev.size(), 1 << 20);
+    let plan = p.plan.clone();
+    let dev = device(&run, p).unwrap();
+    assert_eq!(dev.device.size(), 1 << 20);
+    let none = Prepared {
+        plan,
+        volume_key: None,
+        base_key: None,
+    };
     assert!(matches!(
-        device(&p.plan, None),
+        device(&run, none),
         Err(Error::Invalid(m)) if m.contains("no volume key")
     ));
+}
+
+/// An overlay of `size` bytes without a base, holding `data` at 0, and its checkpoint.
+fn overlay(dir: &Path, name: &str, key: &[u8], data: &[u8]) -> (PathBuf, Checkpoint) {
+    let path = dir.join(name);
+    let (base, _) = crate::overlay::check_base(
+        &BaseSpec::None,
+        crate::overlay::BaseKey::None,
+        KdfLimits::default(),
+    )
+    .unwrap();
+    let what = crate::overlay::Create {
+        size: Some(1 << 20),
+        cluster_size: None,
+        kdf: sealvol_luks::KdfParams::pbkdf2_min(),
+        label: None,
+    };
+    crate::overlay::create(&path, key, &base, None, &what).unwrap();
+    let run = run_dir(dir);
+    let o = crate::overlay::open(
+        Some(&run),
+        &path,
+        LayerKey::Key(key),
+        OpenBase::Device(base.device(None).unwrap(), base.tag()),
+        OpenHow::default(),
+    )
+    .unwrap();
+    o.device.write_at(data, 0).unwrap();
+    o.device.flush().unwrap();
+    (path, o.device.checkpoint())
+}
+
+#[test]
+fn an_overlay_is_prepared_with_its_layer_key_and_a_rollback_is_a_clean_no() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_dir(d.path());
+    let (ov, first) = overlay(d.path(), "o.ov", &KEY, b"first");
+    let saved = std::fs::read(&ov).unwrap();
+    // A second commit, then the host puts the saved copy back.
+    let spec = OpenSpec::for_volume(&ov, None, false, None, None).unwrap();
+    assert!(matches!(spec.source, SourceSpec::Overlay(_)), "{spec:?}");
+    let p = prepare(&run, &spec, KeyInput::Bytes(&key()), KdfLimits::default()).unwrap();
+    assert!(p.plan.is_overlay());
+    assert_eq!(p.volume_key.as_ref().unwrap().expose().len(), 64);
+    let built = device(&run, p).unwrap();
+    built.device.write_at(b"second", 0).unwrap();
+    built.device.flush().unwrap();
+    let second = built.checkpoint().unwrap();
+    assert!(second.counter > first.counter);
+    assert_eq!(run.checkpoint(&volume_id(&ov).unwrap()), Some(second));
+    drop(built);
+    std::fs::write(&ov, &saved).unwrap();
+    let expect = OpenSpec::for_volume(&ov, None, false, None, Some(second.to_string())).unwrap();
+    let e = prepare(&run, &expect, KeyInput::Bytes(&key()), KdfLimits::default()).unwrap_err();
+    assert!(e.is_rollback() && e.is_clean_no(), "{e}");
+    // The wrong key is a wrong key; a LUKS-only option is refused for an overlay.
+    let wrong = SecretBytes::from_slice(&[0xfe; 32]);
+    let e = prepare(&run, &spec, KeyInput::Bytes(&wrong), KdfLimits::default()).unwrap_err();
+    assert!(e.is_wrong_key(), "{e}");
+    assert!(OpenSpec::for_volume(&ov, Some("h".into()), false, None, None).is_err());
+    // Opened as a LUKS volume, it says what it is.
+    let e = prepare(
+        &run,
+        &OpenSpec::luks(&ov, None),
+        KeyInput::Bytes(&key()),
+        KdfLimits::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("overlay"), "{e}");
 }
 
 #[test]
@@ -133,10 +208,10 @@ fn a_replaced_header_refuses_the_handed_key_as_wrong() {
     )
     .unwrap();
     let vk = p.volume_key.unwrap();
-    assert!(replan(&p.plan.spec(), Some(&vk)).is_ok());
+    assert!(replan(&p.plan.spec(), Some(&vk), None).is_ok());
     // The same key, a new header (a new volume key): the handed key no longer opens it.
     volume(d.path(), "v.img", &KEY);
-    let e = replan(&p.plan.spec(), Some(&vk)).unwrap_err();
+    let e = replan(&p.plan.spec(), Some(&vk), None).unwrap_err();
     assert!(
         matches!(e, Error::WrongKey(ref m) if m.contains("replaced")),
         "{e}"
@@ -195,7 +270,7 @@ fn verity_roots_and_signatures_that_do_not_verify_are_clean_noes() {
     )
     .unwrap();
     assert!(p.plan.is_verity() && p.plan.read_only() && p.volume_key.is_none());
-    assert_eq!(device(&p.plan, None).unwrap().size(), 8 * 4096);
+    assert_eq!(device(&run, p).unwrap().device.size(), 8 * 4096);
 
     let wrong = format!(
         "{}{}",

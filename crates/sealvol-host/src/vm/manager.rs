@@ -7,8 +7,9 @@
 //!
 //! ```text
 //! vm/records/<id>.json  the record: phase, parameters, the running qemu (pid, accelerator)
-//! vm/dirs/<id>/         overlay.qcow2, seed.iso, user-data, meta-data (0600), console.log,
-//!                       qmp.sock, qemu.pid, data.nbd.sock, nbd.log
+//! vm/dirs/<id>/         overlay.qcow2 (or root.ov, an encrypted root disk), seed.iso,
+//!                       user-data, meta-data (0600), console.log, qmp.sock, qemu.pid,
+//!                       data.nbd.sock, nbd.log, root.nbd.sock, root-nbd.log
 //! vm/locks/<id>.lock    flock per id; vm/sweep.lock: the global lock
 //! vm/accel.json         the accelerator probe's verdict for this host boot
 //! ```
@@ -18,6 +19,11 @@
 //! closes its end as soon as qemu answers on its QMP socket (qemu reads it while creating its
 //! objects); the NBD data disk is the same background export as `sealvol open`'s
 //! ([`crate::export`]), which gets the volume key on a pipe and reports once it serves.
+//!
+//! An **encrypted root disk** (`encrypted_root`) is a sealvol overlay (`root.ov`,
+//! [`crate::overlay`]) over the raw base image instead of a qcow2: made with the VM's key
+//! at create, served to qemu over the same background NBD export at start (the key on a
+//! pipe), and crypto-erased (its key area wiped) at destroy.
 //!
 //! This module does not make or open workload volumes itself: a data volume is created with
 //! `sealvol volume create` and handed over by id.
@@ -55,6 +61,17 @@ const EXPORT_STOP: Duration = Duration::from_secs(10);
 pub const SWEEP_STOP: Duration = Duration::from_secs(5);
 /// Largest public key file accepted for the seed.
 const MAX_SSH_KEY: u64 = 16 << 10;
+/// The socket of an encrypted root disk's NBD export, in the VM's directory.
+const ROOT_SOCKET: &str = "root.nbd.sock";
+
+/// The root disk's file in the VM's directory.
+fn root_file(p: &VmParams) -> &'static str {
+    if p.encrypted_root {
+        "root.ov"
+    } else {
+        "overlay.qcow2"
+    }
+}
 
 /// How the data volume reaches the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +159,10 @@ pub struct VmParams {
     pub accel: String,
     /// Direct kernel boot.
     pub kernel: Option<KernelBoot>,
+    /// The root disk is an encrypted sealvol overlay (`root.ov`) over the raw base image,
+    /// served to qemu over NBD, instead of a qcow2 overlay.
+    #[serde(default)]
+    pub encrypted_root: bool,
 }
 
 /// The running qemu of a VM.
@@ -155,6 +176,9 @@ pub struct Running {
     pub accel_reason: String,
     /// The NBD export serving the data disk, when attached through NBD.
     pub nbd_pid: Option<u32>,
+    /// The NBD export serving an encrypted root disk.
+    #[serde(default)]
+    pub root_nbd_pid: Option<u32>,
     /// Seconds since the epoch when it started.
     pub started: u64,
 }
@@ -182,6 +206,10 @@ pub struct VmRecord {
     /// finishes it (`destroy` again, `sweep`) does.
     #[serde(default)]
     pub destroy_data: bool,
+    /// An encrypted root disk's checkpoint when its export last stopped (`COUNTER:HEX`): the
+    /// next start refuses any older state of `root.ov` (a copy put back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_checkpoint: Option<String>,
 }
 
 impl Journaled for VmRecord {
@@ -219,11 +247,13 @@ pub struct VmStatus {
     pub accel_reason: Option<String>,
     /// The NBD export's pid, when running with an NBD data disk.
     pub nbd_pid: Option<u32>,
+    /// The encrypted root disk's NBD export's pid, when running with one.
+    pub root_nbd_pid: Option<u32>,
     /// Created with.
     pub params: VmParams,
     /// The VM's directory.
     pub dir: PathBuf,
-    /// The root disk overlay.
+    /// The root disk overlay (`overlay.qcow2`, or `root.ov` when encrypted).
     pub overlay: PathBuf,
     /// The cloud-init seed.
     pub seed_iso: PathBuf,
@@ -260,10 +290,12 @@ pub struct VmDestroyed {
 }
 
 /// What [`VmManager::create`] is asked for, beyond the parameters.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct CreateInput {
     /// A public ssh key file for the seed (read here; its content is never logged).
     pub ssh_key_file: Option<PathBuf>,
+    /// An encrypted root disk's key and its keyslot's KDF (`VmParams::encrypted_root`).
+    pub root_key: Option<(SecretBytes, sealvol_luks::KdfParams)>,
 }
 
 /// Whether `pid` is alive and its command line names `needle` (a guard against pid reuse:
@@ -518,6 +550,13 @@ impl VmManager {
         if let Some(v) = &params.data_volume {
             self.check_data(v, params.data_via)?;
         }
+        if params.encrypted_root != input.root_key.is_some() {
+            return Err(Error::Invalid(if params.encrypted_root {
+                "an encrypted root disk needs a key".into()
+            } else {
+                "a key was given for a root disk that is not encrypted".into()
+            }));
+        }
         let ssh_key = input
             .ssh_key_file
             .as_deref()
@@ -541,9 +580,10 @@ impl VmManager {
             running: None,
             created: now(),
             destroy_data: false,
+            root_checkpoint: None,
         };
         self.store.begin(&rec)?;
-        match self.create_steps(&mut rec, ssh_key.as_deref()) {
+        match self.create_steps(&mut rec, ssh_key.as_deref(), input.root_key.as_ref()) {
             Ok(()) => {
                 tracing::info!(id = %id, "VM created");
                 Ok(self.status_of(&rec))
@@ -560,6 +600,7 @@ impl VmManager {
         &self,
         rec: &mut VmRecord,
         ssh_key: Option<&str>,
+        root_key: Option<&(SecretBytes, sealvol_luks::KdfParams)>,
     ) -> std::result::Result<(), (&'static str, Box<Error>)> {
         let at = |step: &'static str| move |e: Error| (step, Box::new(e));
         let id = rec.id.clone();
@@ -595,16 +636,55 @@ impl VmManager {
             })
             .map_err(at("overlay"))?;
         rec.base_format = Some(fmt.clone());
-        let overlay = made("overlay.qcow2").map_err(at("overlay"))?;
-        cmd::run(
-            Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-b"])
-                .arg(&rec.params.base)
-                .args(["-F", &fmt])
-                .arg(&overlay)
-                .arg(rec.params.disk_size.to_string()),
-        )
-        .map_err(at("overlay"))?;
+        if let Some((key, kdf)) = root_key {
+            // An encrypted root disk: a sealvol overlay over the raw base.
+            if fmt != "raw" {
+                return Err(at("overlay")(Error::Invalid(format!(
+                    "an encrypted root disk stands on a raw base image, and {} is {fmt}; convert it (`qemu-img convert -O raw`)",
+                    rec.params.base.display()
+                ))));
+            }
+            let file = vdir.create_new("root.ov", 0o600).map_err(at("overlay"))?;
+            let path = vm
+                .verify(
+                    &format!("dirs/{id}/root.ov"),
+                    FileId::of_file(&file).map_err(at("overlay"))?,
+                )
+                .map_err(at("overlay"))?;
+            let (base, _) = crate::overlay::check_base(
+                &crate::overlay::BaseSpec::Image {
+                    path: rec.params.base.clone(),
+                },
+                crate::overlay::BaseKey::None,
+                self.volumes.kdf_limits(),
+            )
+            .map_err(at("overlay"))?;
+            crate::overlay::create_in_file(
+                &file,
+                &path,
+                key.expose(),
+                &base,
+                None,
+                &crate::overlay::Create {
+                    size: Some(rec.params.disk_size),
+                    cluster_size: None,
+                    kdf: *kdf,
+                    label: Some(format!("sealvol vm {id} root")),
+                },
+            )
+            .map_err(at("overlay"))?;
+        } else {
+            let overlay = made("overlay.qcow2").map_err(at("overlay"))?;
+            cmd::run(
+                Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-b"])
+                    .arg(&rec.params.base)
+                    .args(["-F", &fmt])
+                    .arg(&overlay)
+                    .arg(rec.params.disk_size.to_string()),
+            )
+            .map_err(at("overlay"))?;
+        }
         self.store
             .step_done(rec, "overlay")
             .map_err(at("overlay"))?;
@@ -707,7 +787,7 @@ impl VmManager {
         let verdict = probe_accel(&self.store.open()?, choice, PROBE_TIMEOUT)?;
         let vdir = self.vm_safe_dir(id)?;
         // What qemu gets by path: made or checked through the VM's directory right now.
-        let root_disk = checked_path(&vdir, "overlay.qcow2")?;
+        let root_disk = checked_path(&vdir, root_file(&r.params))?;
         let seed_iso = checked_path(&vdir, "seed.iso")?;
         let console = vdir.replace_file("console.log", 0o600)?;
         let console_log = vdir.verify("console.log", FileId::of_file(&console)?)?;
@@ -785,6 +865,67 @@ impl VmManager {
                 }
             }
         };
+        // An encrypted root disk: its own background NBD export, with the same key.
+        let mut root_nbd = None;
+        let mut root_nbd_pid = None;
+        if r.params.encrypted_root {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    if let Some(pid) = nbd_pid {
+                        self.stop_nbd(id, pid);
+                    }
+                    return Err(Error::Invalid(format!(
+                        "VM {id} has an encrypted root disk: its key is needed to start it"
+                    )));
+                }
+            };
+            let started = (|| -> Result<u32> {
+                vdir.remove_file(ROOT_SOCKET)?;
+                let log = vdir.replace_file("root-nbd.log", 0o600)?;
+                let spec = OpenSpec::for_volume(
+                    &root_disk,
+                    None,
+                    false,
+                    Some(crate::overlay::BaseSpec::Image {
+                        path: r.params.base.clone(),
+                    }),
+                    r.root_checkpoint.clone(),
+                )?;
+                let ready = export::export(
+                    &self.run,
+                    &spec,
+                    KeyInput::Bytes(key),
+                    self.volumes.kdf_limits(),
+                    &Serve::Nbd(NbdSpec::socket(self.file(id, ROOT_SOCKET))),
+                    Mode::Child {
+                        launcher: self.volumes.launcher(),
+                        log: Some((&self.file(id, "root-nbd.log"), &log)),
+                    },
+                )?;
+                Ok(ready.pid())
+            })();
+            match started {
+                Ok(pid) => {
+                    root_nbd_pid = Some(pid);
+                    root_nbd = Some(self.file(id, ROOT_SOCKET));
+                }
+                Err(e) => {
+                    if let Some(pid) = nbd_pid {
+                        self.stop_nbd(id, pid);
+                    }
+                    return Err(fail("root-export", e));
+                }
+            }
+        }
+        let stop_exports = |me: &Self| {
+            if let Some(pid) = nbd_pid {
+                me.stop_nbd(id, pid);
+            }
+            if let Some(pid) = root_nbd_pid {
+                me.stop_nbd_on(id, pid, ROOT_SOCKET);
+            }
+        };
         let spec = VmSpec {
             accel: verdict.accel,
             cpus: r.params.cpus,
@@ -794,7 +935,8 @@ impl VmManager {
                 .kernel
                 .as_ref()
                 .map(|k| (k.kernel.clone(), k.initrd.clone(), k.append.clone())),
-            root_disk: Some(root_disk),
+            root_disk: root_nbd.is_none().then_some(root_disk),
+            root_nbd,
             seed_iso: Some(seed_iso),
             data,
             qmp_socket: self.file(id, "qmp.sock"),
@@ -814,18 +956,14 @@ impl VmManager {
         let child = match started {
             Ok(c) => c,
             Err(e) => {
-                if let Some(pid) = nbd_pid {
-                    self.stop_nbd(id, pid);
-                }
+                stop_exports(self);
                 return Err(fail("qemu", e));
             }
         };
         let mut child = child;
         let pid = child.id();
         if let Ok(Some(status)) = child.try_wait() {
-            if let Some(pid) = nbd_pid {
-                self.stop_nbd(id, pid);
-            }
+            stop_exports(self);
             return Err(fail(
                 "qemu",
                 Error::QemuExited {
@@ -840,6 +978,7 @@ impl VmManager {
             accel: verdict.accel,
             accel_reason: verdict.reason.clone(),
             nbd_pid,
+            root_nbd_pid,
             started: now(),
         });
         let saved = self
@@ -857,17 +996,35 @@ impl VmManager {
     /// Stops the NBD export `pid` serving VM `id`'s data disk on its socket: its record and
     /// the process. Returns whether it was running.
     fn stop_nbd(&self, id: &VmId, pid: u32) -> bool {
-        let socket = &self.file(id, "data.nbd.sock");
+        self.stop_nbd_on(id, pid, "data.nbd.sock")
+    }
+
+    /// [`VmManager::stop_nbd`] of the export on the socket `name` in the VM's directory.
+    fn stop_nbd_on(&self, id: &VmId, pid: u32, name: &str) -> bool {
+        self.stop_nbd_checkpoint(id, pid, name).0
+    }
+
+    /// [`VmManager::stop_nbd_on`], with the overlay checkpoint the export recorded when it
+    /// stopped (an encrypted root disk's).
+    fn stop_nbd_checkpoint(
+        &self,
+        id: &VmId,
+        pid: u32,
+        name: &str,
+    ) -> (bool, Option<sealvol_overlay::Checkpoint>) {
+        let socket = &self.file(id, name);
         let sock = socket.to_string_lossy();
         let entry =
             self.run.list().into_iter().find(|e| {
                 e.kind == "nbd" && (e.pid == pid || e.nbd.as_deref() == Some(sock.as_ref()))
             });
         let mut was = false;
+        let mut checkpoint = None;
         if let Some(e) = entry {
             was = served::alive(&self.run, &e);
-            if let Err(err) = served::stop(&self.run, &e, Busy::Fail, EXPORT_STOP) {
-                tracing::warn!(error = %err, "stopping the NBD export failed");
+            match served::stop(&self.run, &e, Busy::Fail, EXPORT_STOP) {
+                Ok(s) => checkpoint = s.checkpoint,
+                Err(err) => tracing::warn!(error = %err, "stopping the NBD export failed"),
             }
         }
         if cmdline_names(pid, socket) {
@@ -878,9 +1035,9 @@ impl VmManager {
             }
         }
         if let Ok(Some(dir)) = self.existing_vm_dir(id) {
-            let _ = dir.remove_file("data.nbd.sock");
+            let _ = dir.remove_file(name);
         }
-        was
+        (was, checkpoint)
     }
 
     /// Stops VM `id`: ACPI power-off over QMP, SIGKILL after `timeout`, then its NBD export.
@@ -919,6 +1076,14 @@ impl VmManager {
             }
             if let Some(pid) = run.nbd_pid {
                 report.stopped_nbd = self.stop_nbd(&id, pid);
+            }
+            if let Some(pid) = run.root_nbd_pid {
+                let (was, cp) = self.stop_nbd_checkpoint(&id, pid, ROOT_SOCKET);
+                report.stopped_nbd |= was;
+                // The state it stopped at is the oldest the next start accepts.
+                if let Some(cp) = cp {
+                    r.root_checkpoint = Some(cp.to_string());
+                }
             }
         }
         r.running = None;
@@ -1024,6 +1189,32 @@ impl VmManager {
         if let Some(e) = self.nbd_export(id) {
             self.stop_nbd(id, e.pid);
         }
+        if let Some(e) = self.root_export(id) {
+            self.stop_nbd_on(id, e.pid, ROOT_SOCKET);
+        }
+        // An encrypted root disk's keys go first (crypto-erase), through a descriptor
+        // checked to be the VM's own file.
+        if let Some(dir) = self.existing_vm_dir(id)? {
+            if let crate::safe_dir::WipeTarget::File(mut f) = dir.open_for_wipe("root.ov")? {
+                let len = f
+                    .metadata()
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+                    .min(crate::overlay::KEY_AREA);
+                let wiped = f
+                    .write_all(&vec![0u8; len as usize])
+                    .and_then(|()| f.sync_all());
+                if let Err(e) = wiped {
+                    return Err(Error::io(
+                        format!(
+                            "cannot wipe the keys of {}",
+                            self.file(id, "root.ov").display()
+                        ),
+                        e,
+                    ));
+                }
+            }
+        }
         // Everything in it goes, links removed and never followed.
         let dirs = self.store.sub("dirs")?;
         dirs.remove_tree(id.as_str())?;
@@ -1044,9 +1235,10 @@ impl VmManager {
             accel: run.map(|x| x.accel),
             accel_reason: run.map(|x| x.accel_reason.clone()),
             nbd_pid: run.and_then(|x| x.nbd_pid),
+            root_nbd_pid: run.and_then(|x| x.root_nbd_pid),
             params: r.params.clone(),
             dir: self.vm_dir(&r.id),
-            overlay: self.file(&r.id, "overlay.qcow2"),
+            overlay: self.file(&r.id, root_file(&r.params)),
             seed_iso: self.file(&r.id, "seed.iso"),
             console_log: self.console_log(&r.id),
             data_image: r.params.data_volume.as_ref().map(|v| self.volumes.image(v)),
@@ -1124,6 +1316,16 @@ impl VmManager {
     }
 
     /// The runtime record of an NBD export serving on `id`'s socket, if any.
+    /// The live export record of the VM's encrypted root disk, if any.
+    fn root_export(&self, id: &VmId) -> Option<Entry> {
+        let sock = self.file(id, ROOT_SOCKET);
+        let sock = sock.to_string_lossy();
+        self.run
+            .list()
+            .into_iter()
+            .find(|e| e.nbd.as_deref() == Some(sock.as_ref()))
+    }
+
     fn nbd_export(&self, id: &VmId) -> Option<Entry> {
         let sock = self.file(id, "data.nbd.sock");
         let sock = sock.to_string_lossy();
@@ -1178,6 +1380,13 @@ impl Sweeper for VmManager {
                 self.stop_nbd(&id, e.pid);
                 out.push(format!("stopped NBD export {} of a stopped VM", e.pid));
             }
+            if let Some(e) = self.root_export(&id) {
+                self.stop_nbd_on(&id, e.pid, ROOT_SOCKET);
+                out.push(format!(
+                    "stopped the root disk's NBD export {} of a stopped VM",
+                    e.pid
+                ));
+            }
             if let Some(dir) = self.existing_vm_dir(&id)? {
                 if dir.remove_file("qemu.pid")? {
                     out.push("removed a stale pid file".into());
@@ -1190,7 +1399,8 @@ impl Sweeper for VmManager {
     fn clear_leftovers(&self, id: &VmId) -> Result<Option<String>> {
         let there = self.store.names("dirs", id)?
             || !qemus_naming(&self.vm_dir(id)).is_empty()
-            || self.nbd_export(id).is_some();
+            || self.nbd_export(id).is_some()
+            || self.root_export(id).is_some();
         if !there {
             return Ok(None);
         }

@@ -75,8 +75,9 @@ pub use crate::store::{Action, Phase, VolumeId, MAX_ID_LEN};
 pub use record::{LuksType, Params, Record};
 
 use crate::export::served::{self, Busy};
-use crate::export::{self, KeyInput, Launcher, Mode, MountSpec, OpenSpec, Serve};
+use crate::export::{self, BaseSpec, KeyInput, Launcher, Mode, MountSpec, OpenSpec, Serve};
 use crate::lock::VolumeLock;
+use crate::overlay;
 use crate::safe_dir::{canonical_prefix, FileId, Kind, SafeDir, WipeTarget};
 use crate::state::{now, runtime_id, StateDir};
 use crate::store::{Store, Sweeper};
@@ -376,6 +377,34 @@ pub fn check_size(params: &Params, free: u64, sparse_ok: bool, dir: &Path) -> Re
     Ok(())
 }
 
+/// [`check_size`] of an overlay volume: its virtual size a positive multiple of 4096 and
+/// at most [`MAX_SIZE`] (the base's file system sets the rest), and (unless `sparse_ok`)
+/// room for all of it to be written, with its map.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the limit and what to do.
+pub fn check_overlay_size(params: &Params, free: u64, sparse_ok: bool, dir: &Path) -> Result<()> {
+    let size = params.size;
+    if size == 0 || size % 4096 != 0 || size > MAX_SIZE {
+        return Err(Error::Invalid(format!(
+            "the overlay volume's size {size} must be a positive multiple of 4096 bytes, at most {}",
+            human_size(MAX_SIZE)
+        )));
+    }
+    // Every cluster written once, plus its map (1.6 %) and the keys.
+    let need = size + size / 50 + overlay::KEY_AREA;
+    if !sparse_ok && need > free {
+        return Err(Error::Invalid(format!(
+            "an overlay of {} may grow to {} once written through, but {} has only {} free; free some space or pass --sparse-ok",
+            human_size(size),
+            human_size(need),
+            dir.display(),
+            human_size(free)
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes free for unprivileged use on the file system holding `path` (or its nearest
 /// existing ancestor).
 pub fn free_space(path: &Path) -> Result<u64> {
@@ -484,6 +513,8 @@ fn wipe_checked(
 struct Cleared {
     /// An export, a mount or a loop device was there.
     open: bool,
+    /// An overlay volume's checkpoint as its export recorded it when it stopped.
+    checkpoint: Option<sealvol_overlay::Checkpoint>,
     /// A mount was detached lazily.
     lazy: bool,
     /// What was done, in words.
@@ -540,19 +571,27 @@ impl Manager {
         self.limits
     }
 
-    /// Opens the LUKS volume `image` (header in `header`) with `key` and mounts it on
-    /// `mount` through a background export (after `mkfs` of that type, when given).
+    /// Opens volume `r`'s image (header in `header`) with `key` and mounts it on `mount`
+    /// through a background export (after `mkfs` of that type, when given): a LUKS volume,
+    /// or an overlay over its base, refused when older than the checkpoint its record keeps.
     fn export_mount(
         &self,
+        r: &Record,
         image: &Path,
         header: Option<&Path>,
         key: &SecretBytes,
         mount: &Path,
         mkfs: Option<&str>,
     ) -> Result<()> {
+        let spec = match &r.params.base {
+            None => OpenSpec::luks(image, header.map(Path::to_path_buf)),
+            Some(base) => {
+                OpenSpec::for_volume(image, None, false, Some(base.clone()), r.checkpoint.clone())?
+            }
+        };
         export::export(
             &self.run,
-            &OpenSpec::luks(image, header.map(Path::to_path_buf)),
+            &spec,
             KeyInput::Bytes(key),
             self.limits,
             &Serve::Mount(MountSpec {
@@ -874,10 +913,17 @@ impl Manager {
             )));
         }
         // Bad input is refused before anything is locked or made.
+        let params = &self.resolve_base(params)?;
         let existing = self.load(id)?.filter(|r| r.phase == Phase::Ready);
         match existing {
             Some(r) if r.params != *params => return Err(self.param_mismatch(&r, params)),
             Some(_) => {}
+            None if params.base.is_some() => check_overlay_size(
+                params,
+                free_space(self.root())?,
+                opts.sparse_ok,
+                self.root(),
+            )?,
             None => check_size(
                 params,
                 free_space(self.root())?,
@@ -912,8 +958,24 @@ impl Manager {
             uuid: None,
             header_area: None,
             created: now(),
+            checkpoint: None,
         };
         self.store.begin(&rec)?;
+        if rec.params.base.is_some() {
+            return match self.create_overlay_steps(&mut rec, opts, key, kdf) {
+                Ok(()) => {
+                    let status = self.status_of(&rec);
+                    tracing::info!(id = %id, mounted = status.served(), "overlay volume created");
+                    Ok(Created {
+                        already_existed: false,
+                        status,
+                        swept,
+                        kdf_hint: kdf.hint(key.expose()).map(str::to_string),
+                    })
+                }
+                Err((step, e)) => Err(self.store.create_failed(id, step, *e, self.teardown(&rec))),
+            };
+        }
         match self.create_steps(&mut rec, opts, key, kdf) {
             Ok(()) => {
                 let status = self.status_of(&rec);
@@ -927,6 +989,30 @@ impl Manager {
             }
             Err((step, e)) => Err(self.store.create_failed(id, step, *e, self.teardown(&rec))),
         }
+    }
+
+    /// A base volume's parameters made whole: the base checked (an image or a verity image:
+    /// a LUKS base would need a second key), its paths canonical, the size the base's when
+    /// not given.
+    fn resolve_base(&self, params: &Params) -> Result<Params> {
+        let Some(spec) = &params.base else {
+            return Ok(params.clone());
+        };
+        if !matches!(spec, BaseSpec::Image { .. } | BaseSpec::Verity { .. }) {
+            return Err(Error::Invalid(
+                "a volume's base is a plain image or a dm-verity image (--base, with --base-hash and --base-root)".into(),
+            ));
+        }
+        let (base, _) = overlay::check_base(spec, overlay::BaseKey::None, self.limits)?;
+        let size = match params.size {
+            0 => base.device(None)?.size(),
+            n => n,
+        };
+        Ok(Params {
+            size,
+            base: Some(base.spec().clone()),
+            ..params.clone()
+        })
     }
 
     fn param_mismatch(&self, r: &Record, want: &Params) -> Error {
@@ -1004,12 +1090,87 @@ impl Manager {
         let (image, header, mnt) = self
             .paths_for_open(&id, rec.params.detached_header)
             .map_err(at("mkfs"))?;
-        self.export_mount(&image, header.as_deref(), key, &mnt, Some(&rec.params.fs))
-            .map_err(at("mkfs"))?;
+        self.export_mount(
+            rec,
+            &image,
+            header.as_deref(),
+            key,
+            &mnt,
+            Some(&rec.params.fs),
+        )
+        .map_err(at("mkfs"))?;
         self.store.step_done(rec, "mkfs").map_err(at("mkfs"))?;
 
         if !opts.mount {
             self.stop_exports(&id, Busy::Fail).map_err(at("close"))?;
+            self.store.step_done(rec, "close").map_err(at("close"))?;
+        }
+        self.store.finish(rec).map_err(at("ready"))
+    }
+
+    /// The steps of `create` for an overlay volume: the image, the overlay in it over the
+    /// base (its keyslot and keys durable before anything depends on them), then mounted
+    /// through the export (the base's file system: no `mkfs` is run), closed unless asked to
+    /// stay.
+    fn create_overlay_steps(
+        &self,
+        rec: &mut Record,
+        opts: CreateOptions,
+        key: &SecretBytes,
+        kdf: &KdfPolicy,
+    ) -> std::result::Result<(), (&'static str, Box<Error>)> {
+        let at = |step: &'static str| move |e: Error| (step, Box::new(e));
+        let id = rec.id.clone();
+        let image_path = self.image(&id);
+        let image = (|| -> Result<File> {
+            let volumes = self.store.sub("volumes")?;
+            let dir = volumes.create_dir(id.as_str(), 0o700)?;
+            let image = dir.create_new("disk.img", 0o600)?;
+            dir.sync()?;
+            volumes.sync()?;
+            Ok(image)
+        })()
+        .map_err(at("image"))?;
+        self.store.step_done(rec, "image").map_err(at("image"))?;
+
+        let made = (|| -> Result<overlay::Made> {
+            let spec = rec.params.base.as_ref().expect("an overlay volume");
+            let (base, _) = overlay::check_base(spec, overlay::BaseKey::None, self.limits)?;
+            let params = kdf.params_for(key.expose(), false).map_err(|e| {
+                Error::Invalid(format!("cannot choose the keyslot's key derivation: {e}"))
+            })?;
+            overlay::create_in_file(
+                &image,
+                &image_path,
+                key.expose(),
+                &base,
+                None,
+                &overlay::Create {
+                    size: Some(rec.params.size),
+                    cluster_size: None,
+                    kdf: params,
+                    label: Some(format!("sealvol volume {id}")),
+                },
+            )
+        })()
+        .map_err(at("format"))?;
+        drop(image);
+        rec.uuid = Some(made.uuid.clone());
+        rec.header_area = Some(overlay::KEY_AREA);
+        rec.checkpoint = Some(made.checkpoint.to_string());
+        self.store.step_done(rec, "format").map_err(at("format"))?;
+
+        // The step keeps the LUKS path's name (`mkfs`: the file system is mounted through
+        // the export), so that crash points and sweeps see one list of steps.
+        let (image, _, mnt) = self.paths_for_open(&id, false).map_err(at("mkfs"))?;
+        self.export_mount(rec, &image, None, key, &mnt, None)
+            .map_err(at("mkfs"))?;
+        self.store.step_done(rec, "mkfs").map_err(at("mkfs"))?;
+        if !opts.mount {
+            let c = self.clear_host(&id, Busy::Fail).map_err(at("close"))?;
+            if let Some(cp) = c.checkpoint {
+                rec.checkpoint = Some(cp.to_string());
+            }
             self.store.step_done(rec, "close").map_err(at("close"))?;
         }
         self.store.finish(rec).map_err(at("ready"))
@@ -1052,7 +1213,7 @@ impl Manager {
 
     fn open_locked(&self, r: &Record, key: &SecretBytes) -> Result<()> {
         let (image, header, mnt) = self.paths_for_open(&r.id, r.params.detached_header)?;
-        self.export_mount(&image, header.as_deref(), key, &mnt, None)
+        self.export_mount(r, &image, header.as_deref(), key, &mnt, None)
             .map_err(|e| {
                 self.store
                     .step_error("open", &r.id, "mount", e, "; nothing was changed")
@@ -1068,8 +1229,15 @@ impl Manager {
     pub fn close(&self, id: &VolumeId) -> Result<bool> {
         self.store.ready(id)?;
         let _locks = self.store.lock(id)?;
-        self.store.ready(id)?;
-        self.stop_exports(id, Busy::Fail)
+        let mut r = self.store.ready(id)?;
+        let c = self.clear_host(id, Busy::Fail)?;
+        // An overlay volume: the state it stopped at is the oldest the next open accepts.
+        if let (Some(_), Some(cp)) = (&r.params.base, c.checkpoint) {
+            r.checkpoint = Some(cp.to_string());
+            self.store.save(&r)?;
+            tracing::info!(id = %id, checkpoint = %cp, "overlay volume closed");
+        }
+        Ok(c.open)
     }
 
     /// Replaces the key of volume `id`: a keyslot for `new_key` (its KDF by `kdf`) is
@@ -1114,7 +1282,9 @@ impl Manager {
         let mut c = Cleared::default();
         while let Some(entry) = served::find(&self.run, &image) {
             let alive = served::alive(&self.run, &entry);
-            c.lazy |= served::stop(&self.run, &entry, busy, STOP_TIMEOUT)?.lazy;
+            let stopped = served::stop(&self.run, &entry, busy, STOP_TIMEOUT)?;
+            c.lazy |= stopped.lazy;
+            c.checkpoint = stopped.checkpoint.or(c.checkpoint);
             c.open = true;
             c.actions.push(if alive {
                 format!("stopped export {}", entry.pid)
@@ -1209,11 +1379,13 @@ impl Manager {
                 fs: String::new(),
                 detached_header: detached,
                 luks_type: LuksType::default(),
+                base: None,
             },
             steps: Vec::new(),
             uuid: None,
             header_area: None,
             created: now(),
+            checkpoint: None,
         }
     }
 
@@ -1481,6 +1653,7 @@ mod tests {
             fs: "ext4".into(),
             detached_header: false,
             luks_type: LuksType::Luks2,
+            base: None,
         };
         let dir = Path::new("/x");
         let e = check_size(&p(1 << 20), u64::MAX, false, dir)

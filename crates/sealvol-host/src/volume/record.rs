@@ -16,6 +16,11 @@ pub struct Params {
     /// The LUKS version (records written before it existed are LUKS2).
     #[serde(default, rename = "type")]
     pub luks_type: LuksType,
+    /// An overlay volume: `disk.img` is an encrypted copy-on-write overlay (`sealvol
+    /// overlay`) over this shared, read-only base (a plain or dm-verity image), not a LUKS
+    /// volume. Its file system is the base's (no `mkfs`); `size` is its virtual size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::overlay::BaseSpec>,
 }
 
 /// The LUKS version of a volume: LUKS2 (the default), or LUKS1 for qemu's `luks` block
@@ -58,6 +63,10 @@ pub struct Record {
     pub header_area: Option<u64>,
     /// Seconds since the epoch when `create` started.
     pub created: u64,
+    /// An overlay volume's checkpoint when its export last stopped (`COUNTER:HEX`): the
+    /// next open refuses any older state of the file (a copy put back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 impl Journaled for Record {
@@ -92,11 +101,13 @@ mod tests {
                 fs: "ext4".into(),
                 detached_header: false,
                 luks_type: LuksType::Luks2,
+                base: None,
             },
             steps: vec!["image".into()],
             uuid: None,
             header_area: None,
             created: 1,
+            checkpoint: None,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains("\"creating\""), "{text}");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use super::overlay::BaseArgs;
 use super::{parse_size, KeyArgs, VolumeArgs};
 
 #[derive(Debug, Args)]
@@ -26,9 +27,23 @@ pub struct OpenArgs {
     /// Serve in this process until SIGTERM or SIGINT instead of in the background.
     #[arg(long)]
     pub foreground: bool,
-    /// The LUKS volume file (the data file when --header is given).
+    #[command(flatten)]
+    pub overlay: OverlayOpenArgs,
+    /// The LUKS volume file (the data file when --header is given), or an overlay file.
     #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
+}
+
+/// What `open` and `serve nbd` take for an overlay (VOLUME an overlay file).
+#[derive(Debug, Args, Clone, Default)]
+pub struct OverlayOpenArgs {
+    #[command(flatten)]
+    pub base: BaseArgs,
+    /// Refuse an overlay older than this checkpoint (COUNTER:HEX, as `sealvol overlay
+    /// checkpoint` or `close` printed it): a saved older copy of the file is a clean "no"
+    /// (exit 1), nothing served.
+    #[arg(long, value_name = "COUNTER:HEX")]
+    pub expect_checkpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -122,7 +137,9 @@ pub struct ServeNbdArgs {
     /// Refuse writes.
     #[arg(long)]
     pub read_only: bool,
-    /// The LUKS volume file (the data file when --header is given).
+    #[command(flatten)]
+    pub overlay: OverlayOpenArgs,
+    /// The LUKS volume file (the data file when --header is given), or an overlay file.
     #[arg(value_name = "VOLUME")]
     pub volume_path: PathBuf,
 }

@@ -10,6 +10,7 @@ use sealvol_luks::KdfLimits;
 pub mod daemon;
 pub mod export;
 pub mod luks;
+pub mod overlay;
 pub mod verity;
 pub mod vm;
 pub mod volume;
@@ -153,6 +154,11 @@ pub enum Command {
     /// Serve a volume's plaintext to qemu and other clients.
     #[command(subcommand)]
     Serve(export::ServeCommand),
+    /// Encrypted, authenticated copy-on-write overlays over a shared base: per-extent keys,
+    /// rekey and retire without rewriting, snapshots and clones, checkpoints against
+    /// rollback (`open` and `serve nbd` serve an overlay file like a volume).
+    #[command(subcommand)]
+    Overlay(overlay::OverlayCommand),
     /// Workload volumes under a state directory: create, open, close, status, list, destroy
     /// (crypto-erase), sweep, bind-args. Crash-safe and idempotent.
     Volume(volume::VolumeCmd),

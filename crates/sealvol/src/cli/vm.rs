@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::{parse_size, KeyArgs};
+use super::{parse_size, KdfArgs, KeyArgs};
 
 #[derive(Debug, Args)]
 pub struct VmCmd {
@@ -23,11 +23,12 @@ pub struct VmCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum VmVerb {
-    /// Create a VM: a qcow2 overlay on the base image and a cloud-init seed ISO (with the
-    /// ssh key from --ssh-key). A failure undoes every step.
-    Create(CreateArgs),
-    /// Start a VM (idempotent). The data volume's key comes from --key-file, --key-fd or
-    /// stdin; a wrong key: exit 1, nothing started.
+    /// Create a VM: a qcow2 overlay on the base image (or, with --encrypted-root, an
+    /// encrypted sealvol overlay) and a cloud-init seed ISO (with the ssh key from
+    /// --ssh-key). A failure undoes every step.
+    Create(Box<CreateArgs>),
+    /// Start a VM (idempotent). The key of its data volume and of its encrypted root disk
+    /// comes from --key-file, --key-fd or stdin; a wrong key: exit 1, nothing started.
     Start(StartArgs),
     /// Stop a VM: ACPI power-off, then SIGKILL after --timeout; then its NBD export.
     Stop(StopArgs),
@@ -112,6 +113,16 @@ pub struct CreateArgs {
         default_value = "console=ttyS0"
     )]
     pub append: String,
+    /// Make the root disk an encrypted sealvol overlay over the (raw) base image instead of
+    /// a qcow2: every block the guest writes is encrypted and authenticated under the key
+    /// (--key-file, --key-fd or stdin; `vm start` asks for the same key), served to qemu over
+    /// sealvol's NBD export, crypto-erased by `vm destroy`.
+    #[arg(long)]
+    pub encrypted_root: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
 }
 
 #[derive(Debug, Args)]

@@ -61,9 +61,30 @@ pub struct CreateArgs {
     pub key: KeyArgs,
     #[command(flatten)]
     pub kdf: KdfArgs,
-    /// Data size (K, M, G, T: powers of 1024), at least 16M for ext4.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub size: u64,
+    /// Data size (K, M, G, T: powers of 1024), at least 16M for ext4. With --base: the
+    /// overlay's virtual size (default: the base's).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, required_unless_present = "base")]
+    pub size: Option<u64>,
+    /// Make an overlay volume: an encrypted copy-on-write overlay (`sealvol overlay`) over
+    /// this shared, read-only base image holding a file system (no mkfs: the volume starts
+    /// as the base's file system, and every write goes under the volume's own key). With
+    /// --base-hash and --base-root every read of the base is verified (dm-verity).
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["detached_header", "luks_type"])]
+    pub base: Option<PathBuf>,
+    /// The base's dm-verity tree (with superblock).
+    #[arg(long, value_name = "FILE", requires_all = ["base", "base_root"])]
+    pub base_hash: Option<PathBuf>,
+    /// Byte offset of the superblock and tree in --base-hash.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 0,
+        requires = "base_hash"
+    )]
+    pub base_hash_offset: u64,
+    /// The base's trusted verity root hash (hex).
+    #[arg(long, value_name = "HEX", requires = "base_hash")]
+    pub base_root: Option<String>,
     /// File system to make (ext4, ext3, ext2, xfs, btrfs).
     #[arg(long, default_value = "ext4", value_name = "TYPE")]
     pub fs: String,

@@ -14,8 +14,9 @@ use sealvol_host::export::{
 use sealvol_host::state::StateDir;
 use serde_json::json;
 
-use crate::cli::export::{CloseArgs, OpenArgs, ServeCommand, VerityOpenArgs};
+use crate::cli::export::{CloseArgs, OpenArgs, OverlayOpenArgs, ServeCommand, VerityOpenArgs};
 use crate::output::Output;
+use sealvol_host::keys::KeySource;
 
 /// How long `close` waits for an export to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,11 +29,15 @@ fn print_ready(out: &Output, r: &Ready) -> Result<()> {
     Ok(match r {
         Ready::Mounted(m) => out.result(
             &format!(
-                "Opened {} on {} (loop device {}, export process {}).",
+                "Opened {} on {} (loop device {}, export process {}).{}",
                 m.volume.display(),
                 m.mount_point.display(),
                 m.loop_device.display(),
                 m.pid,
+                m.checkpoint
+                    .as_ref()
+                    .map(|c| format!("\ncheckpoint: {c}"))
+                    .unwrap_or_default()
             ),
             json!({
                 "ok": true,
@@ -44,6 +49,7 @@ fn print_ready(out: &Output, r: &Ready) -> Result<()> {
                 "read_only": m.read_only,
                 "size": m.size,
                 "mkfs": m.mkfs,
+                "checkpoint": m.checkpoint,
             }),
         ),
         Ready::Nbd(n) => out.result(
@@ -58,7 +64,7 @@ fn print_ready(out: &Output, r: &Ready) -> Result<()> {
                     ""
                 }
             ),
-            json!({"volume": n.volume, "endpoint": n.endpoint, "uri": n.uri, "tls": n.tls, "pid": n.pid, "read_only": n.read_only}),
+            json!({"volume": n.volume, "endpoint": n.endpoint, "uri": n.uri, "tls": n.tls, "pid": n.pid, "read_only": n.read_only, "checkpoint": n.checkpoint}),
         ),
     }?)
 }
@@ -78,7 +84,19 @@ fn start(
         let mut report = |r: &Ready| {
             let _ = print_ready(out, r);
         };
-        export::export(&run, spec, key, limits, serve, Mode::Here(&mut report))?;
+        let done = export::export(&run, spec, key, limits, serve, Mode::Here(&mut report))?;
+        // An overlay's last commit: where it stands now (give it back with
+        // --expect-checkpoint next time).
+        let cp = match &done {
+            Ready::Mounted(m) => m.checkpoint.clone(),
+            Ready::Nbd(n) => n.checkpoint.clone(),
+        };
+        if let Some(cp) = cp {
+            out.result(
+                &format!("Stopped.\ncheckpoint: {cp}"),
+                json!({"stopped": true, "checkpoint": cp}),
+            )?;
+        }
         return Ok(());
     }
     let launcher = Launcher::default();
@@ -96,21 +114,63 @@ fn start(
     print_ready(out, &ready)
 }
 
+/// The open spec of `open` and `serve nbd`: a LUKS volume, or an overlay over its base.
+fn spec_of(
+    volume: std::path::PathBuf,
+    header: Option<std::path::PathBuf>,
+    read_only: bool,
+    o: &OverlayOpenArgs,
+) -> Result<OpenSpec> {
+    Ok(OpenSpec::for_volume(
+        volume,
+        header,
+        read_only,
+        super::overlay::base_spec(&o.base),
+        o.expect_checkpoint.clone(),
+    )?)
+}
+
+/// Starts with the key (and a LUKS base's key, which cannot come from the same stream).
+fn start_keyed(
+    spec: &OpenSpec,
+    key: &KeySource,
+    o: &OverlayOpenArgs,
+    serve: &Serve,
+    foreground: bool,
+    out: &Output,
+) -> Result<()> {
+    let main = KeyInput::Source(key);
+    match super::overlay::base_key_source(&o.base) {
+        Some(base) => {
+            if base == *key {
+                anyhow::bail!(
+                    "the overlay's key and its base's key cannot both come from {}; give one with --key-file FILE or --base-key-file FILE",
+                    key.describe()
+                );
+            }
+            let base = KeyInput::Source(&base);
+            start(
+                spec,
+                KeyInput::WithBase(&main, &base),
+                serve,
+                foreground,
+                out,
+            )
+        }
+        None => start(spec, main, serve, foreground, out),
+    }
+}
+
 pub fn open(a: OpenArgs, out: &Output) -> Result<()> {
-    let spec = OpenSpec {
-        volume: a.volume_path,
-        read_only: a.read_only,
-        source: SourceSpec::Luks {
-            header: a.volume.header,
-        },
-    };
+    let spec = spec_of(a.volume_path, a.volume.header, a.read_only, &a.overlay)?;
     let serve = Serve::Mount(MountSpec {
         mount_point: a.mount,
         mkfs: a.mkfs,
     });
-    start(
+    start_keyed(
         &spec,
-        KeyInput::Source(&a.key.source()),
+        &a.key.source(),
+        &a.overlay,
         &serve,
         a.foreground,
         out,
@@ -147,13 +207,7 @@ pub fn verity_open(a: VerityOpenArgs, out: &Output) -> Result<()> {
 pub fn serve(c: ServeCommand, out: &Output) -> Result<()> {
     match c {
         ServeCommand::Nbd(a) => {
-            let spec = OpenSpec {
-                volume: a.volume_path,
-                read_only: a.read_only,
-                source: SourceSpec::Luks {
-                    header: a.volume.header,
-                },
-            };
+            let spec = spec_of(a.volume_path, a.volume.header, a.read_only, &a.overlay)?;
             let endpoint = match (a.socket, a.listen) {
                 (Some(p), _) => NbdEndpoint::Socket(p),
                 (None, Some(addr)) => NbdEndpoint::Tcp(addr),
@@ -169,7 +223,7 @@ pub fn serve(c: ServeCommand, out: &Output) -> Result<()> {
                 send_timeout: Duration::from_secs(a.send_timeout),
                 max_in_flight: a.max_in_flight,
             });
-            start(&spec, KeyInput::Source(&a.key.source()), &serve, true, out)
+            start_keyed(&spec, &a.key.source(), &a.overlay, &serve, true, out)
         }
     }
 }
@@ -194,8 +248,15 @@ pub fn close(a: CloseArgs, out: &Output) -> Result<()> {
         .map(|m| format!(" (was mounted on {})", m.display()))
         .or_else(|| e.nbd.as_ref().map(|n| format!(" (was served at {n})")))
         .unwrap_or_default();
+    let cp = c.stopped.checkpoint.map(|c| c.to_string());
     out.result(
-        &format!("Closed {}{where_}.", e.volume.display()),
+        &format!(
+            "Closed {}{where_}.{}",
+            e.volume.display(),
+            cp.as_ref()
+                .map(|c| format!("\ncheckpoint: {c}"))
+                .unwrap_or_default()
+        ),
         json!({
             "closed": true,
             "volume": e.volume,
@@ -203,6 +264,7 @@ pub fn close(a: CloseArgs, out: &Output) -> Result<()> {
             "loop_device": e.loop_device,
             "pid": e.pid,
             "export_was_running": c.stopped.export_was_running,
+            "checkpoint": cp,
         }),
     )?;
     Ok(())

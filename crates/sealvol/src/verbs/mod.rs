@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod export;
 pub mod luks;
+pub mod overlay;
 pub mod verity;
 pub mod vm;
 pub mod volume;

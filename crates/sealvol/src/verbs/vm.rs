@@ -53,6 +53,7 @@ pub fn run(c: VmCmd, out: &Output) -> Result<()> {
     let id = |s: &str| VmId::parse(s);
     match c.verb {
         VmVerb::Create(a) => {
+            let a = *a;
             let id = id(&a.id)?;
             let forwards = a
                 .forward
@@ -89,9 +90,23 @@ pub fn run(c: VmCmd, out: &Output) -> Result<()> {
                     }),
                     _ => None,
                 },
+                encrypted_root: a.encrypted_root,
+            };
+            // The key is read only for an encrypted root disk.
+            let root_key = if a.encrypted_root {
+                let key = a.key.source().read()?;
+                let policy = a.kdf.policy().context("--hash")?;
+                if let Some(h) = policy.hint(key.expose()) {
+                    out.note(&format!("sealvol: note: {h}"));
+                }
+                let kdf = policy.params_for(key.expose(), false)?;
+                Some((key, kdf))
+            } else {
+                None
             };
             let input = CreateInput {
                 ssh_key_file: a.ssh_key,
+                root_key,
             };
             let st = m.create(&id, &params, &input)?;
             out.result(
@@ -108,10 +123,13 @@ pub fn run(c: VmCmd, out: &Output) -> Result<()> {
         VmVerb::Start(a) => {
             let id = id(&a.id)?;
             let rec = m.status(&id)?;
-            // The key is read only when there is a data volume to open.
-            let key = match rec.as_ref().and_then(|s| s.params.data_volume.as_ref()) {
-                Some(_) => Some(a.key.source().read()?),
-                None => None,
+            // The key is read only when there is a data volume or an encrypted root to open.
+            let key = match rec
+                .as_ref()
+                .map(|s| s.params.data_volume.is_some() || s.params.encrypted_root)
+            {
+                Some(true) => Some(a.key.source().read()?),
+                _ => None,
             };
             let (already, st) = m.start(&id, key.as_ref())?;
             let human = if already {

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
+use sealvol_host::export::{BaseSpec, VeritySpec};
 use sealvol_host::state::StateDir;
 use sealvol_host::vm::manager::VmManager;
 use sealvol_host::volume::{self, CreateOptions, Manager, Params, Status, VolumeId};
@@ -82,7 +83,18 @@ fn status_human(s: &Status, root: &Path) -> String {
     let mut text = format!(
         "volume:      {}\ntype:        {}\nphase:       {}\nsize:        {}\nfs:          {}\nheader:      {}\nuuid:        {}\nimage:       {}\nmount path:  {}\nmounted:     {}\nexport:      {}\nloop:        {}\nfuse file:   {}",
         s.id,
-        s.params.luks_type.as_str(),
+        match &s.params.base {
+            Some(b) => format!(
+                "overlay over {}{}",
+                b.path().map_or("nothing".into(), |p| p.display().to_string()),
+                if matches!(b, BaseSpec::Verity { .. }) {
+                    " (dm-verity)"
+                } else {
+                    ""
+                }
+            ),
+            None => s.params.luks_type.as_str().to_string(),
+        },
         s.phase.as_str(),
         volume::human_size(s.params.size),
         s.params.fs,
@@ -131,11 +143,27 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
     match c.verb {
         VolumeVerb::Create(a) => {
             let id = id(&a.id)?;
+            let base = a
+                .base
+                .clone()
+                .map(|image| match (&a.base_hash, &a.base_root) {
+                    (Some(hash), Some(root)) => BaseSpec::Verity {
+                        image,
+                        verity: VeritySpec {
+                            hash: hash.clone(),
+                            hash_offset: a.base_hash_offset,
+                            root: root.clone(),
+                            signature: None,
+                        },
+                    },
+                    _ => BaseSpec::Image { path: image },
+                });
             let params = Params {
-                size: a.size,
+                size: a.size.unwrap_or(0),
                 fs: a.fs.clone(),
                 detached_header: a.detached_header,
                 luks_type: a.luks_type,
+                base,
             };
             let kdf = a.kdf.policy().context("--hash")?;
             let key = a.key.source().read()?;
@@ -161,9 +189,16 @@ pub fn run(c: VolumeCmd, out: &Output) -> Result<()> {
                 )
             } else {
                 format!(
-                    "Created volume {id}: {} {}, {where_}.",
-                    volume::human_size(params.size),
-                    params.fs
+                    "Created volume {id}: {} {}{}, {where_}.",
+                    volume::human_size(r.status.params.size),
+                    r.status.params.fs,
+                    r.status
+                        .params
+                        .base
+                        .as_ref()
+                        .and_then(|b| b.path())
+                        .map(|p| format!(" (an overlay over {})", p.display()))
+                        .unwrap_or_default()
                 )
             };
             let mut v = status_json(&r.status, m.root());
