@@ -3,7 +3,8 @@
 # for each, the primary copy alone and the whole header area (both copies; keyslots area cut);
 # and fuzz/corpus/luks1_header/ with LUKS1 binary headers (three hashes and key sizes);
 # fuzz/corpus/nbd_client/ with NBD client sessions written out by hand (below); and
-# fuzz/corpus/daemon_api/ and daemon_plugin/ with requests as clients and engines send them.
+# fuzz/corpus/daemon_api/ and daemon_plugin/ with requests as clients and engines send them;
+# and every target with its committed seeds in fuzz/seeds/TARGET/.
 # Usage: fuzz/seed.sh   (needs cryptsetup; the corpus directory is not committed)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -114,3 +115,14 @@ req "$plugin/unmount" '\x00' /VolumeDriver.Unmount '{"Name":"web-1","ID":"c1"}'
 req "$plugin/get" '\x00' /VolumeDriver.Get '{"Name":"web-1"}'
 req "$plugin/list" '\x00' /VolumeDriver.List '{}'
 echo "wrote daemon requests to $api and $plugin"
+
+# Committed seeds (fuzz/seeds/TARGET/): inputs made by the crates' own code that a fuzzer
+# rarely finds alone, e.g. overlay roots that open (written by
+# `cargo test -p sealvol-overlay -- --ignored write_fuzz_seeds`; a unit test says when they
+# are stale).
+for dir in "$here"/seeds/*/; do
+  t="$(basename "$dir")"
+  mkdir -p "$here/corpus/$t"
+  cp "$dir"* "$here/corpus/$t/"
+  echo "copied $(find "$dir" -type f | wc -l) committed seeds to $here/corpus/$t"
+done

@@ -173,51 +173,124 @@ pub fn metadata(data: &[u8]) -> bool {
     true
 }
 
+/// A well-formed input: a root over a 1 MiB zero base with an internal node and one leaf
+/// right after it (the fuzzer's seed: libFuzzer rarely finds a parseable root by itself).
+pub fn seed() -> Vec<u8> {
+    seed_with(1 << 20, &[3], 0)
+}
+
+/// The seeds written to `fuzz/seeds/overlay_metadata/`: the well-formed image, one with
+/// several mapped entries and two generations, and one read-only snapshot.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("one-leaf", seed()),
+        ("zeros-and-gens", seed_with(4 << 20, &[0, 1, 7, 63], 1)),
+        ("frozen", {
+            let mut r = seed_root(1 << 20, 0);
+            r.flags = 1;
+            image(r, &[5])
+        }),
+    ]
+}
+
+fn seed_root(size: u64, extra_gens: u32) -> Root {
+    let mut gens = vec![format::GenRecord {
+        id: 1,
+        created: 1,
+        origin_layer: [1; 16],
+        origin_gen: 1,
+        wrapped: format::Wrapped([0; format::WRAPPED_LEN]),
+    }];
+    for g in 0..extra_gens {
+        gens.push(format::GenRecord {
+            id: 2 + g,
+            created: 2 + u64::from(g),
+            origin_layer: [1; 16],
+            origin_gen: 2 + g,
+            wrapped: format::Wrapped([0; format::WRAPPED_LEN]),
+        });
+    }
+    Root {
+        flags: 0,
+        uuid: [1; 16],
+        counter: 3,
+        cluster_shift: 12,
+        virtual_size: size,
+        base_size: size,
+        base_tag: [0; 32],
+        map_block: 0,
+        map_hash: [0; 32],
+        map_depth: format::depth_for(size >> 12),
+        current_gen: 1 + extra_gens,
+        retiring_gen: 0,
+        gens,
+        lower: vec![],
+        inherited: vec![],
+    }
+}
+
+fn seed_with(size: u64, zero_entries: &[usize], extra_gens: u32) -> Vec<u8> {
+    image(seed_root(size, extra_gens), zero_entries)
+}
+
+/// The root, a zero MAC (the hook makes it valid), an internal node and one leaf whose
+/// `zero_entries` are zero clusters.
+fn image(root: Root, zero_entries: &[usize]) -> Vec<u8> {
+    use crate::format::{Entry, NodeBody};
+    let mut input = root.encode().expect("a valid root encodes");
+    input.extend_from_slice(&[0; MAC_LEN]);
+    let mut e: Box<[Option<Entry>; 64]> = Box::new([None; 64]);
+    for &i in zero_entries {
+        e[i] = Some(Entry::Zero);
+    }
+    let leaf = format::encode_node(0, 0, &NodeBody::Leaf(e));
+    let internal = {
+        let mut c: format::Children = Box::new([None; 64]);
+        c[0] = Some((DATA_START / BLOCK + 1, [1; 32]));
+        format::encode_node(1, 0, &NodeBody::Internal(c))
+    };
+    input.extend_from_slice(&internal);
+    input.extend_from_slice(&leaf);
+    input
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{Entry, NodeBody};
-
     #[test]
     fn the_fuzz_hook_opens_a_well_formed_image_and_survives_garbage() {
         assert!(!metadata(&[]));
         assert!(!metadata(&[0xFF; 5000]));
-        // A root with one leaf right after it: the hook opens it and reads through it.
-        let root = Root {
-            flags: 0,
-            uuid: [1; 16],
-            counter: 3,
-            cluster_shift: 12,
-            virtual_size: 1 << 20,
-            base_size: 1 << 20,
-            base_tag: [0; 32],
-            map_block: 0,
-            map_hash: [0; 32],
-            map_depth: format::depth_for(256),
-            current_gen: 1,
-            retiring_gen: 0,
-            gens: vec![format::GenRecord {
-                id: 1,
-                created: 1,
-                origin_layer: [1; 16],
-                origin_gen: 1,
-                wrapped: format::Wrapped([0; format::WRAPPED_LEN]),
-            }],
-            lower: vec![],
-            inherited: vec![],
-        };
-        let mut input = root.encode().unwrap();
-        input.extend_from_slice(&[0; MAC_LEN]);
-        let mut e: Box<[Option<Entry>; 64]> = Box::new([None; 64]);
-        e[3] = Some(Entry::Zero);
-        let leaf = format::encode_node(0, 0, &NodeBody::Leaf(e));
-        let internal = {
-            let mut c: format::Children = Box::new([None; 64]);
-            c[0] = Some((DATA_START / BLOCK + 1, [1; 32]));
-            format::encode_node(1, 0, &NodeBody::Internal(c))
-        };
-        input.extend_from_slice(&internal);
-        input.extend_from_slice(&leaf);
-        assert!(metadata(&input), "the well-formed image opens");
+        assert!(metadata(&seed()), "the well-formed image opens");
+        for (name, bytes) in seeds() {
+            assert!(metadata(&bytes), "seed {name} opens");
+        }
+    }
+
+    /// `fuzz/seeds/overlay_metadata/` holds what `seeds()` makes: when the format changes,
+    /// this says to write them again (`cargo test -p sealvol-overlay -- --ignored
+    /// write_fuzz_seeds`), so the fuzzer keeps starting from images that open.
+    #[test]
+    fn the_committed_fuzz_seeds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/seeds/overlay_metadata");
+        for (name, bytes) in seeds() {
+            let on_disk = std::fs::read(dir.join(name)).unwrap_or_default();
+            assert!(
+                on_disk == bytes,
+                "fuzz/seeds/overlay_metadata/{name} is stale: run cargo test -p sealvol-overlay -- --ignored write_fuzz_seeds"
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "writes fuzz/seeds/overlay_metadata/ (run by hand after a format change)"]
+    fn write_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/seeds/overlay_metadata");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in seeds() {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
     }
 }
