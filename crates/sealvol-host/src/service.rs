@@ -986,8 +986,10 @@ fn describe_users(a: &Attachment) -> String {
 }
 
 /// A volume's parameters from a container engine's volume options (`size`, `fs`, `type`,
-/// `detached_header`) and its key source (`key_id` or `key_file`): the options a volume
-/// driver accepts. Unknown options are refused.
+/// `detached_header`; for an overlay volume over a shared read-only base, `base` with
+/// `base-hash`, `base-hash-offset` and `base-root` for a dm-verity base) and its key source
+/// (`key_id` or `key_file`): the options a volume driver accepts. Unknown options are
+/// refused.
 ///
 /// # Errors
 /// [`Error::Invalid`] naming the option.
@@ -1003,6 +1005,18 @@ pub fn params_from_options(
     };
     let mut key = None;
     let mut sparse_ok = false;
+    let (mut base, mut base_hash, mut base_hash_offset, mut base_root) = (None, None, None, None);
+    let absolute = |k: &str, v: &str| {
+        let p = PathBuf::from(v);
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(Error::Invalid(format!(
+                "option {k}={:?} must be an absolute path",
+                v.chars().take(256).collect::<String>()
+            )))
+        }
+    };
     let flag = |k: &str, v: &str| match v {
         "" | "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
@@ -1049,6 +1063,17 @@ pub fn params_from_options(
                 }
                 key = Some(KeyRef::File(p));
             }
+            "base" => base = Some(absolute(k, v)?),
+            "base_hash" | "base-hash" => base_hash = Some(absolute(k, v)?),
+            "base_hash_offset" | "base-hash-offset" => {
+                base_hash_offset = Some(v.parse::<u64>().map_err(|_| {
+                    Error::Invalid(format!(
+                        "option {k}={:?} is not a byte offset",
+                        v.chars().take(32).collect::<String>()
+                    ))
+                })?)
+            }
+            "base_root" | "base-root" => base_root = Some(v.clone()),
             "key" | "passphrase" | "secret" => {
                 return Err(Error::Invalid(format!(
                     "option {k} is refused: container engines store and show volume options, so a key never goes in one; register the key (POST /v1/keys) and say key-id=ID, or say key-file=/root-only/file"
@@ -1056,13 +1081,33 @@ pub fn params_from_options(
             }
             other => {
                 return Err(Error::Invalid(format!(
-                    "unknown volume option {:?}; sealvol takes size, fs, type, detached-header, sparse-ok, key-id, key-file",
+                    "unknown volume option {:?}; sealvol takes size, fs, type, detached-header, sparse-ok, key-id, key-file, base, base-hash, base-hash-offset, base-root",
                     other.chars().take(64).collect::<String>()
                 )))
             }
         }
     }
-    if params.size == 0 {
+    params.base = match (base, base_hash, base_root) {
+        (None, None, None) if base_hash_offset.is_none() => None,
+        (Some(image), None, None) if base_hash_offset.is_none() => {
+            Some(crate::overlay::BaseSpec::Image { path: image })
+        }
+        (Some(image), Some(hash), Some(root)) => Some(crate::overlay::BaseSpec::Verity {
+            image,
+            verity: crate::export::VeritySpec {
+                hash,
+                hash_offset: base_hash_offset.unwrap_or(0),
+                root,
+                signature: None,
+            },
+        }),
+        _ => {
+            return Err(Error::Invalid(
+                "a verity base needs all of base, base-hash and base-root (base-hash-offset when the tree is not at 0); a plain base only base".into(),
+            ))
+        }
+    };
+    if params.size == 0 && params.base.is_none() {
         return Err(Error::Invalid(
             "option size is missing (for example --opt size=1G)".into(),
         ));
@@ -1101,7 +1146,44 @@ mod tests {
         let (_, k, _) =
             params_from_options(&o(&[("size", "64M"), ("key-file", "/etc/k")])).unwrap();
         assert_eq!(k, Some(KeyRef::File("/etc/k".into())));
+        // An overlay volume over a shared base: no size needed (the base's).
+        let (p, _, _) =
+            params_from_options(&o(&[("base", "/srv/base.img"), ("key-id", "web")])).unwrap();
+        assert_eq!(
+            p.base,
+            Some(crate::overlay::BaseSpec::Image {
+                path: "/srv/base.img".into()
+            })
+        );
+        let (p, _, _) = params_from_options(&o(&[
+            ("base", "/srv/base.img"),
+            ("base-hash", "/srv/base.hash"),
+            ("base-hash-offset", "4096"),
+            ("base-root", "ab12"),
+        ]))
+        .unwrap();
+        match p.base {
+            Some(crate::overlay::BaseSpec::Verity { image, verity }) => {
+                assert_eq!(image, PathBuf::from("/srv/base.img"));
+                assert_eq!(verity.hash, PathBuf::from("/srv/base.hash"));
+                assert_eq!((verity.hash_offset, verity.root.as_str()), (4096, "ab12"));
+            }
+            other => panic!("{other:?}"),
+        }
         for (bad, why) in [
+            (o(&[("base", "base.img")]), "absolute"),
+            (
+                o(&[("base", "/b"), ("base-root", "ab")]),
+                "a verity base needs all",
+            ),
+            (
+                o(&[("base-hash", "/h"), ("base-root", "ab")]),
+                "a verity base needs all",
+            ),
+            (
+                o(&[("base", "/b"), ("base-hash-offset", "x")]),
+                "not a byte offset",
+            ),
             (
                 o(&[("size", "1G"), ("key", "c2VjcmV0")]),
                 "never goes in one",
