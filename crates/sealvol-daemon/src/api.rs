@@ -18,6 +18,7 @@ use std::sync::Arc;
 use base64::Engine;
 use hyper::{Method, StatusCode};
 use sealvol_crypto::SecretBytes;
+use sealvol_host::export::{BaseSpec, VeritySpec};
 use sealvol_host::keyring::{KeyName, KeyRef};
 use sealvol_host::service::{CreateRequest, KeyChoice};
 use sealvol_host::volume::{parse_size, LuksType, Params, VolumeId};
@@ -283,11 +284,58 @@ enum Size {
     Text(String),
 }
 
+/// An overlay volume's shared, read-only base: a plain image, or a dm-verity one (`hash`,
+/// `root`, `hash_offset`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BaseBody {
+    image: String,
+    #[serde(default)]
+    hash: Option<String>,
+    #[serde(default)]
+    hash_offset: Option<u64>,
+    #[serde(default)]
+    root: Option<String>,
+}
+
+impl BaseBody {
+    fn spec(self) -> Result<BaseSpec, Refusal> {
+        let absolute = |what: &str, p: String| {
+            if p.starts_with('/') {
+                Ok(PathBuf::from(p))
+            } else {
+                Err(Refusal::Value(format!(
+                    "base.{what} must be an absolute path"
+                )))
+            }
+        };
+        let image = absolute("image", self.image)?;
+        match (self.hash, self.root) {
+            (None, None) if self.hash_offset.is_none() => Ok(BaseSpec::Image { path: image }),
+            (Some(hash), Some(root)) => Ok(BaseSpec::Verity {
+                image,
+                verity: VeritySpec {
+                    hash: absolute("hash", hash)?,
+                    hash_offset: self.hash_offset.unwrap_or(0),
+                    root,
+                    signature: None,
+                },
+            }),
+            _ => Err(Refusal::Value(
+                "a verity base needs both base.hash and base.root (base.hash_offset when the tree is not at 0); a plain base only base.image".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     id: String,
-    size: Size,
+    #[serde(default)]
+    size: Option<Size>,
+    #[serde(default)]
+    base: Option<BaseBody>,
     #[serde(default)]
     fs: Option<String>,
     #[serde(default, rename = "type")]
@@ -352,9 +400,19 @@ fn key_name(s: &str) -> Result<KeyName, Refusal> {
 fn create_body(raw: &[u8]) -> Result<CreateVolume, Refusal> {
     let b: CreateBody = body(raw, None)?;
     let id = volume_id(&b.id)?;
+    let base = b.base.map(BaseBody::spec).transpose()?;
     let size = match b.size {
-        Size::Bytes(n) => n,
-        Size::Text(t) => parse_size(&t).map_err(|e| Refusal::Value(bounded(e.to_string())))?,
+        Some(Size::Bytes(n)) => n,
+        Some(Size::Text(t)) => {
+            parse_size(&t).map_err(|e| Refusal::Value(bounded(e.to_string())))?
+        }
+        // An overlay volume is its base's size unless told.
+        None if base.is_some() => 0,
+        None => {
+            return Err(Refusal::Value(
+                "size is missing (bytes, or text such as \"10G\"); only an overlay volume (base) may leave it out".into(),
+            ))
+        }
     };
     let luks_type = match b.luks_type.as_deref() {
         None | Some("luks2") => LuksType::Luks2,
@@ -373,7 +431,7 @@ fn create_body(raw: &[u8]) -> Result<CreateVolume, Refusal> {
             fs: b.fs.unwrap_or_else(|| "ext4".into()),
             detached_header: b.detached_header,
             luks_type,
-            base: None,
+            base,
         },
         sparse_ok: b.sparse_ok,
         key: b.key.spec()?,
@@ -469,10 +527,8 @@ impl ApiRequest {
         match self {
             ApiRequest::Status => (Method::GET, "/v1/status".into(), none()),
             ApiRequest::ListVolumes => (Method::GET, "/v1/volumes".into(), none()),
-            ApiRequest::Create(c) => (
-                Method::POST,
-                "/v1/volumes".into(),
-                js(json!({
+            ApiRequest::Create(c) => {
+                let mut b = json!({
                     "id": c.id,
                     "size": c.params.size,
                     "fs": c.params.fs,
@@ -480,8 +536,24 @@ impl ApiRequest {
                     "detached_header": c.params.detached_header,
                     "sparse_ok": c.sparse_ok,
                     "key": key_json(&c.key),
-                })),
-            ),
+                });
+                match &c.params.base {
+                    Some(BaseSpec::Image { path }) => {
+                        b["base"] = json!({ "image": path });
+                    }
+                    Some(BaseSpec::Verity { image, verity }) => {
+                        b["base"] = json!({
+                            "image": image,
+                            "hash": verity.hash,
+                            "hash_offset": verity.hash_offset,
+                            "root": verity.root,
+                        });
+                    }
+                    // Not in the API (a LUKS base needs a key of its own).
+                    Some(BaseSpec::None | BaseSpec::Luks { .. }) | None => {}
+                }
+                (Method::POST, "/v1/volumes".into(), js(b))
+            }
             ApiRequest::Get(id) => (Method::GET, format!("/v1/volumes/{id}"), none()),
             ApiRequest::Destroy(id) => (Method::DELETE, format!("/v1/volumes/{id}"), none()),
             ApiRequest::Open { id, key } => (
@@ -788,25 +860,28 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             key_spec(),
+            crate::plugin::tests::base(),
         )
-            .prop_map(|(id, size, fs, luks1, detached_header, sparse_ok, key)| {
-                ApiRequest::Create(CreateVolume {
-                    id,
-                    params: Params {
-                        size,
-                        fs,
-                        detached_header,
-                        luks_type: if luks1 {
-                            LuksType::Luks1
-                        } else {
-                            LuksType::Luks2
+            .prop_map(
+                |(id, size, fs, luks1, detached_header, sparse_ok, key, base)| {
+                    ApiRequest::Create(CreateVolume {
+                        id,
+                        params: Params {
+                            size,
+                            fs,
+                            detached_header,
+                            luks_type: if luks1 {
+                                LuksType::Luks1
+                            } else {
+                                LuksType::Luks2
+                            },
+                            base,
                         },
-                        base: None,
-                    },
-                    sparse_ok,
-                    key,
-                })
-            });
+                        sparse_ok,
+                        key,
+                    })
+                },
+            );
         prop_oneof![
             LazyJust::new(|| ApiRequest::Status),
             LazyJust::new(|| ApiRequest::ListVolumes),

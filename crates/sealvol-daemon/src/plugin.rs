@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
+use sealvol_host::export::BaseSpec;
 use sealvol_host::keyring::KeyRef;
 use sealvol_host::service::{params_from_options, CreateRequest, KeyChoice, UserId, VolumeState};
 use sealvol_host::volume::{human_size, Params, VolumeId};
@@ -256,6 +257,19 @@ impl PluginRequest {
                     opts.insert("type", o.params.luks_type.as_str().to_string());
                     opts.insert("detached-header", o.params.detached_header.to_string());
                     opts.insert("sparse-ok", o.sparse_ok.to_string());
+                    match &o.params.base {
+                        Some(BaseSpec::Image { path }) => {
+                            opts.insert("base", path.display().to_string());
+                        }
+                        Some(BaseSpec::Verity { image, verity }) => {
+                            opts.insert("base", image.display().to_string());
+                            opts.insert("base-hash", verity.hash.display().to_string());
+                            opts.insert("base-hash-offset", verity.hash_offset.to_string());
+                            opts.insert("base-root", verity.root.clone());
+                        }
+                        // Not volume options (a LUKS base needs a key of its own).
+                        Some(BaseSpec::None | BaseSpec::Luks { .. }) | None => {}
+                    }
                     match &o.key {
                         KeyRef::Registered(n) => opts.insert("key-id", n.to_string()),
                         KeyRef::File(p) => opts.insert("key-file", p.display().to_string()),
@@ -422,9 +436,10 @@ async fn route(d: Arc<Daemon>, req: PluginRequest) -> Result<Reply, Reply> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+    use sealvol_host::export::VeritySpec;
     use sealvol_host::keyring::KeyName;
     use sealvol_host::volume::LuksType;
 
@@ -536,6 +551,28 @@ mod tests {
         "[A-Za-z0-9_.:-]{1,64}".prop_map(|s| UserId::parse(&s).unwrap())
     }
 
+    /// An overlay volume's base as options can say it: a plain image or a verity one.
+    pub(crate) fn base() -> impl Strategy<Value = Option<BaseSpec>> {
+        prop::option::of((
+            "/[a-zA-Z0-9 ._/-]{1,40}",
+            prop::option::of(("/[a-zA-Z0-9 ._/-]{1,40}", any::<u64>(), "[0-9a-f]{2,64}")),
+        ))
+        .prop_map(|b| {
+            b.map(|(image, verity)| match verity {
+                None => BaseSpec::Image { path: image.into() },
+                Some((hash, hash_offset, root)) => BaseSpec::Verity {
+                    image: image.into(),
+                    verity: VeritySpec {
+                        hash: hash.into(),
+                        hash_offset,
+                        root,
+                        signature: None,
+                    },
+                },
+            })
+        })
+    }
+
     fn options() -> impl Strategy<Value = VolumeOptions> {
         (
             1..u64::MAX,
@@ -548,9 +585,10 @@ mod tests {
                     .prop_map(|n| KeyRef::Registered(KeyName::parse(&n).unwrap())),
                 "/[a-zA-Z0-9 ._/-]{0,40}".prop_map(|p| KeyRef::File(p.into())),
             ],
+            base(),
         )
-            .prop_map(
-                |(size, fs, luks1, detached_header, sparse_ok, key)| VolumeOptions {
+            .prop_map(|(size, fs, luks1, detached_header, sparse_ok, key, base)| {
+                VolumeOptions {
                     params: Params {
                         size,
                         fs,
@@ -560,12 +598,12 @@ mod tests {
                         } else {
                             LuksType::Luks2
                         },
-                        base: None,
+                        base,
                     },
                     key,
                     sparse_ok,
-                },
-            )
+                }
+            })
     }
 
     fn request() -> impl Strategy<Value = PluginRequest> {

@@ -415,6 +415,128 @@ fn daemon_api_matches_its_openapi_document_and_refuses_hostile_requests() {
     );
 }
 
+/// Overlay volumes through the API: two volumes over one shared ext4 base (no size: the
+/// base's), each mounted with the base's files and its own writes under its own layer, the
+/// base never written; hostile bases refused and nothing made.
+#[test]
+fn daemon_api_makes_overlay_volumes_over_a_shared_base() {
+    need("mkfs.ext4");
+    need("losetup");
+    let dir = tmpdir();
+    let c = Contract::new();
+    // The shared base: an ext4 image holding `shared`.
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("shared"), b"from the publisher\n").unwrap();
+    let base = dir.path().join("base.img");
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&base)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfs.ext4 -d");
+    let base_bytes = std::fs::read(&base).unwrap();
+    let base_path = base.to_str().unwrap();
+
+    let d = Daemon::start(dir.path(), None, &["--linger-ms", "0"]);
+    let key = random_bytes(32);
+    c.call(
+        &d,
+        "POST",
+        "/v1/keys",
+        Some(json!({"id": "k1", "key": b64(&key)})),
+    );
+
+    // Hostile or incomplete bases: refused, nothing made.
+    for (body, why) in [
+        (
+            json!({"id": "o9", "base": {"image": "base.img"}, "key": {"key_id": "k1"}}),
+            "absolute",
+        ),
+        (
+            json!({"id": "o9", "base": {"image": base_path, "root": "ab"}, "key": {"key_id": "k1"}}),
+            "verity base needs both",
+        ),
+        (
+            json!({"id": "o9", "key": {"key_id": "k1"}}),
+            "size is missing",
+        ),
+    ] {
+        let (s, r) = c.response(
+            &d,
+            "POST",
+            "/v1/volumes",
+            Some(body.to_string().into_bytes()),
+        );
+        assert_eq!((s, &r["kind"]), (400, &json!("invalid")), "{body}: {r}");
+        assert!(r["error"].as_str().unwrap().contains(why), "{body}: {r}");
+    }
+    assert!(!d.state.join("volumes/o9").exists());
+
+    for id in ["oa", "ob"] {
+        let (s, r) = c.call(
+            &d,
+            "POST",
+            "/v1/volumes",
+            Some(json!({"id": id, "base": {"image": base_path}, "key": {"key_id": "k1"}})),
+        );
+        assert_eq!(s, 201, "{r}");
+        assert_eq!(r["volume"]["params"]["base"]["kind"], json!("image"), "{r}");
+        assert_eq!(
+            r["volume"]["params"]["size"],
+            json!(32 << 20),
+            "the base's size: {r}"
+        );
+    }
+    // Each sees the base's file and only its own writes.
+    let (s, r) = c.call(&d, "POST", "/v1/volumes/oa/open", None);
+    assert_eq!(s, 200, "{r}");
+    let mnt_a = r["mount_path"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read(format!("{mnt_a}/shared")).unwrap(),
+        b"from the publisher\n"
+    );
+    std::fs::write(format!("{mnt_a}/own"), b"written in a").unwrap();
+    let (s, r) = c.call(&d, "POST", "/v1/volumes/oa/close", None);
+    assert_eq!((s, &r["mounted"]), (200, &json!(false)), "{r}");
+    let (s, r) = c.call(&d, "POST", "/v1/volumes/ob/open", None);
+    assert_eq!(s, 200, "{r}");
+    let mnt_b = r["mount_path"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read(format!("{mnt_b}/shared")).unwrap(),
+        b"from the publisher\n"
+    );
+    assert!(
+        !Path::new(&format!("{mnt_b}/own")).exists(),
+        "a's write is not b's"
+    );
+    c.call(&d, "POST", "/v1/volumes/ob/close", None);
+    let (s, r) = c.call(&d, "POST", "/v1/volumes/oa/open", None);
+    assert_eq!(s, 200, "{r}");
+    let mnt_a = r["mount_path"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read(format!("{mnt_a}/own")).unwrap(),
+        b"written in a"
+    );
+    c.call(&d, "POST", "/v1/volumes/oa/close", None);
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the base is never written"
+    );
+    for id in ["oa", "ob"] {
+        let (s, r) = c.call(&d, "DELETE", &format!("/v1/volumes/{id}"), None);
+        assert_eq!(s, 200, "{r}");
+    }
+    assert_no_key(d.log_text().as_bytes(), &key, "the daemon's log");
+    assert_no_key_in_tree(&d.state, &key);
+}
+
 #[test]
 fn daemon_api_over_tcp_needs_the_token_and_logs_json() {
     let dir = tmpdir();
