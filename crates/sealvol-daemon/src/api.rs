@@ -18,7 +18,7 @@ use std::sync::Arc;
 use base64::Engine;
 use hyper::{Method, StatusCode};
 use sealvol_crypto::SecretBytes;
-use sealvol_host::export::{BaseSpec, VeritySpec};
+use sealvol_host::export::BaseSpec;
 use sealvol_host::keyring::{KeyName, KeyRef};
 use sealvol_host::service::{CreateRequest, KeyChoice};
 use sealvol_host::volume::{parse_size, LuksType, Params, VolumeId};
@@ -300,31 +300,14 @@ struct BaseBody {
 
 impl BaseBody {
     fn spec(self) -> Result<BaseSpec, Refusal> {
-        let absolute = |what: &str, p: String| {
-            if p.starts_with('/') {
-                Ok(PathBuf::from(p))
-            } else {
-                Err(Refusal::Value(format!(
-                    "base.{what} must be an absolute path"
-                )))
-            }
-        };
-        let image = absolute("image", self.image)?;
-        match (self.hash, self.root) {
-            (None, None) if self.hash_offset.is_none() => Ok(BaseSpec::Image { path: image }),
-            (Some(hash), Some(root)) => Ok(BaseSpec::Verity {
-                image,
-                verity: VeritySpec {
-                    hash: absolute("hash", hash)?,
-                    hash_offset: self.hash_offset.unwrap_or(0),
-                    root,
-                    signature: None,
-                },
-            }),
-            _ => Err(Refusal::Value(
-                "a verity base needs both base.hash and base.root (base.hash_offset when the tree is not at 0); a plain base only base.image".into(),
-            )),
-        }
+        BaseSpec::from_parts(
+            Some(PathBuf::from(self.image)),
+            self.hash.map(PathBuf::from),
+            self.hash_offset,
+            self.root,
+        )
+        .map_err(|e| Refusal::Value(bounded(e.to_string())))
+        .map(|b| b.expect("an image was given"))
     }
 }
 

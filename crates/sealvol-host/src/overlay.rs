@@ -93,6 +93,44 @@ impl BaseSpec {
             BaseSpec::Luks { volume, .. } => Some(volume),
         }
     }
+
+    /// A volume's base from the parts a container engine's options or an API body give
+    /// (`image`; `hash`, `hash_offset` and `root` for a dm-verity base): `None` when no part
+    /// is given.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a relative path or a verity base given only in part.
+    pub fn from_parts(
+        image: Option<PathBuf>,
+        hash: Option<PathBuf>,
+        hash_offset: Option<u64>,
+        root: Option<String>,
+    ) -> Result<Option<BaseSpec>> {
+        for (what, p) in [("image", &image), ("hash tree", &hash)] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(Error::Invalid(format!(
+                    "the base's {what} {:?} must be an absolute path",
+                    p.to_string_lossy().chars().take(256).collect::<String>()
+                )));
+            }
+        }
+        match (image, hash, root) {
+            (None, None, None) if hash_offset.is_none() => Ok(None),
+            (Some(path), None, None) if hash_offset.is_none() => Ok(Some(BaseSpec::Image { path })),
+            (Some(image), Some(hash), Some(root)) => Ok(Some(BaseSpec::Verity {
+                image,
+                verity: VeritySpec {
+                    hash,
+                    hash_offset: hash_offset.unwrap_or(0),
+                    root,
+                    signature: None,
+                },
+            })),
+            _ => Err(Error::Invalid(
+                "a verity base needs all of its image, hash tree and root hash (and the tree's offset when it is not at 0); a plain base only its image".into(),
+            )),
+        }
+    }
 }
 
 /// A base checked by [`check_base`]: canonical paths, the LUKS data segment, the identity

@@ -1006,17 +1006,6 @@ pub fn params_from_options(
     let mut key = None;
     let mut sparse_ok = false;
     let (mut base, mut base_hash, mut base_hash_offset, mut base_root) = (None, None, None, None);
-    let absolute = |k: &str, v: &str| {
-        let p = PathBuf::from(v);
-        if p.is_absolute() {
-            Ok(p)
-        } else {
-            Err(Error::Invalid(format!(
-                "option {k}={:?} must be an absolute path",
-                v.chars().take(256).collect::<String>()
-            )))
-        }
-    };
     let flag = |k: &str, v: &str| match v {
         "" | "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
@@ -1063,8 +1052,8 @@ pub fn params_from_options(
                 }
                 key = Some(KeyRef::File(p));
             }
-            "base" => base = Some(absolute(k, v)?),
-            "base_hash" | "base-hash" => base_hash = Some(absolute(k, v)?),
+            "base" => base = Some(PathBuf::from(v)),
+            "base_hash" | "base-hash" => base_hash = Some(PathBuf::from(v)),
             "base_hash_offset" | "base-hash-offset" => {
                 base_hash_offset = Some(v.parse::<u64>().map_err(|_| {
                     Error::Invalid(format!(
@@ -1087,26 +1076,8 @@ pub fn params_from_options(
             }
         }
     }
-    params.base = match (base, base_hash, base_root) {
-        (None, None, None) if base_hash_offset.is_none() => None,
-        (Some(image), None, None) if base_hash_offset.is_none() => {
-            Some(crate::overlay::BaseSpec::Image { path: image })
-        }
-        (Some(image), Some(hash), Some(root)) => Some(crate::overlay::BaseSpec::Verity {
-            image,
-            verity: crate::export::VeritySpec {
-                hash,
-                hash_offset: base_hash_offset.unwrap_or(0),
-                root,
-                signature: None,
-            },
-        }),
-        _ => {
-            return Err(Error::Invalid(
-                "a verity base needs all of base, base-hash and base-root (base-hash-offset when the tree is not at 0); a plain base only base".into(),
-            ))
-        }
-    };
+    params.base =
+        crate::overlay::BaseSpec::from_parts(base, base_hash, base_hash_offset, base_root)?;
     if params.size == 0 && params.base.is_none() {
         return Err(Error::Invalid(
             "option size is missing (for example --opt size=1G)".into(),

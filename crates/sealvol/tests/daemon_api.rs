@@ -461,7 +461,7 @@ fn daemon_api_makes_overlay_volumes_over_a_shared_base() {
         ),
         (
             json!({"id": "o9", "base": {"image": base_path, "root": "ab"}, "key": {"key_id": "k1"}}),
-            "verity base needs both",
+            "verity base needs all",
         ),
         (
             json!({"id": "o9", "key": {"key_id": "k1"}}),
