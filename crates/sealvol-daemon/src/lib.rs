@@ -32,6 +32,8 @@ mod error;
 pub mod http;
 pub mod plugin;
 pub mod state;
+#[cfg(test)]
+mod strategies;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
