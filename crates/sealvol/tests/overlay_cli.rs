@@ -188,20 +188,7 @@ fn fsck_over_nbd(e: &Env, ov: &Path, key: &Path, base: &[&OsStr]) {
     let sock = e.p("fsck.sock");
     let s = Serving::start(e, ov, key, base, &sock, &["--read-only"]);
     let raw = e.p("fsck.raw");
-    run(
-        need("qemu-img"),
-        [
-            "convert".as_ref(),
-            "-f".as_ref(),
-            "raw".as_ref(),
-            "-O".as_ref(),
-            "raw".as_ref(),
-            s.uri().as_ref(),
-            raw.as_os_str(),
-        ],
-        None,
-    )
-    .ok();
+    s.copy_to(&raw);
     drop(s);
     let r = run(
         need("e2fsck"),
@@ -247,6 +234,24 @@ impl Serving {
 
     fn uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+
+    /// The whole export's plaintext into the raw file `out`, read by `qemu-img convert`.
+    fn copy_to(&self, out: &Path) {
+        run(
+            need("qemu-img"),
+            [
+                "convert".as_ref(),
+                "-f".as_ref(),
+                "raw".as_ref(),
+                "-O".as_ref(),
+                "raw".as_ref(),
+                self.uri().as_ref(),
+                out.as_os_str(),
+            ],
+            None,
+        )
+        .ok();
     }
 
     /// SIGTERM, then what it printed: its ready line and its stop line (with the checkpoint).
@@ -471,20 +476,7 @@ fn qemu_img_reads_and_writes_an_overlay_over_nbd() {
 
     let s = Serving::start(&e, &ov, &key, &os(&base), &sock, &["--read-only"]);
     let raw = e.p("out.raw");
-    run(
-        need("qemu-img"),
-        [
-            "convert".as_ref(),
-            "-f".as_ref(),
-            "raw".as_ref(),
-            "-O".as_ref(),
-            "raw".as_ref(),
-            s.uri().as_ref(),
-            raw.as_os_str(),
-        ],
-        None,
-    )
-    .ok();
+    s.copy_to(&raw);
     let got = std::fs::read(&raw).unwrap();
     assert_eq!(got.len(), 16 << 20);
     assert!(
