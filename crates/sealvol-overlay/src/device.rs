@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use rayon::prelude::*;
 use sealvol_block::BlockDevice;
@@ -14,15 +14,16 @@ use crate::format::{
     LUKS_AREA, LUKS_METADATA, MAC_LEN, MAX_CLUSTER_SHIFT, MAX_VIRTUAL_SIZE, MIN_CLUSTER_SHIFT,
     ROOT_SLOTS, ROOT_SLOT_LEN,
 };
-use crate::keys::{extent_nonces, LayerKeys, MasterKey};
+use crate::keys::{extent_nonce, ExtentKey, LayerKeys, MasterKey};
 use crate::map::{sha256, Alloc, Map};
 use crate::store::{HeaderArea, Store};
 use crate::{Error, Result};
 
 /// Stripe locks serialising read-modify-write of one logical cluster.
 const STRIPES: usize = 1024;
-/// Clusters handled under one set of stripe locks.
-const WRITE_BATCH: usize = 64;
+/// Bytes of clusters handled under one set of stripe locks, sealed as one extent (at
+/// least one cluster).
+const WRITE_BATCH: u64 = 1 << 20;
 /// Commit on its own when this many bytes of replaced clusters wait to be freed.
 const AUTO_COMMIT_BYTES: u64 = 256 << 20;
 /// ... or when this many map nodes are dirty.
@@ -32,6 +33,49 @@ const PARALLEL_MIN: usize = 256 << 10;
 /// Freed runs of at least this many bytes are punched out of the store at commit; shorter
 /// ones stay allocated until the allocator reuses them.
 const PUNCH_MIN: u64 = 1 << 20;
+
+/// A write batch's cluster buffer, handed back to its thread for the next batch: a fresh
+/// 1 MiB allocation per batch would cost a page fault per 4 KiB. Buffers above
+/// [`WRITE_BATCH`] (large clusters) are not kept.
+struct BatchBuf(Vec<u8>);
+
+thread_local! {
+    static BATCH_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl BatchBuf {
+    /// A zeroed buffer of `len` bytes (the thread's kept one when there is one).
+    fn take(len: usize) -> Self {
+        let mut v = BATCH_BUF.with(|b| b.take());
+        v.clear();
+        v.resize(len, 0);
+        BatchBuf(v)
+    }
+}
+
+impl std::ops::Deref for BatchBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for BatchBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Drop for BatchBuf {
+    fn drop(&mut self) {
+        // It holds ciphertext once sealed (and data, never keys, if sealing failed: the
+        // same data the export's request buffers hold).
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() as u64 <= WRITE_BATCH {
+            BATCH_BUF.with(|b| b.set(v));
+        }
+    }
+}
 
 /// How to make a new overlay.
 #[derive(Clone, Debug)]
@@ -821,15 +865,32 @@ impl OverlayDevice {
         self.store
             .read_at(buf, block * BLOCK)
             .map_err(|e| Error::io(format!("reading clusters at block {block}"), e))?;
-        let open = |(i, chunk): (usize, &mut [u8])| -> Result<()> {
-            let Entry::Data {
-                gen, nonce, tag, ..
-            } = entries[i]
-            else {
+        // Clusters of one extent (a run of entries with one generation and nonce) share
+        // one key derivation, made by whichever thread needs it first.
+        let mut extent_of = Vec::with_capacity(entries.len());
+        let mut extents: Vec<(u32, [u8; 16], OnceLock<Option<ExtentKey>>)> = Vec::new();
+        for e in entries {
+            let Entry::Data { gen, nonce, .. } = *e else {
                 unreachable!("data runs hold data entries")
             };
+            if !matches!(extents.last(), Some((g, n, _)) if *g == gen && *n == nonce) {
+                extents.push((gen, nonce, OnceLock::new()));
+            }
+            extent_of.push(extents.len() - 1);
+        }
+        let open = |(i, chunk): (usize, &mut [u8])| -> Result<()> {
+            let Entry::Data { tag, .. } = entries[i] else {
+                unreachable!("data runs hold data entries")
+            };
+            let (gen, nonce, key) = &extents[extent_of[i]];
             let c = first + i as u64;
-            if !self.key(gen)?.open(&nonce, c, self.shift, chunk, &tag)? {
+            let ek = key.get_or_init(|| self.key(*gen).and_then(|k| k.extent(nonce)).ok());
+            let ek = match ek {
+                Some(ek) => ek,
+                // Deriving fails only for a generation this layer has no key of.
+                None => return Err(self.key(*gen).err().unwrap_or_else(|| self.integrity(c))),
+            };
+            if !ek.open(c, self.shift, chunk, &tag)? {
                 return Err(self.integrity(c));
             }
             Ok(())
@@ -952,12 +1013,11 @@ impl OverlayDevice {
         let last = (offset + len - 1) >> self.shift;
         let mut c = first;
         while c <= last {
-            let n = (last + 1 - c).min(WRITE_BATCH as u64);
+            let n = (last + 1 - c).min((WRITE_BATCH / cs).max(1));
             self.write_batch(src, offset, len, c, n)?;
             c += n;
             self.maybe_commit()?;
         }
-        let _ = cs;
         Ok(())
     }
 
@@ -979,74 +1039,69 @@ impl OverlayDevice {
             let st = lock(&self.state);
             (c0..c0 + n).map(|c| st.map.get(c)).collect()
         };
-        // New entries: None = data to seal, Some(Zero) = a zero cluster.
+        // The clusters to seal (the rest become zero entries), back to back in one buffer.
         let mut zero = vec![false; n as usize];
-        let mut plain: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut data: Vec<u64> = Vec::with_capacity(n as usize);
         for (i, c) in (c0..c0 + n).enumerate() {
-            let (cstart, cend) = (c * cs, (c + 1) * cs);
-            let (a, b) = (cstart.max(offset), cend.min(end));
-            let full = a == cstart && b == cend;
+            let full = c * cs >= offset && (c + 1) * cs <= end;
             if full && src.is_none() {
                 zero[i] = true;
-                continue;
+            } else {
+                data.push(c);
             }
-            let mut buf = vec![0u8; cs as usize];
-            if !full {
-                self.read_with(&mut buf, cstart, &old[i..i + 1])?;
+        }
+        let mut plain = BatchBuf::take(data.len() * cs as usize);
+        for (k, &c) in data.iter().enumerate() {
+            let (cstart, cend) = (c * cs, (c + 1) * cs);
+            let (a, b) = (cstart.max(offset), cend.min(end));
+            let chunk = &mut plain[k * cs as usize..(k + 1) * cs as usize];
+            if a != cstart || b != cend {
+                let i = (c - c0) as usize;
+                self.read_with(chunk, cstart, &old[i..i + 1])?;
             }
-            let dst = &mut buf[(a - cstart) as usize..(b - cstart) as usize];
+            let dst = &mut chunk[(a - cstart) as usize..(b - cstart) as usize];
             match src {
                 Some(s) => dst.copy_from_slice(&s[(a - offset) as usize..(b - offset) as usize]),
                 None => dst.fill(0),
             }
-            plain.push((c, buf));
         }
+        // One extent per batch: one nonce and one key derivation for all its clusters.
         let gen = lock(&self.state).root.current_gen;
-        let mk = self.key(gen)?;
-        let nonces = extent_nonces(plain.len())?;
-        let seal = |((c, buf), nonce): (&mut (u64, Vec<u8>), &[u8; 16])| -> Result<[u8; 16]> {
-            mk.seal(nonce, *c, self.shift, buf)
-        };
-        let tags: Vec<[u8; 16]> = if plain.len() as u64 * cs >= PARALLEL_MIN as u64 {
+        let nonce = extent_nonce()?;
+        let ek = self.key(gen)?.extent(&nonce)?;
+        let seal = |(k, chunk): (usize, &mut [u8])| ek.seal(data[k], self.shift, chunk);
+        let tags: Vec<[u8; 16]> = if plain.len() >= PARALLEL_MIN {
             plain
-                .par_iter_mut()
-                .zip(nonces.par_iter())
+                .par_chunks_mut(cs as usize)
+                .enumerate()
                 .map(seal)
                 .collect::<Result<_>>()?
         } else {
             plain
-                .iter_mut()
-                .zip(nonces.iter())
+                .chunks_mut(cs as usize)
+                .enumerate()
                 .map(seal)
                 .collect::<Result<_>>()?
         };
         // Place the sealed clusters; write back-to-back slots with one call.
         let blocks: Vec<u64> = {
             let mut st = lock(&self.state);
-            plain
-                .iter()
+            data.iter()
                 .map(|_| {
                     let s = st.alloc.alloc_data();
                     st.alloc.block(s)
                 })
                 .collect()
         };
+        let per = cs / BLOCK;
         let mut i = 0;
-        while i < plain.len() {
+        while i < data.len() {
             let mut j = i + 1;
-            while j < plain.len() && blocks[j] == blocks[j - 1] + cs / BLOCK {
+            while j < data.len() && blocks[j] == blocks[j - 1] + per {
                 j += 1;
             }
-            let res = if j - i == 1 {
-                self.store.write_at(&plain[i].1, blocks[i] * BLOCK)
-            } else {
-                let mut joined = Vec::with_capacity((j - i) * cs as usize);
-                for p in &plain[i..j] {
-                    joined.extend_from_slice(&p.1);
-                }
-                self.store.write_at(&joined, blocks[i] * BLOCK)
-            };
-            if let Err(e) = res {
+            let bytes = &plain[i * cs as usize..j * cs as usize];
+            if let Err(e) = self.store.write_at(bytes, blocks[i] * BLOCK) {
                 // The slots hold nothing durable: give them back.
                 let mut st = lock(&self.state);
                 for &b in &blocks {
@@ -1059,17 +1114,15 @@ impl OverlayDevice {
             }
             i = j;
         }
+        drop(plain);
         let mut st = lock(&self.state);
-        let mut sealed = plain
-            .iter()
-            .zip(blocks.iter().zip(nonces.iter().zip(tags.iter())));
+        let mut sealed = data.iter().zip(blocks.iter().zip(tags.iter()));
         for (i, c) in (c0..c0 + n).enumerate() {
             let new = if zero[i] {
                 Entry::Zero
             } else {
-                let ((pc, _), (&block, (&nonce, &tag))) =
-                    sealed.next().expect("one per data cluster");
-                debug_assert_eq!(*pc, c);
+                let (&pc, (&block, &tag)) = sealed.next().expect("one per data cluster");
+                debug_assert_eq!(pc, c);
                 Entry::Data {
                     block,
                     gen,

@@ -7,9 +7,9 @@
 //!   wraps every master key with AES-256-GCM-SIV.
 //! - The **root MAC key** = HKDF-SHA512(layer key, [`LABEL_ROOT_MAC`] ‖ uuid), 32 bytes,
 //!   authenticates the root slot (HMAC-SHA256).
-//! - Each generation's **master key** (64 random bytes) derives one key per extent:
-//!   HKDF-SHA512(master key, [`LABEL_EXTENT`] ‖ nonce) → 32-byte AES-256-GCM-SIV key ‖
-//!   12-byte AEAD nonce.
+//! - Each generation's **master key** (64 random bytes) derives one key per extent (the
+//!   clusters one write seals together): HKDF-SHA512(master key, [`LABEL_EXTENT`] ‖ nonce)
+//!   → 32-byte AES-256-GCM-SIV key ‖ 12-byte AEAD nonce, XORed with each cluster's index.
 
 use hmac::{KeyInit, Mac};
 use sealvol_crypto::aead::GcmSiv;
@@ -167,19 +167,22 @@ impl MasterKey {
         &self.raw
     }
 
-    /// The AEAD key and nonce of the extent with `nonce`.
-    fn extent(&self, nonce: &[u8; EXTENT_NONCE_LEN]) -> Result<(GcmSiv, [u8; 12])> {
+    /// The key of the extent with `nonce`: derive it once, then seal or open each of the
+    /// extent's clusters with it.
+    pub(crate) fn extent(&self, nonce: &[u8; EXTENT_NONCE_LEN]) -> Result<ExtentKey> {
         // On the stack, wiped on return: a SecretBytes here would cost an mlock and an
-        // munlock per cluster.
+        // munlock per extent.
         let mut okm = zeroize::Zeroizing::new([0u8; 44]);
         self.hkdf
             .expand_into(&[LABEL_EXTENT, nonce], &mut okm[..])?;
-        let key = GcmSiv::new(&okm[..32])?;
-        let n: [u8; 12] = okm[32..].try_into().expect("12 bytes");
-        Ok((key, n))
+        Ok(ExtentKey {
+            key: GcmSiv::new(&okm[..32])?,
+            nonce: okm[32..].try_into().expect("12 bytes"),
+        })
     }
 
-    /// Encrypts a cluster in place; returns its tag.
+    /// Encrypts a cluster in place as an extent of its own; returns its tag.
+    #[cfg(test)]
     pub(crate) fn seal(
         &self,
         nonce: &[u8; EXTENT_NONCE_LEN],
@@ -187,12 +190,11 @@ impl MasterKey {
         shift: u32,
         buf: &mut [u8],
     ) -> Result<[u8; 16]> {
-        let (key, n) = self.extent(nonce)?;
-        Ok(key.seal_in_place(&n, &cluster_aad(cluster, shift), buf)?)
+        self.extent(nonce)?.seal(cluster, shift, buf)
     }
 
-    /// Authenticates and decrypts a cluster in place; `false` when it does not
-    /// authenticate (the buffer is then zeros).
+    /// Authenticates and decrypts a cluster of the extent with `nonce` in place; `false`
+    /// when it does not authenticate (the buffer is then zeros).
     pub(crate) fn open(
         &self,
         nonce: &[u8; EXTENT_NONCE_LEN],
@@ -201,9 +203,53 @@ impl MasterKey {
         buf: &mut [u8],
         tag: &[u8; 16],
     ) -> Result<bool> {
-        let (key, n) = self.extent(nonce)?;
-        Ok(key
-            .open_in_place(&n, &cluster_aad(cluster, shift), buf, tag)
+        self.extent(nonce)?.open(cluster, shift, buf, tag)
+    }
+}
+
+/// The AES-256-GCM-SIV key of one extent: the clusters one write sealed together (one
+/// request's batch, at most [`crate::device`]'s batch of 1 MiB), all sharing its extent
+/// nonce. Each cluster has its own AEAD nonce: the extent's, with the logical cluster
+/// index XORed into its first 8 bytes, so no (key, nonce) pair seals two clusters.
+pub(crate) struct ExtentKey {
+    key: GcmSiv,
+    nonce: [u8; 12],
+}
+
+impl ExtentKey {
+    /// The AEAD nonce of logical cluster `cluster` in this extent.
+    fn nonce_for(&self, cluster: u64) -> [u8; 12] {
+        let mut n = self.nonce;
+        for (b, x) in n.iter_mut().zip(cluster.to_le_bytes()) {
+            *b ^= x;
+        }
+        n
+    }
+
+    /// Encrypts logical cluster `cluster` in place; returns its tag.
+    pub(crate) fn seal(&self, cluster: u64, shift: u32, buf: &mut [u8]) -> Result<[u8; 16]> {
+        Ok(self
+            .key
+            .seal_in_place(&self.nonce_for(cluster), &cluster_aad(cluster, shift), buf)?)
+    }
+
+    /// Authenticates and decrypts logical cluster `cluster` in place; `false` when it does
+    /// not authenticate (the buffer is then zeros).
+    pub(crate) fn open(
+        &self,
+        cluster: u64,
+        shift: u32,
+        buf: &mut [u8],
+        tag: &[u8; 16],
+    ) -> Result<bool> {
+        Ok(self
+            .key
+            .open_in_place(
+                &self.nonce_for(cluster),
+                &cluster_aad(cluster, shift),
+                buf,
+                tag,
+            )
             .is_ok())
     }
 }
@@ -217,13 +263,10 @@ fn cluster_aad(cluster: u64, shift: u32) -> [u8; 38] {
 }
 
 /// A fresh random extent nonce.
-pub(crate) fn extent_nonces(n: usize) -> Result<Vec<[u8; EXTENT_NONCE_LEN]>> {
-    let mut raw = vec![0u8; n * EXTENT_NONCE_LEN];
-    getrandom::fill(&mut raw).map_err(|e| sealvol_crypto::Error::Random(e.to_string()))?;
-    Ok(raw
-        .chunks_exact(EXTENT_NONCE_LEN)
-        .map(|c| c.try_into().expect("16 bytes"))
-        .collect())
+pub(crate) fn extent_nonce() -> Result<[u8; EXTENT_NONCE_LEN]> {
+    let mut n = [0u8; EXTENT_NONCE_LEN];
+    getrandom::fill(&mut n).map_err(|e| sealvol_crypto::Error::Random(e.to_string()))?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -253,6 +296,37 @@ mod tests {
         let other = MasterKey::random().unwrap();
         let mut x = ca;
         assert!(!other.open(&a, 7, 12, &mut x, &ta).unwrap());
+    }
+
+    #[test]
+    fn clusters_of_one_extent_get_their_own_nonce() {
+        let mk = MasterKey::random().unwrap();
+        let ek = mk.extent(&[9u8; 16]).unwrap();
+        assert_ne!(ek.nonce_for(3), ek.nonce_for(4));
+        assert_eq!(ek.nonce_for(0), ek.nonce, "cluster 0 XORs nothing");
+        let plain = vec![0x33u8; 4096];
+        let (mut c3, mut c4) = (plain.clone(), plain.clone());
+        let t3 = ek.seal(3, 12, &mut c3).unwrap();
+        let t4 = ek.seal(4, 12, &mut c4).unwrap();
+        assert_ne!(c3, c4, "same extent, same plaintext, other cluster");
+        assert_ne!(t3, t4);
+        // Same key stream would show as equal XOR of the two ciphertexts' blocks.
+        assert_ne!(c3[..16], c4[..16]);
+        let mut x = c3.clone();
+        assert!(
+            !ek.open(4, 12, &mut x, &t3).unwrap(),
+            "moved to another cluster"
+        );
+        let mut x = c4.clone();
+        assert!(
+            !ek.open(4, 12, &mut x, &t3).unwrap(),
+            "another cluster's tag"
+        );
+        // A cluster sealed in an extent opens through the master key alone (how readers
+        // that see one entry at a time open it).
+        let mut x = c4;
+        assert!(mk.open(&[9u8; 16], 4, 12, &mut x, &t4).unwrap());
+        assert_eq!(x, plain);
     }
 
     #[test]

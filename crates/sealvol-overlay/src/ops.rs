@@ -13,7 +13,7 @@ use crate::format::{
     Checkpoint, Entry, GenRecord, InheritedRecord, LowerRecord, Root, BLOCK, FLAG_FROZEN,
     LUKS_AREA, MAX_LOCATOR,
 };
-use crate::keys::{extent_nonces, LayerKeys, MasterKey};
+use crate::keys::{extent_nonce, LayerKeys, MasterKey};
 use crate::store::{HeaderArea, Store};
 use crate::{Error, LowerLayer, OverlayDevice, Result};
 
@@ -357,10 +357,11 @@ impl OverlayDevice {
                 .collect();
             (e, st.root.current_gen)
         };
-        let mk = self.key(cur)?;
-        let nonces = extent_nonces(entries.len())?;
+        // The batch's clusters become one extent of the current generation.
+        let nonce = extent_nonce()?;
+        let ek = self.key(cur)?.extent(&nonce)?;
         let mut sealed = Vec::with_capacity(entries.len());
-        for ((c, e), nonce) in entries.iter().zip(&nonces) {
+        for (c, e) in &entries {
             let Entry::Data {
                 block,
                 nonce: n,
@@ -380,8 +381,8 @@ impl OverlayDevice {
                     layer: self.uuid(),
                 });
             }
-            let t = mk.seal(nonce, *c, self.shift, &mut buf)?;
-            sealed.push((*c, *e, buf, *nonce, t));
+            let t = ek.seal(*c, self.shift, &mut buf)?;
+            sealed.push((*c, *e, buf, nonce, t));
         }
         self.place(
             sealed
