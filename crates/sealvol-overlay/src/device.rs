@@ -1,7 +1,7 @@
 //! [`OverlayDevice`]: create, open, read, write, discard, commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use rayon::prelude::*;
@@ -210,6 +210,26 @@ pub struct OverlayDevice {
     pub(crate) gate: RwLock<()>,
     pub(crate) state: Mutex<State>,
     stripes: Box<[Mutex<()>]>,
+    /// Reads and writes in progress: crypting one on several threads pays only when it is
+    /// the only one (otherwise the others keep the cores busy, and handing work between
+    /// threads costs more than it brings).
+    busy: AtomicUsize,
+}
+
+/// One read or write counted in [`OverlayDevice::busy`] while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for OverlayDevice {
@@ -737,6 +757,7 @@ impl OverlayDevice {
                 inherited: p.inherited,
             }),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            busy: AtomicUsize::new(0),
         })
     }
 
@@ -895,7 +916,7 @@ impl OverlayDevice {
             }
             Ok(())
         };
-        if buf.len() >= PARALLEL_MIN {
+        if self.parallel(buf.len()) {
             buf.par_chunks_mut(cs).enumerate().try_for_each(open)
         } else {
             buf.chunks_mut(cs).enumerate().try_for_each(open)
@@ -976,6 +997,7 @@ impl OverlayDevice {
             return Ok(());
         }
         range(offset, buf.len() as u64, self.virtual_size)?;
+        let _busy = Busy::enter(&self.busy);
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let first = offset >> self.shift;
         let last = (offset + buf.len() as u64 - 1) >> self.shift;
@@ -984,6 +1006,12 @@ impl OverlayDevice {
             (first..=last).map(|c| st.map.get(c)).collect()
         };
         self.read_with(buf, offset, &entries)
+    }
+
+    /// Whether to crypt `len` bytes on several threads: a large request when no other is
+    /// in progress.
+    fn parallel(&self, len: usize) -> bool {
+        len >= PARALLEL_MIN && self.busy.load(Ordering::Relaxed) <= 1
     }
 
     fn stripe(&self, c: u64) -> usize {
@@ -1008,6 +1036,7 @@ impl OverlayDevice {
             return Ok(());
         }
         range(offset, len, self.virtual_size)?;
+        let _busy = Busy::enter(&self.busy);
         let cs = self.cs() as u64;
         let first = offset >> self.shift;
         let last = (offset + len - 1) >> self.shift;
@@ -1070,7 +1099,7 @@ impl OverlayDevice {
         let nonce = extent_nonce()?;
         let ek = self.key(gen)?.extent(&nonce)?;
         let seal = |(k, chunk): (usize, &mut [u8])| ek.seal(data[k], self.shift, chunk);
-        let tags: Vec<[u8; 16]> = if plain.len() >= PARALLEL_MIN {
+        let tags: Vec<[u8; 16]> = if self.parallel(plain.len()) {
             plain
                 .par_chunks_mut(cs as usize)
                 .enumerate()
