@@ -52,10 +52,15 @@ enum End {
     Closed,
 }
 
-/// A bounded queue whose waits end when either side closes it.
+/// A bounded queue whose waits end when either side closes it. A push wakes one waiting
+/// worker and a pop wakes the reader waiting for room (not everyone: with a wake for every
+/// thread per request, small requests paid more in context switches than in work).
 struct Queue<T> {
     state: Mutex<(VecDeque<T>, Option<End>)>,
-    changed: Condvar,
+    /// Signalled when an item is queued (workers wait on it).
+    items: Condvar,
+    /// Signalled when an item is taken (the reader waits on it for room).
+    room: Condvar,
     cap: usize,
 }
 
@@ -63,7 +68,8 @@ impl<T> Queue<T> {
     fn new(cap: usize) -> Self {
         Queue {
             state: Mutex::new((VecDeque::with_capacity(cap), None)),
-            changed: Condvar::new(),
+            items: Condvar::new(),
+            room: Condvar::new(),
             cap: cap.max(1),
         }
     }
@@ -84,10 +90,10 @@ impl<T> Queue<T> {
             if st.0.len() < self.cap {
                 st.0.push_back(item);
                 drop(st);
-                self.changed.notify_all();
+                self.items.notify_one();
                 return true;
             }
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -100,13 +106,13 @@ impl<T> Queue<T> {
             }
             if let Some(item) = st.0.pop_front() {
                 drop(st);
-                self.changed.notify_all();
+                self.room.notify_one();
                 return Some(item);
             }
             if st.1 == Some(End::Finished) {
                 return None;
             }
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.items.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -122,7 +128,8 @@ impl<T> Queue<T> {
                 VecDeque::new()
             }
         };
-        self.changed.notify_all();
+        self.items.notify_all();
+        self.room.notify_all();
         drop(dropped); // outside the lock: each gives its budget back
     }
 
@@ -240,12 +247,53 @@ fn send_reply(
     Ok(())
 }
 
+/// The reading side of a connection with the bytes read ahead of the message being
+/// parsed: a client with many requests in flight sends them back to back, and one `recv`
+/// then takes several headers (and small payloads) at once. At most [`Inbox::SIZE`] bytes
+/// are held per connection; larger payloads are read straight into their buffers.
+struct Inbox {
+    conn: Conn,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbox {
+    const SIZE: usize = 64 << 10;
+
+    fn new(conn: Conn) -> Self {
+        Inbox {
+            conn,
+            buf: vec![0; Self::SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Read for Inbox {
+    fn read(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            if dst.len() >= Self::SIZE {
+                return self.conn.read(dst);
+            }
+            self.start = 0;
+            self.end = 0;
+            self.end = self.conn.read(&mut self.buf)?;
+        }
+        let n = dst.len().min(self.end - self.start);
+        dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
 /// Reads all of `buf` (a request header or payload) from `conn`, whose receive timeout is
 /// `timeout`. Before the first byte the client may idle as long as it likes when `idle_ok`
 /// (between requests); once a message has begun, it must arrive within about `timeout`, so
 /// a client that stops in the middle of a write's payload cannot hold that payload's budget.
 fn read_message(
-    conn: &mut Conn,
+    conn: &mut impl Read,
     buf: &mut [u8],
     idle_ok: bool,
     timeout: Duration,
@@ -287,13 +335,14 @@ fn read_message(
 
 /// Serves requests on `conn` until the client disconnects, the connection fails, or the
 /// server stops. Returns once every worker has ended.
-pub(crate) fn transmission(setup: &Setup<'_>, mut conn: Conn) -> Result<()> {
+pub(crate) fn transmission(setup: &Setup<'_>, conn: Conn) -> Result<()> {
     let io_err = |e: io::Error| Error::io("NBD connection", e);
     conn.widen_send_buffer();
     conn.set_send_timeout(setup.send_timeout).map_err(io_err)?;
     conn.set_receive_timeout(setup.send_timeout)
         .map_err(io_err)?;
     let writer = Mutex::new(conn.try_clone().map_err(io_err)?);
+    let mut conn = Inbox::new(conn);
     let queue: Queue<Job> = Queue::new(setup.workers.max(1));
     // The first reason the connection failed (a worker's or the reader's).
     let failure: Mutex<Option<Error>> = Mutex::new(None);
@@ -313,18 +362,20 @@ pub(crate) fn transmission(setup: &Setup<'_>, mut conn: Conn) -> Result<()> {
             "the connection failed".into()
         },
     };
+    // Runs a job and sends its reply (the budget goes back when the caller drops it).
+    let run_and_reply = |job: &mut Job| -> io::Result<()> {
+        let (err, with_data) = run_job(setup.dev, setup.read_only, job);
+        let data: &[u8] = match (&job.grant, with_data) {
+            (Some(g), true) => &g.buf,
+            _ => &[],
+        };
+        send_reply(&writer, job.req.cookie, err, data, setup.send_timeout)
+    };
     let clean = std::thread::scope(|s| {
         for _ in 0..setup.workers.max(1) {
             s.spawn(|| {
                 while let Some(mut job) = queue.pop() {
-                    let (err, with_data) = run_job(setup.dev, setup.read_only, &mut job);
-                    let data: &[u8] = match (&job.grant, with_data) {
-                        (Some(g), true) => &g.buf,
-                        _ => &[],
-                    };
-                    if let Err(e) =
-                        send_reply(&writer, job.req.cookie, err, data, setup.send_timeout)
-                    {
+                    if let Err(e) = run_and_reply(&mut job) {
                         fail(Error::io("sending a reply", e));
                         return;
                     }
