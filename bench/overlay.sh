@@ -16,7 +16,9 @@
 #            4 KiB write copies nothing up; lazy_refcounts=on), and for FUSE the loop device
 #            over its FUSE file with and without direct I/O: every row is printed, and the
 #            ratios take qemu's best per measure.
-# Workload, one run each (FIO_SECONDS=10 for the random ones):
+# Workload (FIO_SECONDS=10 for the random ones; the sequential ones best of RUNS=3 rounds:
+# a single first write after mkfs swung 4x from run to run on this VM, for every export
+# alike, sealvol's LUKS2 included):
 #   FUSE: sequential write of MIB into a new file (dd from a random file in memory,
 #         conv=fsync), drop_caches, sequential read of it; random 4 KiB writes into `data`
 #         (from the base: every first write copies up) then random 4 KiB reads of it (fio,
@@ -32,7 +34,7 @@
 # Targets (issue 12): >= 3x qemu on throughput, >= 2x on IOPS, sequential reads within 20%
 # of sealvol's LUKS2 export.
 # Files live in /dev/shm when it has room (BENCH_DIR overrides).
-# Usage (root): bench/overlay.sh   Env: BENCH_MIB=1024 BASE_MIB=3072 RAND_MIB=256 FIO_SECONDS=10 BENCH_DIR=...
+# Usage (root): bench/overlay.sh   Env: BENCH_MIB=1024 BASE_MIB=3072 RAND_MIB=256 FIO_SECONDS=10 RUNS=3 BENCH_DIR=...
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need qemu-img qemu-utils
@@ -45,6 +47,7 @@ MIB="${BENCH_MIB:-1024}"
 BASE_MIB="${BASE_MIB:-$((MIB * 3))}"
 RAND_MIB="${RAND_MIB:-256}"
 FIO_SECONDS="${FIO_SECONDS:-10}"
+RUNS="${RUNS:-3}"
 dir="$(scratch_dir $((BASE_MIB * 2 + MIB * 6)))"
 export SEALVOL_RUN_DIR="$dir/run"
 cleanup() {
@@ -88,19 +91,28 @@ umount mnt-base
 rmdir mnt-base
 BASE_SHA=$(sha256sum base.img | cut -c1-64)
 
-# fs_measure NAME MNT: fills W_name R_name (MiB/s) RW_name RR_name (IOPS)
+best() { # best A B: the larger
+  awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'
+}
+# fs_measure NAME MNT: fills W_name R_name (MiB/s, the best of RUNS rounds of a write of a
+# new file and a cold read of it) RW_name RR_name (IOPS)
 fs_measure() {
-  local name="$1" mnt="$2" t0 t1 t2 t3 out
-  drop_caches
-  t0=$(now_ns)
-  dd if=src of="$mnt/big" bs=1M count="$MIB" conv=fsync status=none
-  t1=$(now_ns)
-  drop_caches
-  t2=$(now_ns)
-  dd if="$mnt/big" of=/dev/null bs=1M status=none
-  t3=$(now_ns)
-  printf -v "W_$name" '%s' "$(mbs_of "$(secs "$t0" "$t1")")"
-  printf -v "R_$name" '%s' "$(mbs_of "$(secs "$t2" "$t3")")"
+  local name="$1" mnt="$2" t0 t1 t2 t3 out w=0 r=0 i
+  for ((i = 0; i < RUNS; i++)); do
+    rm -f "$mnt/big"
+    drop_caches
+    t0=$(now_ns)
+    dd if=src of="$mnt/big" bs=1M count="$MIB" conv=fsync status=none
+    t1=$(now_ns)
+    drop_caches
+    t2=$(now_ns)
+    dd if="$mnt/big" of=/dev/null bs=1M status=none
+    t3=$(now_ns)
+    w=$(best "$w" "$(mbs_of "$(secs "$t0" "$t1")")")
+    r=$(best "$r" "$(mbs_of "$(secs "$t2" "$t3")")")
+  done
+  printf -v "W_$name" '%s' "$w"
+  printf -v "R_$name" '%s' "$r"
   [ "${3:-}" = seq-only ] && return 0
   drop_caches
   out=$(fio_terse --name=rw --filename="$mnt/data" --rw=randwrite --bs=4k --direct=1 \
@@ -112,13 +124,17 @@ fs_measure() {
   printf -v "RR_$name" '%s' "$(echo "$out" | cut -d' ' -f1)"
 }
 
-# nbd_measure NAME URI: fills NW_name NR_name (MiB/s) NRW_name NRR_name (IOPS)
+# nbd_measure NAME URI: fills NW_name NR_name (MiB/s, best of RUNS rounds) NRW_name NRR_name (IOPS)
 nbd_measure() {
-  local name="$1" uri="$2" out
-  out=$(fio_terse --name=sw --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=4 --size="${MIB}M")
-  printf -v "NW_$name" '%s' "$(echo "$out" | awk '{ printf "%.0f", $4 / 1024 }')"
-  out=$(fio_terse --name=sr --ioengine=nbd --uri="$uri" --rw=read --bs=1M --iodepth=4 --size="${MIB}M")
-  printf -v "NR_$name" '%s' "$(echo "$out" | awk '{ printf "%.0f", $3 / 1024 }')"
+  local name="$1" uri="$2" out w=0 r=0 i
+  for ((i = 0; i < RUNS; i++)); do
+    out=$(fio_terse --name=sw --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=4 --size="${MIB}M")
+    w=$(best "$w" "$(echo "$out" | awk '{ printf "%.0f", $4 / 1024 }')")
+    out=$(fio_terse --name=sr --ioengine=nbd --uri="$uri" --rw=read --bs=1M --iodepth=4 --size="${MIB}M")
+    r=$(best "$r" "$(echo "$out" | awk '{ printf "%.0f", $3 / 1024 }')")
+  done
+  printf -v "NW_$name" '%s' "$w"
+  printf -v "NR_$name" '%s' "$r"
   [ "${3:-}" = seq-only ] && return 0
   out=$(fio_terse --name=rw --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=16 \
     --size="${BASE_MIB}M" --runtime="$FIO_SECONDS" --time_based)
@@ -177,9 +193,6 @@ for conf in plain tuned; do
     echo "qemu qcow2+luks ($conf, loop direct I/O $dio) done"
   done
 done
-best() { # best A B: the larger
-  awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'
-}
 # qemu's best configuration, per measure.
 for m in W R RW RR; do
   v=0
