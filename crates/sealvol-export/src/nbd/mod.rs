@@ -7,8 +7,9 @@
 //! `FLUSH`, `TRIM`, `WRITE_ZEROES` and `DISC`.
 //!
 //! Each connection has a reader (the connection's thread, which also takes in write
-//! payloads) and a few workers that run requests and send replies, so a client with many
-//! requests in flight (qemu keeps up to 16) keeps both cores busy. Requests are at most
+//! payloads and runs reads and writes of up to 64 KiB itself) and a few workers that run
+//! the larger requests and send their replies, so a client with many requests in flight
+//! (qemu keeps up to 16) keeps both cores busy. Requests are at most
 //! [`MAX_REQUEST`] bytes; the block-size information advertises [`PREFERRED_MAX`], which
 //! qemu honours.
 //!
@@ -64,7 +65,8 @@ pub struct NbdOptions {
     pub read_only: bool,
     /// The export's name; the empty name (the default export) is accepted too.
     pub name: String,
-    /// Worker threads per connection.
+    /// Worker threads per connection (for requests above 64 KiB, flushes, trims and
+    /// zeroing; smaller reads and writes run on the connection's own thread).
     pub workers: usize,
     /// Clients served at once; one more is refused (closed at once) and logged.
     pub max_connections: usize,

@@ -436,3 +436,68 @@ fn a_client_that_stops_mid_payload_is_dropped_and_an_idle_one_is_not() {
     assert!(format!("{err}").contains("and then nothing"), "{err}");
     drop(c);
 }
+
+#[test]
+fn pipelined_small_and_large_requests_get_their_own_replies() {
+    // Small reads and writes run on the connection's thread, large ones on workers: sent
+    // back to back (several per recv), every request gets the reply with its cookie and
+    // its own data, whatever order they finish in.
+    with_server(NbdOptions::default(), |sock, _| {
+        let mut c = negotiated(sock);
+        let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let small = |i: u64| vec![i as u8 ^ 0xa5; 4096];
+        let mut expect: std::collections::HashMap<u64, usize> = Default::default();
+        let mut batch = Vec::new();
+        let mut queue = |kind: u16, cookie: u64, offset: u64, len: u32, data: &[u8]| {
+            let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
+            m.extend_from_slice(&0u16.to_be_bytes());
+            m.extend_from_slice(&kind.to_be_bytes());
+            m.extend_from_slice(&cookie.to_be_bytes());
+            m.extend_from_slice(&offset.to_be_bytes());
+            m.extend_from_slice(&len.to_be_bytes());
+            m.extend_from_slice(data);
+            batch.extend_from_slice(&m);
+        };
+        queue(CMD_WRITE, 1000, 0, big.len() as u32, &big);
+        for i in 0..32u64 {
+            queue(CMD_WRITE, i, (2 << 20) + i * 4096, 4096, &small(i));
+        }
+        c.0.write_all(&batch).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..33 {
+            let (err, cookie, _) = c.simple(0);
+            assert_eq!(err, 0, "write {cookie}");
+            assert!(seen.insert(cookie), "one reply per request");
+        }
+        batch.clear();
+        let mut queue = |kind: u16, cookie: u64, offset: u64, len: u32| {
+            let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
+            m.extend_from_slice(&0u16.to_be_bytes());
+            m.extend_from_slice(&kind.to_be_bytes());
+            m.extend_from_slice(&cookie.to_be_bytes());
+            m.extend_from_slice(&offset.to_be_bytes());
+            m.extend_from_slice(&len.to_be_bytes());
+            batch.extend_from_slice(&m);
+            expect.insert(cookie, len as usize);
+        };
+        queue(CMD_READ, 1000, 0, big.len() as u32);
+        for i in 0..32u64 {
+            queue(CMD_READ, i, (2 << 20) + i * 4096, 4096);
+        }
+        c.0.write_all(&batch).unwrap();
+        for _ in 0..33 {
+            assert_eq!(read_u32(&mut c.0).unwrap(), SIMPLE_REPLY_MAGIC);
+            assert_eq!(read_u32(&mut c.0).unwrap(), 0);
+            let cookie = read_u64(&mut c.0).unwrap();
+            let len = expect.remove(&cookie).expect("a cookie we sent, once");
+            let mut d = vec![0u8; len];
+            c.0.read_exact(&mut d).unwrap();
+            if cookie == 1000 {
+                assert!(d == big, "the large read has the large write's data");
+            } else {
+                assert_eq!(d, small(cookie), "read {cookie}");
+            }
+        }
+        assert!(expect.is_empty());
+    });
+}

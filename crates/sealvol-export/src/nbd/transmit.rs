@@ -1,8 +1,10 @@
 //! The transmission phase: one reader, a few workers, and nothing that can wait forever.
 //!
-//! The connection's thread reads requests (and write payloads) and queues them; workers run
-//! them against the device and send the replies, so a client with many requests in flight
-//! (qemu keeps up to 16) keeps both cores busy. Every blocking point has an end:
+//! The connection's thread reads requests (and write payloads), several per `recv` when the
+//! client sends them back to back. Reads and writes up to [`INLINE_MAX`] it runs itself
+//! between two reads; larger ones (and flushes, trims, zeroing) it queues for workers that
+//! run them against the device and send the replies, so a client with many large requests
+//! in flight (qemu keeps up to 16) keeps both cores busy. Every blocking point has an end:
 //!
 //! - reading the socket ends when the peer goes, when a worker fails (it shuts the socket
 //!   down) and when the server stops (it shuts every socket down);
