@@ -517,7 +517,29 @@ fn daemon_api_makes_overlay_volumes_over_a_shared_base() {
         "a's write is not b's"
     );
     c.call(&d, "POST", "/v1/volumes/ob/close", None);
-    let (s, r) = c.call(&d, "POST", "/v1/volumes/oa/open", None);
+    // Rekey an overlay volume: its embedded LUKS2 keyslots change, the old key no longer
+    // opens it, the new one does, and its data is still there.
+    let other = random_bytes(32);
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes/oa/rekey",
+        Some(json!({"new_key": {"base64": b64(&other)}})),
+    );
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes/oa/open",
+        Some(json!({"key": {"key_id": "k1"}})),
+    );
+    assert_eq!((s, &r["kind"]), (403, &json!("wrong_key")), "{r}");
+    let (s, r) = c.call(
+        &d,
+        "POST",
+        "/v1/volumes/oa/open",
+        Some(json!({"key": {"base64": b64(&other)}})),
+    );
     assert_eq!(s, 200, "{r}");
     let mnt_a = r["mount_path"].as_str().unwrap().to_string();
     assert_eq!(
@@ -534,6 +556,7 @@ fn daemon_api_makes_overlay_volumes_over_a_shared_base() {
         assert_eq!(s, 200, "{r}");
     }
     assert_no_key(d.log_text().as_bytes(), &key, "the daemon's log");
+    assert_no_key(d.log_text().as_bytes(), &other, "the daemon's log");
     assert_no_key_in_tree(&d.state, &key);
 }
 
