@@ -169,6 +169,7 @@ mkdir -p mnt-sv
 "$SEALVOL" --json open --key-file key --base base.img --mount mnt-sv ov.img > open.json
 fs_measure sv mnt-sv
 "$SEALVOL" close mnt-sv >/dev/null
+rm -f ov.img # tmpfs: every file finished with is removed, or the rounds fill memory
 echo "sealvol overlay done"
 
 QFUSE=""
@@ -188,6 +189,7 @@ for conf in plain tuned; do
     umount mnt-q
     losetup -d "$L"
     kill "$(cat q.pid)"; rm -f q.pid
+    rm -f q.qcow2
     sleep 1
     QFUSE="$QFUSE q_${conf}_$dio"
     echo "qemu qcow2+luks ($conf, loop direct I/O $dio) done"
@@ -206,6 +208,7 @@ mkdir -p mnt-luks
 "$SEALVOL" open --key-file key --mkfs ext4 --mount mnt-luks luks.img >/dev/null
 fs_measure luks mnt-luks seq-only
 "$SEALVOL" close mnt-luks >/dev/null
+rm -f src
 echo "sealvol LUKS2 done"
 
 echo "== NBD (fio's nbd engine)"
@@ -215,6 +218,7 @@ SV_NBD=$!
 wait_sock sv.sock
 nbd_measure sv "nbd+unix:///?socket=$dir/sv.sock"
 kill "$SV_NBD"; wait "$SV_NBD" || true; SV_NBD=
+rm -f nov.img
 echo "sealvol overlay done"
 
 for conf in plain tuned; do
@@ -228,6 +232,7 @@ for conf in plain tuned; do
   wait_sock q.sock
   nbd_measure "q_$conf" "nbd+unix:///top?socket=$dir/q.sock"
   kill "$(cat qn.pid)"; rm -f qn.pid
+  rm -f nq.qcow2
   sleep 1
   echo "qemu qcow2+luks ($conf) done"
 done
@@ -241,6 +246,7 @@ SV_NBD=$!
 wait_sock lv.sock
 nbd_measure luks "nbd+unix:///?socket=$dir/lv.sock"
 kill "$SV_NBD"; wait "$SV_NBD" || true; SV_NBD=
+rm -f luks.img
 echo "sealvol LUKS2 done"
 [ "$(sha256sum base.img | cut -c1-64)" = "$BASE_SHA" ] || { echo "bench: the base was written" >&2; exit 1; }
 
