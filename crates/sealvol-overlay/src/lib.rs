@@ -10,8 +10,10 @@
 //! - **Keys.** The file starts with a real LUKS2 header (the LUKS crate's keyslots, AF
 //!   splitter and KDFs, unchanged): the consumer's key opens a keyslot and yields the
 //!   *layer key*. Each key **generation** has a random 64-byte master key, stored only
-//!   wrapped under a key derived from the layer key. Every newly written extent (cluster)
-//!   gets a random 16-byte nonce and its own key, HKDF-SHA512(master key, label ‖ nonce).
+//!   wrapped under a key derived from the layer key. Every newly written extent (the
+//!   clusters one write seals together, at most 1 MiB) gets a random 16-byte nonce and its
+//!   own key, HKDF-SHA512(master key, label ‖ nonce); each of its clusters is its own
+//!   AES-256-GCM-SIV message with its own nonce.
 //! - **Rekey without rewrite** ([`OverlayDevice::rekey`]): new writes use a new
 //!   generation; old clusters keep theirs. [`OverlayDevice::retire`] re-encrypts one
 //!   generation's clusters (resumable) and erases its key from both root slots.
