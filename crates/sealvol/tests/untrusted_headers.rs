@@ -389,6 +389,19 @@ fn cli_hostile_luks1_iterations_are_refused_and_limits_can_be_raised() {
 /// deriving has written nothing.
 #[test]
 fn cli_sigint_and_sigterm_interrupt_a_running_kdf() {
+    // A child inherits an ignored SIGINT: a test run started as a background job of a
+    // shell without job control (`cmd &` in a script) could never pass this, so say so.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigIgn in /proc/self/status");
+    assert!(
+        ignored & (1 << (2 - 1)) == 0,
+        "SIGINT is ignored in this test's environment (started as `cmd &` by a shell \
+         without job control?): run the tests in the foreground or with job control"
+    );
     let d = tmpdir();
     let dir = d.path();
     let (key, _) = machine_key(dir, "key");
@@ -409,13 +422,15 @@ fn cli_sigint_and_sigterm_interrupt_a_running_kdf() {
         if verb == "add-key" {
             cmd.args(["--new-key-file", s(&new)]);
         }
-        let mut child = cmd
-            .arg(&vol)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = KillOnDrop(
+            cmd.arg(&vol)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let child = &mut child.0;
         std::thread::sleep(Duration::from_millis(500));
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -435,5 +450,16 @@ fn cli_sigint_and_sigterm_interrupt_a_running_kdf() {
         };
         assert!(!status.success(), "{verb} after SIG{signal}: {status}");
         assert_unchanged(&vol, &before, &format!("{verb} after SIG{signal}"));
+    }
+}
+
+/// A child process killed when the test ends, whether it passed or panicked (a failed
+/// check must not leave a key derivation running for minutes).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
