@@ -23,7 +23,9 @@ use crate::{Error, Result};
 const STRIPES: usize = 1024;
 /// Bytes of clusters handled under one set of stripe locks, sealed as one extent (at
 /// least one cluster).
-const WRITE_BATCH: u64 = 1 << 20;
+const WRITE_BATCH: u64 = EXTENT_MAX;
+/// The most bytes one extent key seals (one cluster when clusters are larger).
+pub(crate) const EXTENT_MAX: u64 = 1 << 20;
 /// Commit on its own when this many bytes of replaced clusters wait to be freed.
 const AUTO_COMMIT_BYTES: u64 = 256 << 20;
 /// ... or when this many map nodes are dirty (128 MiB of nodes written by one commit;

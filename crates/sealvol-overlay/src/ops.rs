@@ -357,11 +357,18 @@ impl OverlayDevice {
                 .collect();
             (e, st.root.current_gen)
         };
-        // The batch's clusters become one extent of the current generation.
-        let nonce = extent_nonce()?;
-        let ek = self.key(cur)?.extent(&nonce)?;
+        // The batch's clusters become extents of the current generation, each of at most
+        // EXTENT_MAX bytes, as a write's are.
+        let mk = self.key(cur)?;
+        let per_extent = (crate::device::EXTENT_MAX / cs as u64).max(1) as usize;
+        let mut extent = None;
         let mut sealed = Vec::with_capacity(entries.len());
-        for (c, e) in &entries {
+        for (k, (c, e)) in entries.iter().enumerate() {
+            if k % per_extent == 0 {
+                let nonce = extent_nonce()?;
+                extent = Some((nonce, mk.extent(&nonce)?));
+            }
+            let (nonce, ek) = extent.as_ref().expect("made at the first cluster");
             let Entry::Data {
                 block,
                 nonce: n,
@@ -382,7 +389,7 @@ impl OverlayDevice {
                 });
             }
             let t = ek.seal(*c, self.shift, &mut buf)?;
-            sealed.push((*c, *e, buf, nonce, t));
+            sealed.push((*c, *e, buf, *nonce, t));
         }
         self.place(
             sealed

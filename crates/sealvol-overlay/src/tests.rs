@@ -557,3 +557,40 @@ fn scattered_freed_clusters_are_reused_not_punched_and_large_runs_are_punched() 
     ov.read_at(&mut b, 5 << 20).unwrap();
     assert_eq!(b, [0u8; 4096]);
 }
+
+/// No extent key seals more than `EXTENT_MAX` bytes: neither a large write nor a retire,
+/// whatever the cluster size (counted as clusters per (generation, nonce) in the map).
+#[test]
+fn no_extent_spans_more_than_one_mib() {
+    use crate::format::Entry;
+    for cluster in [4096u32, 256 << 10] {
+        let base = base(4 << 20);
+        let store = Arc::new(MemStore::new());
+        let ov = OverlayDevice::create(store.clone(), KEY, base.clone(), &opts(cluster)).unwrap();
+        ov.write_at(&vec![7u8; 3 << 20], 0).unwrap();
+        let most = (crate::device::EXTENT_MAX / u64::from(cluster)).max(1) as usize;
+        let check = |ov: &OverlayDevice, gen: u32, what: &str| {
+            let st = ov.state.lock().unwrap();
+            let mut per: std::collections::HashMap<[u8; 16], usize> = Default::default();
+            for c in 0..(3u64 << 20) / u64::from(cluster) {
+                match st.map.get(c) {
+                    Some(Entry::Data { gen: g, nonce, .. }) if g == gen => {
+                        *per.entry(nonce).or_default() += 1
+                    }
+                    other => panic!("{what}: cluster {c} is {other:?}"),
+                }
+            }
+            assert!(per.len() > 1, "{what}: 3 MiB in one extent");
+            assert!(
+                per.values().all(|&n| n <= most),
+                "{what}, {cluster}-byte clusters: an extent of {:?} clusters (at most {most})",
+                per.values().max()
+            );
+        };
+        check(&ov, 1, "a 3 MiB write");
+        ov.rekey().unwrap();
+        ov.retire(1, &mut |_| {}).unwrap();
+        check(&ov, 2, "a retire");
+        assert_eq!(read_all(&ov)[..3 << 20], vec![7u8; 3 << 20][..]);
+    }
+}
