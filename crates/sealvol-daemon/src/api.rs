@@ -706,7 +706,7 @@ mod tests {
     use proptest::prelude::*;
     use proptest::strategy::LazyJust;
 
-    use crate::strategies::{base, json_body};
+    use crate::strategies::{json_body, params};
 
     fn p(method: Method, path: &str, body: &str) -> Result<ApiRequest, Refusal> {
         parse(&method, path, body.as_bytes())
@@ -837,36 +837,16 @@ mod tests {
     }
 
     fn request() -> impl Strategy<Value = ApiRequest> {
-        let create = (
-            id(),
-            any::<u64>(),
-            "[a-z0-9]{1,8}",
-            any::<bool>(),
-            any::<bool>(),
-            any::<bool>(),
-            key_spec(),
-            base(),
-        )
-            .prop_map(
-                |(id, size, fs, luks1, detached_header, sparse_ok, key, base)| {
-                    ApiRequest::Create(CreateVolume {
-                        id,
-                        params: Params {
-                            size,
-                            fs,
-                            detached_header,
-                            luks_type: if luks1 {
-                                LuksType::Luks1
-                            } else {
-                                LuksType::Luks2
-                            },
-                            base,
-                        },
-                        sparse_ok,
-                        key,
-                    })
-                },
-            );
+        let create = (id(), params(any::<u64>()), any::<bool>(), key_spec()).prop_map(
+            |(id, params, sparse_ok, key)| {
+                ApiRequest::Create(CreateVolume {
+                    id,
+                    params,
+                    sparse_ok,
+                    key,
+                })
+            },
+        );
         prop_oneof![
             LazyJust::new(|| ApiRequest::Status),
             LazyJust::new(|| ApiRequest::ListVolumes),

@@ -438,7 +438,7 @@ async fn route(d: Arc<Daemon>, req: PluginRequest) -> Result<Reply, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategies::{base, json_body};
+    use crate::strategies::{json_body, params};
     use proptest::prelude::*;
     use sealvol_host::keyring::KeyName;
     use sealvol_host::volume::LuksType;
@@ -553,34 +553,18 @@ mod tests {
 
     fn options() -> impl Strategy<Value = VolumeOptions> {
         (
-            1..u64::MAX,
-            "[a-z0-9]{1,8}",
-            any::<bool>(),
-            any::<bool>(),
+            params(1..u64::MAX),
             any::<bool>(),
             prop_oneof![
                 "[a-z0-9][a-z0-9_-]{0,20}"
                     .prop_map(|n| KeyRef::Registered(KeyName::parse(&n).unwrap())),
                 "/[a-zA-Z0-9 ._/-]{0,40}".prop_map(|p| KeyRef::File(p.into())),
             ],
-            base(),
         )
-            .prop_map(|(size, fs, luks1, detached_header, sparse_ok, key, base)| {
-                VolumeOptions {
-                    params: Params {
-                        size,
-                        fs,
-                        detached_header,
-                        luks_type: if luks1 {
-                            LuksType::Luks1
-                        } else {
-                            LuksType::Luks2
-                        },
-                        base,
-                    },
-                    key,
-                    sparse_ok,
-                }
+            .prop_map(|(params, sparse_ok, key)| VolumeOptions {
+                params,
+                key,
+                sparse_ok,
             })
     }
 

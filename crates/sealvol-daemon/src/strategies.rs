@@ -2,6 +2,24 @@
 
 use proptest::prelude::*;
 use sealvol_host::export::{BaseSpec, VeritySpec};
+use sealvol_host::volume::{LuksType, Params};
+
+/// A volume's parameters as options and API bodies can say them, with sizes from `size`.
+pub fn params(size: impl Strategy<Value = u64>) -> impl Strategy<Value = Params> {
+    (size, "[a-z0-9]{1,8}", any::<bool>(), any::<bool>(), base()).prop_map(
+        |(size, fs, luks1, detached_header, base)| Params {
+            size,
+            fs,
+            detached_header,
+            luks_type: if luks1 {
+                LuksType::Luks1
+            } else {
+                LuksType::Luks2
+            },
+            base,
+        },
+    )
+}
 
 /// An overlay volume's base as options and API bodies can say it: none, a plain image or a
 /// verity one.
