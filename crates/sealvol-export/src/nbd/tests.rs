@@ -24,6 +24,25 @@ fn read_u16(r: &mut impl Read) -> io::Result<u16> {
     Ok(u16::from_be_bytes(b))
 }
 
+/// Appends a request (and its payload) to `m`.
+fn request_bytes(
+    m: &mut Vec<u8>,
+    kind: u16,
+    flags: u16,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+    data: &[u8],
+) {
+    m.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    m.extend_from_slice(&flags.to_be_bytes());
+    m.extend_from_slice(&kind.to_be_bytes());
+    m.extend_from_slice(&cookie.to_be_bytes());
+    m.extend_from_slice(&offset.to_be_bytes());
+    m.extend_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(data);
+}
+
 /// A tiny client for the tests.
 struct Client(UnixStream);
 
@@ -47,13 +66,8 @@ impl Client {
     }
 
     fn request(&mut self, kind: u16, flags: u16, cookie: u64, offset: u64, len: u32, data: &[u8]) {
-        let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
-        m.extend_from_slice(&flags.to_be_bytes());
-        m.extend_from_slice(&kind.to_be_bytes());
-        m.extend_from_slice(&cookie.to_be_bytes());
-        m.extend_from_slice(&offset.to_be_bytes());
-        m.extend_from_slice(&len.to_be_bytes());
-        m.extend_from_slice(data);
+        let mut m = Vec::new();
+        request_bytes(&mut m, kind, flags, cookie, offset, len, data);
         self.0.write_all(&m).unwrap();
     }
 
@@ -449,14 +463,7 @@ fn pipelined_small_and_large_requests_get_their_own_replies() {
         let mut expect: std::collections::HashMap<u64, usize> = Default::default();
         let mut batch = Vec::new();
         let mut queue = |kind: u16, cookie: u64, offset: u64, len: u32, data: &[u8]| {
-            let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
-            m.extend_from_slice(&0u16.to_be_bytes());
-            m.extend_from_slice(&kind.to_be_bytes());
-            m.extend_from_slice(&cookie.to_be_bytes());
-            m.extend_from_slice(&offset.to_be_bytes());
-            m.extend_from_slice(&len.to_be_bytes());
-            m.extend_from_slice(data);
-            batch.extend_from_slice(&m);
+            request_bytes(&mut batch, kind, 0, cookie, offset, len, data);
         };
         queue(CMD_WRITE, 1000, 0, big.len() as u32, &big);
         for i in 0..32u64 {
@@ -471,13 +478,7 @@ fn pipelined_small_and_large_requests_get_their_own_replies() {
         }
         batch.clear();
         let mut queue = |kind: u16, cookie: u64, offset: u64, len: u32| {
-            let mut m = REQUEST_MAGIC.to_be_bytes().to_vec();
-            m.extend_from_slice(&0u16.to_be_bytes());
-            m.extend_from_slice(&kind.to_be_bytes());
-            m.extend_from_slice(&cookie.to_be_bytes());
-            m.extend_from_slice(&offset.to_be_bytes());
-            m.extend_from_slice(&len.to_be_bytes());
-            batch.extend_from_slice(&m);
+            request_bytes(&mut batch, kind, 0, cookie, offset, len, &[]);
             expect.insert(cookie, len as usize);
         };
         queue(CMD_READ, 1000, 0, big.len() as u32);
