@@ -891,7 +891,32 @@ impl OverlayDevice {
             .read_at(buf, block * BLOCK)
             .map_err(|e| Error::io(format!("reading clusters at block {block}"), e))?;
         // Clusters of one extent (a run of entries with one generation and nonce) share
-        // one key derivation, made by whichever thread needs it first.
+        // one key derivation.
+        let open = |i: usize, ek: &ExtentKey, chunk: &mut [u8]| -> Result<()> {
+            let Entry::Data { tag, .. } = entries[i] else {
+                unreachable!("data runs hold data entries")
+            };
+            let c = first + i as u64;
+            if !ek.open(c, self.shift, chunk, &tag)? {
+                return Err(self.integrity(c));
+            }
+            Ok(())
+        };
+        if !self.parallel(buf.len()) {
+            // One thread: derive as each extent begins.
+            let mut key: Option<(u32, [u8; 16], ExtentKey)> = None;
+            for (i, chunk) in buf.chunks_mut(cs).enumerate() {
+                let Entry::Data { gen, nonce, .. } = entries[i] else {
+                    unreachable!("data runs hold data entries")
+                };
+                if !matches!(&key, Some((g, n, _)) if *g == gen && *n == nonce) {
+                    key = Some((gen, nonce, self.key(gen)?.extent(&nonce)?));
+                }
+                open(i, &key.as_ref().expect("derived above").2, chunk)?;
+            }
+            return Ok(());
+        }
+        // Several threads: each extent's key is derived once, by whichever needs it first.
         let mut extent_of = Vec::with_capacity(entries.len());
         let mut extents: Vec<(u32, [u8; 16], OnceLock<Option<ExtentKey>>)> = Vec::new();
         for e in entries {
@@ -903,28 +928,20 @@ impl OverlayDevice {
             }
             extent_of.push(extents.len() - 1);
         }
-        let open = |(i, chunk): (usize, &mut [u8])| -> Result<()> {
-            let Entry::Data { tag, .. } = entries[i] else {
-                unreachable!("data runs hold data entries")
-            };
-            let (gen, nonce, key) = &extents[extent_of[i]];
-            let c = first + i as u64;
-            let ek = key.get_or_init(|| self.key(*gen).and_then(|k| k.extent(nonce)).ok());
-            let ek = match ek {
-                Some(ek) => ek,
-                // Deriving fails only for a generation this layer has no key of.
-                None => return Err(self.key(*gen).err().unwrap_or_else(|| self.integrity(c))),
-            };
-            if !ek.open(c, self.shift, chunk, &tag)? {
-                return Err(self.integrity(c));
-            }
-            Ok(())
-        };
-        if self.parallel(buf.len()) {
-            buf.par_chunks_mut(cs).enumerate().try_for_each(open)
-        } else {
-            buf.chunks_mut(cs).enumerate().try_for_each(open)
-        }
+        buf.par_chunks_mut(cs)
+            .enumerate()
+            .try_for_each(|(i, chunk)| {
+                let (gen, nonce, key) = &extents[extent_of[i]];
+                let ek = key.get_or_init(|| self.key(*gen).and_then(|k| k.extent(nonce)).ok());
+                match ek {
+                    Some(ek) => open(i, ek, chunk),
+                    // Deriving fails only for a generation this layer has no key of.
+                    None => Err(self
+                        .key(*gen)
+                        .err()
+                        .unwrap_or_else(|| self.integrity(first + i as u64))),
+                }
+            })
     }
 
     /// Fills `buf` (any range) from this layer, with the entries of its clusters.
