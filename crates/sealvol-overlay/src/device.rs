@@ -1115,23 +1115,29 @@ impl OverlayDevice {
                 None => dst.fill(0),
             }
         }
-        // One extent per batch: one nonce and one key derivation for all its clusters.
+        // One extent per batch: one nonce and one key derivation for all its clusters (none
+        // when the batch only zeroes clusters, as a discard's does).
         let gen = lock(&self.state).root.current_gen;
-        let nonce = extent_nonce()?;
-        let ek = self.key(gen)?.extent(&nonce)?;
-        let seal = |(k, chunk): (usize, &mut [u8])| ek.seal(data[k], self.shift, chunk);
-        let tags: Vec<[u8; 16]> = if self.parallel(plain.len()) {
-            plain
-                .par_chunks_mut(cs as usize)
-                .enumerate()
-                .map(seal)
-                .collect::<Result<_>>()?
+        let (nonce, tags): ([u8; 16], Vec<[u8; 16]>) = if data.is_empty() {
+            ([0; 16], Vec::new())
         } else {
-            plain
-                .chunks_mut(cs as usize)
-                .enumerate()
-                .map(seal)
-                .collect::<Result<_>>()?
+            let nonce = extent_nonce()?;
+            let ek = self.key(gen)?.extent(&nonce)?;
+            let seal = |(k, chunk): (usize, &mut [u8])| ek.seal(data[k], self.shift, chunk);
+            let tags = if self.parallel(plain.len()) {
+                plain
+                    .par_chunks_mut(cs as usize)
+                    .enumerate()
+                    .map(seal)
+                    .collect::<Result<_>>()?
+            } else {
+                plain
+                    .chunks_mut(cs as usize)
+                    .enumerate()
+                    .map(seal)
+                    .collect::<Result<_>>()?
+            };
+            (nonce, tags)
         };
         // Place the sealed clusters; write back-to-back slots with one call.
         let blocks: Vec<u64> = {
